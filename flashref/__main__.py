@@ -1,0 +1,3 @@
+from flashref.cli import main
+
+raise SystemExit(main())
