@@ -1,1 +1,11 @@
-"""flashref.kernels"""
+"""flashref.kernels: Triton fused attention (FlashAttention-2 forward and backward) for torch.
+
+Set ``TRITON_INTERPRET=1`` before importing this package to run the kernels on CPU tensors
+with Triton's interpreter; otherwise they compile for the GPU.
+"""
+
+from .configs import KernelConfig, configs_for
+from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, poisoned_outputs
+
+__all__ = ["flash_attention", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
+           "configs_for"]

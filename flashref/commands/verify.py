@@ -1,0 +1,164 @@
+"""`flashref verify`: the correctness gate, kernel vs float64 oracle.
+
+Runs `flashref.equivalence`'s sweep on CUDA when a GPU is present, otherwise on the
+CPU under Triton's interpreter, which this command switches on itself: the
+interpreter is read when `@triton.jit` runs, so `TRITON_INTERPRET=1` is set here,
+in the run function, before `flashref.kernels` (and triton) are first imported.
+Nothing imported at CLI start-up touches triton.
+
+Each configuration passes when, for `out` and each gradient,
+    max|kernel - oracle| <= factor * max|baseline - oracle| + 1e-5
+with the baseline a plain attention in the kernel's own dtype (factor 2 for out,
+3 for dq, dk, dv). Exit status 0 only if every configuration passed, 1 otherwise
+(2 for bad arguments, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+
+from flashref.commands.argtypes import comma_list
+
+DTYPES = ("float16", "bfloat16", "float32")
+CAUSAL = {"on": True, "off": False, "both": None}
+MAX_REPLAYS_SHOWN = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "verify",
+        help="check the Triton kernels against the float64 oracle (exit 0 only if all pass)",
+        description=(
+            "Kernel-vs-oracle equivalence sweep (forward and dq, dk, dv) under the FlashAttention rule: "
+            "kernel error <= factor x same-dtype baseline error + 1e-5. Runs on CUDA if present, "
+            "otherwise under Triton's interpreter on the CPU (set up automatically)."
+        ),
+    )
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                      help="a representative subset, a minute or two on a CPU (default)")
+    size.add_argument("--full", dest="preset", action="store_const", const="full",
+                      help="every configuration of the sweep")
+    p.set_defaults(preset="quick")
+    p.add_argument("--dtype", type=comma_list(str, DTYPES), default=None,
+                   help="only these dtypes, e.g. float16,bfloat16")
+    p.add_argument("--head-dim", type=comma_list(int), default=None, help="only these head dims, e.g. 64,128")
+    p.add_argument("--causal", choices=sorted(CAUSAL), default="both", help="masking to cover (default both)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random inputs (default: a fresh one, printed so a run can be replayed)")
+    p.add_argument("--case", action="append", default=None, metavar="NAME",
+                   help="run exactly this configuration (as named in the table or a replay line); repeatable")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto: CUDA if available, else the CPU with Triton's interpreter")
+    p.add_argument("--json", type=str, default=None, metavar="PATH", help="write a JSON report here")
+    p.add_argument("--junit", type=str, default=None, metavar="PATH", help="write a JUnit XML report here")
+    p.add_argument("--failures-only", action="store_true", help="table shows only the failing configurations")
+    p.set_defaults(func=run)
+
+
+def _choose_device(requested: str) -> str:
+    """'cuda' or 'cpu'; for 'cpu' the Triton interpreter is switched on before triton loads."""
+    import torch  # importing torch does not import triton
+
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("flashref verify: --device cuda, but torch sees no CUDA device")
+    if requested == "cpu":
+        already = "flashref.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+        if already:
+            raise SystemExit(
+                "flashref verify: the kernels were imported before the Triton interpreter could be "
+                "switched on; set TRITON_INTERPRET=1 in the environment and rerun")
+        os.environ["TRITON_INTERPRET"] = "1"
+    return requested
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
+        console = Console(width=max(console.width, 140))
+    device = _choose_device(args.device)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+
+    from flashref import equivalence as eq
+    from flashref.reporting import (describe_device, environment, verify_report, verify_table, write_json,
+                                    write_junit)
+
+    try:
+        if args.case:
+            cases = [eq.Case.from_name(name, seed=seed) for name in args.case]
+        else:
+            cases = eq.sweep(args.preset, dtypes=args.dtype, head_dims=args.head_dim,
+                             causal=CAUSAL[args.causal], seed=seed)
+    except ValueError as err:
+        console.print(f"[red]flashref verify: {err}[/]")
+        return 2
+    if not cases:
+        console.print("[red]flashref verify: no configuration matches these filters[/]")
+        return 2
+
+    env = environment()
+    where = describe_device(env)
+    seed_note = f"seed {seed}"
+    what = f"--{args.preset}" if not args.case else "--case"
+    console.print(f"flashref verify {what}: {len(cases)} configuration{'s' if len(cases) != 1 else ''} "
+                  f"on {where}, {seed_note} (case i uses seed {seed} + i)" if not args.case else
+                  f"flashref verify {what}: {len(cases)} configuration(s) on {where}, {seed_note}")
+
+    outcomes = _run_cases(cases, device, console)
+    seconds = sum(o.seconds for o in outcomes)
+
+    console.print(verify_table(outcomes, only_failures=args.failures_only))
+    failed = [o for o in outcomes if not o.passed]
+    settings = {"preset": args.preset if not args.case else None, "seed": seed, "device": device,
+                "dtypes": args.dtype, "head_dims": args.head_dim, "causal": args.causal, "cases": args.case}
+    if args.json:
+        path = write_json(args.json, verify_report(outcomes, settings=settings, env=env, seconds=seconds))
+        console.print(f"JSON report: {path}")
+    if args.junit:
+        path = write_junit(args.junit, outcomes, env=env, seconds=seconds)
+        console.print(f"JUnit report: {path}")
+
+    if not failed:
+        console.print(f"[bold green]PASS[/]: {len(outcomes)}/{len(outcomes)} configurations "
+                      f"within bounds in {seconds:.1f} s ({where}).")
+        return 0
+    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(outcomes)} configurations out of bounds "
+                  f"({seed_note}). Replay:")
+    for o in failed[:MAX_REPLAYS_SHOWN]:
+        console.print(f"  {o.failure_summary()}", highlight=False, soft_wrap=True)
+        # print(), not rich: the replay line must stay copy-pasteable at any terminal width.
+        print(f"  {o.replay}", flush=True)
+    if len(failed) > MAX_REPLAYS_SHOWN:
+        console.print(f"  ... and {len(failed) - MAX_REPLAYS_SHOWN} more (see --json / --junit)")
+    return 1
+
+
+def _run_cases(cases: list, device: str, console) -> list:
+    """Check each case under a live progress bar; a case that raises is a failure, not a crash."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flashref.equivalence import check_case
+    from flashref.reporting import CaseOutcome
+
+    outcomes = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=len(cases))
+        for case in cases:
+            progress.update(task, description=case.name)
+            t0 = time.perf_counter()
+            try:
+                outcome = CaseOutcome.from_result(check_case(case, device=device))
+            except Exception as exc:  # the gate reports it; the rest of the sweep still runs
+                outcome = CaseOutcome.from_exception(case, exc, time.perf_counter() - t0)
+            outcomes.append(outcome)
+            progress.advance(task)
+    return outcomes

@@ -1,0 +1,362 @@
+"""Turning equivalence results into what people and CI systems read.
+
+One verify run produces a list of `CaseOutcome`s (one per configuration). From
+them this module renders:
+
+- a rich table for the terminal: one row per (configuration, tensor), with the
+  kernel's max error against the float64 oracle, the same-dtype baseline's max
+  error, their ratio, the bound of the FlashAttention rule and PASS/FAIL;
+- a JSON report (`schema: flashref.verify/1`) with the versions of flashref,
+  torch, triton, numpy and the device, every configuration and every number;
+- a JUnit XML file (one <testcase> per configuration) that CI systems display.
+
+The rule itself lives in `flashref.equivalence`; a tensor passes when
+    max|kernel - ref| <= factor * max|baseline - ref| + 1e-5
+(factor 2 for `out`, 3 for the gradients). This module only reports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import socket
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from rich.table import Table
+
+TENSORS = ("out", "dq", "dk", "dv")
+VERIFY_SCHEMA = "flashref.verify/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorError:
+    """Max absolute errors of one tensor (out, dq, dk or dv) against the float64 oracle.
+
+    `bound = factor * baseline + 1e-5`; the tensor passes when `kernel <= bound`.
+    """
+
+    kernel: float
+    baseline: float
+    bound: float
+
+    @property
+    def ratio(self) -> float:
+        """kernel / baseline: how many times the plain same-dtype attention's error (inf if that is 0)."""
+        if self.baseline == 0.0:
+            return 0.0 if self.kernel == 0.0 else math.inf
+        return self.kernel / self.baseline
+
+    @property
+    def margin(self) -> float:
+        """kernel / bound: passes iff <= 1."""
+        return self.kernel / self.bound
+
+    @property
+    def passed(self) -> bool:
+        # NaN compares False, so a NaN error fails as it must.
+        return bool(self.kernel <= self.bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseOutcome:
+    """What one configuration of the sweep produced, in plain data.
+
+    Either `errors` holds the per-tensor errors (and `passed` the verdict), or
+    the check itself raised and `exception` holds its one-line description (a
+    case that raised never passes).
+    """
+
+    name: str
+    config: Mapping[str, Any]
+    replay: str
+    passed: bool
+    seconds: float
+    errors: Mapping[str, TensorError]
+    exception: str | None = None
+
+    @classmethod
+    def from_result(cls, result: Any) -> "CaseOutcome":
+        """From a `flashref.equivalence.CaseResult`."""
+        case = result.case
+        errors = {
+            tensor: TensorError(kernel=float(err.kernel), baseline=float(err.baseline), bound=float(err.bound))
+            for tensor, err in result.errors.items()
+        }
+        return cls(
+            name=case.name,
+            config=_case_config(case),
+            replay=case.replay_command(),
+            passed=bool(result.passed),
+            seconds=float(result.seconds),
+            errors=errors,
+        )
+
+    @classmethod
+    def from_exception(cls, case: Any, exc: BaseException, seconds: float) -> "CaseOutcome":
+        """A case whose check raised: recorded as a failure, never hidden."""
+        return cls(
+            name=case.name,
+            config=_case_config(case),
+            replay=case.replay_command(),
+            passed=False,
+            seconds=float(seconds),
+            errors={},
+            exception=f"{type(exc).__name__}: {exc}".strip(),
+        )
+
+    def failure_summary(self) -> str:
+        """One line saying why the case failed ('' when it passed)."""
+        if self.exception is not None:
+            return f"raised {self.exception.splitlines()[0]}"
+        bad = [
+            f"{t}: kernel err {e.kernel:.3g} > bound {e.bound:.3g} (baseline {e.baseline:.3g})"
+            for t, e in self.errors.items()
+            if not e.passed
+        ]
+        return "; ".join(bad)
+
+
+def _case_config(case: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(case):
+        return {k: _plain(v) for k, v in dataclasses.asdict(case).items()}
+    return {"name": str(case.name)}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: inf/nan become strings (JSON has no literal for them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device, as every report records them.
+
+    Versions come from package metadata, so calling this imports neither torch's
+    CUDA runtime nor triton (which must not be imported before the interpreter is
+    chosen). The device needs torch, which is already loaded by the time a report
+    is written.
+    """
+    import torch
+
+    from flashref import __version__
+
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        device = {
+            "kind": "cuda",
+            "name": torch.cuda.get_device_name(index),
+            "capability": f"sm_{major}{minor}",
+            "cuda": torch.version.cuda,
+        }
+    else:
+        device = {
+            "kind": "cpu",
+            "name": platform.processor() or platform.machine(),
+            "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+        }
+    return {
+        "flashref": __version__,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+
+
+def describe_device(env: Mapping[str, Any]) -> str:
+    """'NVIDIA H200 (sm_90)' or 'CPU, Triton interpreter'."""
+    dev = env["device"]
+    if dev["kind"] == "cuda":
+        return f"{dev['name']} ({dev['capability']})"
+    return "CPU, Triton interpreter" if dev.get("triton_interpreter") else "CPU"
+
+
+# --------------------------------------------------------------------------- terminal
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2e}"
+
+
+def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False) -> Table:
+    """One row per (configuration, tensor); the configuration is named on its first row."""
+    table = Table(
+        title="kernel vs float64 oracle: max |error| of out and each gradient",
+        title_justify="left",
+        caption=("baseline = plain attention in the kernel's dtype; ratio = kernel err / baseline err; "
+                 "PASS when kernel err <= bound = 2 x (out) or 3 x (dq, dk, dv) baseline err + 1e-5"),
+        caption_justify="left",
+        show_lines=False,
+    )
+    table.add_column("configuration", overflow="fold")
+    table.add_column("tensor")
+    table.add_column("kernel err", justify="right")
+    table.add_column("baseline err", justify="right")
+    table.add_column("ratio", justify="right")
+    table.add_column("bound", justify="right")
+    table.add_column("result")
+    for outcome in outcomes:
+        if only_failures and outcome.passed:
+            continue
+        if outcome.exception is not None:
+            table.add_row(outcome.name, "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
+            continue
+        items = list(outcome.errors.items())
+        for i, (tensor, err) in enumerate(items):
+            verdict = "[green]PASS[/]" if err.passed else "[bold red]FAIL[/]"
+            table.add_row(
+                outcome.name if i == 0 else "",
+                tensor,
+                _fmt(err.kernel),
+                _fmt(err.baseline),
+                f"{err.ratio:.2f}" if math.isfinite(err.ratio) else _fmt(err.ratio),
+                _fmt(err.bound),
+                verdict,
+                end_section=i == len(items) - 1,
+            )
+    return table
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def verify_report(
+    outcomes: list[CaseOutcome],
+    *,
+    settings: Mapping[str, Any],
+    env: Mapping[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    """The machine-readable verify report (schema `flashref.verify/1`)."""
+    failed = [o for o in outcomes if not o.passed]
+    return {
+        "schema": VERIFY_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": _plain(dict(env)),
+        "settings": _plain(dict(settings)),
+        "summary": {
+            "cases": len(outcomes),
+            "passed": len(outcomes) - len(failed),
+            "failed": len(failed),
+            "seconds": round(seconds, 3),
+            "all_passed": not failed,
+        },
+        "cases": [
+            {
+                "name": o.name,
+                "config": _plain(dict(o.config)),
+                "passed": o.passed,
+                "seconds": round(o.seconds, 4),
+                "replay": o.replay,
+                "exception": o.exception,
+                "errors": {
+                    t: {
+                        "kernel": _plain(e.kernel),
+                        "baseline": _plain(e.baseline),
+                        "bound": _plain(e.bound),
+                        "ratio": _plain(e.ratio),
+                        "kernel_over_bound": _plain(e.margin),
+                        "passed": e.passed,
+                    }
+                    for t, e in o.errors.items()
+                },
+            }
+            for o in outcomes
+        ],
+    }
+
+
+def write_json(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
+    """Write `report` as indented JSON, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- JUnit
+
+
+def write_junit(
+    path: str | os.PathLike[str],
+    outcomes: list[CaseOutcome],
+    *,
+    env: Mapping[str, Any],
+    suite: str = "flashref.verify",
+    seconds: float | None = None,
+) -> Path:
+    """A JUnit XML file: one <testcase> per configuration, failures with their replay command.
+
+    A case that raised is an <error>, a case outside the bound a <failure>.
+    """
+    failures = sum(1 for o in outcomes if not o.passed and o.exception is None)
+    errors = sum(1 for o in outcomes if o.exception is not None)
+    total_time = seconds if seconds is not None else sum(o.seconds for o in outcomes)
+    suites = ET.Element("testsuites", name="flashref")
+    ts = ET.SubElement(
+        suites,
+        "testsuite",
+        name=suite,
+        tests=str(len(outcomes)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{total_time:.3f}",
+        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        hostname=socket.gethostname(),
+    )
+    props = ET.SubElement(ts, "properties")
+    flat_env = dict(env)
+    device = flat_env.pop("device", {})
+    for key, value in list(flat_env.items()) + [("device", describe_device({"device": device}))]:
+        ET.SubElement(props, "property", name=str(key), value=str(value))
+    for o in outcomes:
+        tc = ET.SubElement(ts, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.3f}")
+        details = "\n".join(
+            f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} ratio={e.ratio:.4g} "
+            f"bound={e.bound:.6g} {'PASS' if e.passed else 'FAIL'}"
+            for t, e in o.errors.items()
+        )
+        if o.exception is not None:
+            el = ET.SubElement(tc, "error", message=o.exception.splitlines()[0], type="error")
+            el.text = f"{o.exception}\nreplay: {o.replay}"
+        elif not o.passed:
+            el = ET.SubElement(tc, "failure", message=o.failure_summary(), type="bound")
+            el.text = f"{details}\nreplay: {o.replay}"
+        else:
+            ET.SubElement(tc, "system-out").text = details
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+    return path

@@ -1,0 +1,310 @@
+"""The fused attention backward kernels: FlashAttention-2's split into three launches.
+
+Oracle twin: ``flashref.reference.attention_backward`` (closed form) and, tile by tile,
+``blocked_attention_backward``. With ``P = softmax(S)``, ``S = scale * Q K^T`` (masked), and the
+upstream gradient ``dO``:
+
+    dV = P^T dO                     dP = dO V^T
+    delta_i = rowsum(dO_i * O_i)    (= rowsum(P_i * dP_i), the softmax Jacobian's correction)
+    dS = P * (dP - delta)           (elementwise)
+    dQ = scale * dS K               dK = scale * dS^T Q
+
+``P`` is never stored: each kernel recomputes its tile from the forward's ``lse`` as
+``P = exp(S - lse) = exp2(qk * scale*log2(e) - lse*log2(e))``. A fully masked row has
+``lse = -inf``; it is read as ``+inf`` so that its ``P`` row is exactly 0 and every gradient it
+touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
+
+1. ``attention_backward_delta_kernel``: ``delta = rowsum(dO * O)``, float32 (B, Hq, Lq).
+2. ``attention_backward_dkdv_kernel``: one program per (key block, batch x kv head) holds its
+   ``dK``/``dV`` tiles in registers and walks the query blocks that see it, for every query
+   head of its GQA group in turn: the sum over sharing heads happens in registers, so there are
+   no atomics and the result is deterministic.
+3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
+   ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
+"""
+
+import triton
+import triton.language as tl
+
+from .attention_forward import unmasked_key_end, visible_key_end
+from .rounding import to_dot_operand, to_output
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def attention_backward_delta_kernel(
+    Out, DOut, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    heads_q, seqlen_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in float32.
+
+    Out, DOut: (B, Hq, Lq, D), any strides (dO may be an expanded, stride-0 view).
+    Delta: (B, Hq, Lq) float32, contiguous.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < seqlen_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def _load_lse_log2(lse_ptrs, row_ok):
+    """lse * log2(e) for the given rows; rows that see no key (lse = -inf) and rows past Lq
+    come back as +inf so that exp2(s - lse) is exactly 0 for them."""
+    lse = tl.load(lse_ptrs, mask=row_ok, other=float("-inf"))
+    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+
+
+@triton.jit
+def _dkdv_query_blocks(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base,
+    stride_qm, stride_qd, stride_dom, stride_dod,
+    offs_n, offs_d, lo, hi, seqlen_q, causal_shift, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
+):
+    """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and dV.
+
+    k, v: (BLOCK_N, BLOCK_D) resident tiles. Works on transposed tiles (keys on rows) so that
+    every product is a plain ``tl.dot``: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
+    Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
+    so the caller zeroes those rows once, before the store.
+    """
+    offs_m_base = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m_base
+        row_ok = offs_m < seqlen_q
+        # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D).
+        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
+        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
+        qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+        do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        if UPCAST:
+            qt = qt.to(tl.float32)
+        st = tl.dot(k, qt, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M), raw q.k
+        pt = tl.math.exp2(st * qk_scale - lse2[None, :])
+        if MASKED:
+            # causal: key j is visible to query i iff j <= i + causal_shift.
+            pt = tl.where(offs_n[:, None] <= offs_m[None, :] + causal_shift, pt, 0.0)
+        pt_in = to_dot_operand(pt, INPUT_DTYPE, UPCAST)
+        do_in = do
+        if UPCAST:
+            do_in = do.to(tl.float32)
+        dv = tl.dot(pt_in, do_in, dv, input_precision=DOT_PRECISION)
+        dpt = tl.dot(v, tl.trans(do_in), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+        dst = pt * (dpt - delta[None, :])
+        dst_in = to_dot_operand(dst, INPUT_DTYPE, UPCAST)
+        dk = tl.dot(dst_in, tl.trans(qt), dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def attention_backward_dkdv_kernel(
+    Q, K, V, DOut, Lse, Delta, DK, DV, KvLens,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    heads_q, heads_kv, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
+
+    Q, DOut: (B, Hq, Lq, D); K, V, DK, DV: (B, Hkv, Lk, D); any strides.
+    Lse, Delta: (B, Hq, Lq) float32, contiguous. dK = scale * dS^T Q, dV = P^T dO.
+    Query blocks are walked in two ranges: those on the causal diagonal (masked), then those
+    whose every row sees the whole key block (unmasked); blocks above the diagonal are skipped.
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_kv
+    h_kv = pid_bh % heads_kv
+    group_size = heads_q // heads_kv
+    seqlen_k_visible = seqlen_k
+    if HAS_KV_LENS:
+        seqlen_k_visible = tl.load(KvLens + b)
+
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    key_ok = offs_n < seqlen_k
+    d_ok = offs_d < HEAD_DIM
+    kv_mask = key_ok[:, None] & d_ok[None, :]
+
+    k = tl.load(K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+    v = tl.load(V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # Causal: query row i sees some key of this block iff i >= start_n - causal_shift, and all
+    # of it iff i >= start_n + BLOCK_N - 1 - causal_shift. Query blocks in [lo, mid) straddle
+    # the diagonal (masked); blocks in [mid, Lq) are unmasked; blocks below lo are skipped.
+    lo = 0
+    mid = 0
+    if CAUSAL:
+        lo = tl.minimum(tl.maximum(start_n - causal_shift, 0), seqlen_q)
+        lo = (lo // BLOCK_M) * BLOCK_M
+        full_from = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_shift, 0), seqlen_q)
+        mid = tl.maximum(tl.cdiv(full_from, BLOCK_M) * BLOCK_M, lo)
+    # A block made only of padding keys (start_n >= kv_len) gets dK = dV = 0: no query blocks.
+    hi = tl.where(start_n < seqlen_k_visible, seqlen_q, 0)
+    if CAUSAL:
+        lo = tl.minimum(lo, hi)
+        mid = tl.minimum(mid, hi)
+
+    for g in range(0, group_size):
+        h = h_kv * group_size + g
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            offs_n, offs_d, lo, mid, seqlen_q, causal_shift, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            offs_n, offs_d, mid, hi, seqlen_q, causal_shift, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+
+    # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
+    # them from an lse that never included them is discarded here, NaN or not).
+    visible = (offs_n < seqlen_k_visible)[:, None]
+    dk = tl.where(visible, dk * softmax_scale, 0.0)
+    dv = tl.where(visible, dv, 0.0)
+    tl.store(DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
+             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             to_output(dk, DK.dtype.element_ty, UPCAST), mask=kv_mask)
+    tl.store(DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
+             + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+             to_output(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
+
+
+@triton.jit
+def _dq_key_blocks(
+    dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+    offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    INPUT_DTYPE: tl.constexpr,
+):
+    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K."""
+    offs_n_base = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        keys = start_n + offs_n_base
+        kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
+        vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
+        if MASKED:
+            key_ok = keys < seqlen_k_visible
+            kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+            vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+        elif HEAD_DIM == BLOCK_D:
+            kt = tl.load(kt_ptrs)
+            vt = tl.load(vt_ptrs)
+        else:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            vt = vt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
+        p = tl.math.exp2(s * qk_scale - lse2[:, None])
+        if MASKED:
+            visible = (keys < seqlen_k_visible)[None, :]
+            if CAUSAL:
+                visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+            p = tl.where(visible, p, 0.0)
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        ds_in = to_dot_operand(ds, INPUT_DTYPE, UPCAST)
+        dq = tl.dot(ds_in, tl.trans(kt), dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def attention_backward_dq_kernel(
+    Q, K, V, DOut, Lse, Delta, DQ, KvLens,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    heads_q, group_size, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
+    DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
+    then the diagonal / tail blocks with masks; invisible blocks are skipped."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    h_kv = h // group_size
+    seqlen_k_visible = seqlen_k
+    if HAS_KV_LENS:
+        seqlen_k_visible = tl.load(KvLens + b)
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < seqlen_q
+    tile_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
+    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse2 = _load_lse_log2(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, row_ok)
+    delta = tl.load(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
+    mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+
+    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

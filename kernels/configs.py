@@ -1,0 +1,103 @@
+"""Launch configurations per kernel, head dim and dtype: the tables the dispatcher picks from.
+
+On a GPU each kernel is wrapped in ``triton.autotune`` over the union of all tables, and the
+autotuner's ``early_config_prune`` cuts that union down to the table for the call's head dim
+and dtype, so a configuration that does not fit (registers, shared memory) is never launched.
+The compile gate (``kernels/compile_gate.py``) compiles every entry of every table for sm_90
+and sm_80 and fails on spills, which is what keeps these tables honest without a GPU.
+
+Under Triton's interpreter one small configuration is used: autotuning cannot run there
+("0 active drivers") and warps/stages mean nothing to it.
+
+The shapes follow what maps onto Hopper's ``wgmma`` (an M tile of 64 rows per warpgroup, so
+BLOCK_M 64 with 4 warps or 128 with 8 warps / 4 warps x 2 tiles) and what FlashAttention-2
+uses: a tall query tile in the forward and the dQ kernel, a tall key tile in the dK/dV kernel.
+The first entry of each table is the untuned default. What remains to tune on an H200 is
+written in docs/kernels.md.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+KERNEL_NAMES = ("forward", "backward_dkdv", "backward_dq")
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch configuration: tile sizes, warps per program, software-pipelining stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def as_triton(self) -> triton.Config:
+        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n},
+                             num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)
+
+# Rows: (kernel, largest padded head dim, 16-bit or float32) -> configs, default first.
+# 16-bit inputs: fp16 and bf16 take the same tiles (same bytes, same wgmma shapes).
+_C = KernelConfig
+_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("forward", 64, False): (_C(128, 64, 4, 3), _C(128, 128, 8, 3), _C(64, 64, 4, 3)),
+    ("forward", 128, False): (_C(128, 64, 8, 3), _C(128, 128, 8, 2), _C(128, 64, 4, 3), _C(64, 64, 4, 3)),
+    ("forward", 256, False): (_C(128, 64, 8, 2), _C(64, 64, 4, 2), _C(64, 32, 4, 2)),
+    ("forward", 64, True): (_C(64, 64, 4, 2), _C(128, 32, 4, 2)),
+    ("forward", 128, True): (_C(64, 32, 4, 2), _C(64, 64, 4, 1)),
+    ("forward", 256, True): (_C(64, 32, 4, 1), _C(32, 32, 4, 1)),
+    ("backward_dkdv", 64, False): (_C(64, 128, 8, 2), _C(32, 128, 4, 3), _C(64, 64, 4, 3)),
+    ("backward_dkdv", 128, False): (_C(64, 128, 8, 2), _C(32, 128, 4, 2), _C(64, 64, 4, 2)),
+    ("backward_dkdv", 256, False): (_C(32, 64, 4, 1), _C(64, 64, 8, 1), _C(32, 32, 4, 1)),
+    ("backward_dkdv", 64, True): (_C(32, 64, 4, 2), _C(32, 32, 4, 2)),
+    ("backward_dkdv", 128, True): (_C(32, 64, 4, 1), _C(32, 32, 4, 1)),
+    ("backward_dkdv", 256, True): (_C(32, 32, 4, 1), _C(16, 32, 4, 1)),
+    ("backward_dq", 64, False): (_C(128, 64, 8, 2), _C(128, 32, 4, 3), _C(64, 64, 4, 3)),
+    ("backward_dq", 128, False): (_C(128, 64, 8, 2), _C(128, 32, 4, 2), _C(64, 64, 4, 2)),
+    ("backward_dq", 256, False): (_C(64, 32, 4, 1), _C(64, 64, 8, 1), _C(32, 32, 4, 1)),
+    ("backward_dq", 64, True): (_C(64, 32, 4, 2), _C(32, 32, 4, 2)),
+    ("backward_dq", 128, True): (_C(64, 32, 4, 1), _C(32, 32, 4, 1)),
+    ("backward_dq", 256, True): (_C(32, 32, 4, 1), _C(32, 16, 4, 1)),
+}
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The power of two (at least 16, tl.dot's smallest K) that a head dim is padded to."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def configs_for(kernel: str, head_dim: int, dtype: torch.dtype) -> tuple[KernelConfig, ...]:
+    """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype."""
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+    bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
+    return _TABLE[(kernel, bucket, dtype == torch.float32)]
+
+
+def all_triton_configs(kernel: str) -> list[triton.Config]:
+    """Every configuration of ``kernel`` in any table (what ``triton.autotune`` is given)."""
+    seen: list[KernelConfig] = []
+    for (name, _, _), table in _TABLE.items():
+        seen.extend(c for c in table if name == kernel and c not in seen)
+    return [c.as_triton() for c in seen]
+
+
+def config_pruner(kernel: str):
+    """An ``early_config_prune`` hook keeping only the table for the call's head dim and dtype."""
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        wanted = configs_for(kernel, args["HEAD_DIM"], args["Q"].dtype)
+        return [c for c in configs
+                if KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+
+    return prune

@@ -1,0 +1,367 @@
+"""torch.nn.Transformer in NumPy: MultiheadAttention, encoder/decoder layers and stacks.
+
+Same constructor arguments, defaults, parameter names and mask conventions as torch, so
+``ours.load_state_dict(theirs.state_dict())`` works and both compute the same function.
+
+Masks, as torch takes them (converted here into one additive float bias):
+    attn_mask / src_mask / tgt_mask / memory_mask: (L, S) or (N * nhead, L, S);
+        bool (True = NOT allowed to attend) or float (added to the scores; -inf blocks)
+    key_padding_mask: (N, S); bool (True = padding, ignored) or float (added)
+    is_causal / tgt_is_causal: with no mask given, apply the causal mask; with a mask given
+        it is only torch's hint, and the mask is what we apply.
+A query row that can see no key outputs zeros (the oracle's rule; torch gives NaN there).
+
+Every attention in the model is one call to ``self.attention_fn``, by default the oracle's
+`scaled_dot_product_attention`; `set_attention_fn(model, fn)` swaps it everywhere (e.g. for
+the fused kernel), so two models can be compared layer by layer.
+
+Shapes: N batch, L target length, S source length, E = d_model, H = nhead, D = E / H.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+
+import flashref.autograd.functional as F
+from flashref.autograd import Tensor, split
+
+from .layers import Dropout, LayerNorm, Linear, default_rng, parameter, xavier_uniform_
+from .module import Module, ModuleList, to_numpy
+
+
+def default_attention_fn():
+    from .sdpa import scaled_dot_product_attention  # the oracle, on autograd Tensors
+
+    return scaled_dot_product_attention
+
+
+def set_attention_fn(model: Module, attention_fn: Callable) -> None:
+    """Make every MultiheadAttention inside `model` call `attention_fn(q, k, v, **kwargs)`."""
+    for module in model.modules():
+        if isinstance(module, MultiheadAttention):
+            module.attention_fn = attention_fn
+
+
+def _activation(activation) -> Callable:
+    if activation == "relu":
+        return F.relu
+    if activation == "gelu":
+        return F.gelu
+    if callable(activation):
+        return activation
+    raise ValueError(f"activation: expected 'relu', 'gelu' or a callable, got {activation!r}")
+
+
+def mask_to_bias(mask, name: str, dtype) -> np.ndarray:
+    """A torch-style mask -> additive float bias: bool True -> -inf, False -> 0; float as is."""
+    mask = to_numpy(mask, name)
+    if mask.dtype == np.bool_:
+        return np.where(mask, -np.inf, 0.0).astype(dtype)
+    if not np.issubdtype(mask.dtype, np.floating):
+        raise TypeError(f"{name}: expected a bool or float mask, got dtype {mask.dtype}")
+    return mask.astype(dtype)
+
+
+def attention_bias(attn_mask, key_padding_mask, *, batch: int, nhead: int, q_len: int, kv_len: int,
+                   dtype) -> np.ndarray | None:
+    """attn_mask (L, S) | (N*H, L, S) and key_padding_mask (N, S) -> one bias broadcastable
+    to (N, H, L, S), or None when both are None."""
+    bias = None
+    if attn_mask is not None:
+        bias = mask_to_bias(attn_mask, "attn_mask", dtype)
+        if bias.shape == (q_len, kv_len):
+            bias = bias[None, None]  # (1, 1, L, S)
+        elif bias.shape == (batch * nhead, q_len, kv_len):
+            bias = bias.reshape(batch, nhead, q_len, kv_len)  # torch's (N*H) is batch-major
+        else:
+            raise ValueError(
+                f"attn_mask: expected shape ({q_len}, {kv_len}) or ({batch * nhead}, {q_len}, {kv_len}), "
+                f"got {bias.shape}"
+            )
+    if key_padding_mask is not None:
+        padding = mask_to_bias(key_padding_mask, "key_padding_mask", dtype)
+        if padding.shape != (batch, kv_len):
+            raise ValueError(f"key_padding_mask: expected shape ({batch}, {kv_len}), got {padding.shape}")
+        padding = padding[:, None, None, :]  # (N, 1, 1, S)
+        bias = padding if bias is None else bias + padding
+    return bias
+
+
+def generate_square_subsequent_mask(sz: int, dtype=np.float64) -> np.ndarray:
+    """(sz, sz) float mask: 0 on and below the diagonal, -inf above (torch's causal mask)."""
+    return np.triu(np.full((sz, sz), -np.inf, dtype=dtype), k=1)
+
+
+class MultiheadAttention(Module):
+    """torch.nn.MultiheadAttention (kdim = vdim = embed_dim), returning only the output.
+
+    Parameters (torch names): in_proj_weight (3E, E) = [W_q; W_k; W_v], in_proj_bias (3E,),
+    out_proj.weight (E, E), out_proj.bias (E,).
+        Q = query W_q^T + b_q,  K = key W_k^T + b_k,  V = value W_v^T + b_v   (split into H heads)
+        out = concat_h attention_fn(Q_h, K_h, V_h) W_o^T + b_o
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 batch_first: bool = False, *, dtype=np.float64, rng: np.random.Generator | None = None,
+                 attention_fn: Callable | None = None):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads: embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        rng = default_rng(rng)
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.dropout, self.batch_first, self.rng = float(dropout), batch_first, rng
+        self.attention_fn = attention_fn or default_attention_fn()
+        self.in_proj_weight = parameter(np.empty((3 * embed_dim, embed_dim)), dtype)
+        xavier_uniform_(self.in_proj_weight, rng)
+        self.in_proj_bias = parameter(np.zeros(3 * embed_dim), dtype) if bias else None
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype, rng=rng)
+        if bias:
+            self.out_proj.bias.data[...] = 0.0
+
+    def _heads(self, x: Tensor) -> Tensor:
+        n, length, _ = x.shape
+        return x.reshape(n, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # (N, H, L, D)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask=None, attn_mask=None,
+                is_causal: bool = False) -> Tensor:
+        """query (L, N, E) | (N, L, E) if batch_first; key, value (S, N, E) | (N, S, E)."""
+        if not self.batch_first:  # work batch-first inside
+            query, key, value = (t.transpose(1, 0, 2) for t in (query, key, value))  # (N, L|S, E)
+        n, q_len, e = query.shape
+        kv_len = key.shape[1]
+        if e != self.embed_dim:
+            raise ValueError(f"query: expected embedding size {self.embed_dim}, got {e}")
+        w, b, E = self.in_proj_weight, self.in_proj_bias, self.embed_dim
+        if query is key and key is value:  # self-attention: one projection, then split
+            q, k, v = split(F.linear(query, w, b), 3, axis=-1)  # 3 x (N, L, E)
+        else:
+            q = F.linear(query, w[:E], None if b is None else b[:E])  # (N, L, E)
+            if key is value:  # cross-attention on a memory: one projection for K and V
+                k, v = split(F.linear(key, w[E:], None if b is None else b[E:]), 2, axis=-1)  # (N, S, E)
+            else:
+                k = F.linear(key, w[E : 2 * E], None if b is None else b[E : 2 * E])  # (N, S, E)
+                v = F.linear(value, w[2 * E :], None if b is None else b[2 * E :])  # (N, S, E)
+        bias = attention_bias(attn_mask, key_padding_mask, batch=n, nhead=self.num_heads,
+                              q_len=q_len, kv_len=kv_len, dtype=query.dtype)  # (N|1, H|1, L, S)
+        out = self.attention_fn(
+            self._heads(q), self._heads(k), self._heads(v),  # (N, H, L|S, D)
+            causal=bool(is_causal and attn_mask is None),
+            attn_bias=bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            rng=self.rng,
+        )  # (N, H, L, D)
+        out = out.transpose(0, 2, 1, 3).reshape(n, q_len, E)  # (N, L, E)
+        out = self.out_proj(out)  # (N, L, E)
+        return out if self.batch_first else out.transpose(1, 0, 2)  # (L, N, E) unless batch_first
+
+
+class TransformerEncoderLayer(Module):
+    """torch.nn.TransformerEncoderLayer.
+
+    post-norm (default): x = norm1(x + SA(x));       x = norm2(x + FF(x))
+    pre-norm (norm_first): x = x + SA(norm1(x));     x = x + FF(norm2(x))
+    SA(x) = dropout1(self_attn(x, x, x)),  FF(x) = dropout2(linear2(dropout(act(linear1(x)))))
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False, bias: bool = True, *, dtype=np.float64,
+                 rng: np.random.Generator | None = None, attention_fn: Callable | None = None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
+                                            dtype=dtype, rng=rng, attention_fn=attention_fn)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.norm_first = norm_first
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng)
+        self.dropout2 = Dropout(dropout, rng=rng)
+        self.activation = _activation(activation)
+
+    def forward(self, src: Tensor, src_mask=None, src_key_padding_mask=None, is_causal: bool = False) -> Tensor:
+        """src (S, N, E) | (N, S, E) -> same shape."""
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            x = x + self._ff_block(self.norm2(x))
+        else:
+            x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+            x = self.norm2(x + self._ff_block(x))
+        return x
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal) -> Tensor:
+        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+        return self.dropout1(x)
+
+    def _ff_block(self, x) -> Tensor:
+        x = self.linear2(self.dropout(self.activation(self.linear1(x))))  # E -> F -> E
+        return self.dropout2(x)
+
+
+class TransformerDecoderLayer(Module):
+    """torch.nn.TransformerDecoderLayer.
+
+    post-norm: x = norm1(x + SA(x)); x = norm2(x + MHA(x, memory)); x = norm3(x + FF(x))
+    pre-norm:  x = x + SA(norm1(x)); x = x + MHA(norm2(x), memory); x = x + FF(norm3(x))
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False, bias: bool = True, *, dtype=np.float64,
+                 rng: np.random.Generator | None = None, attention_fn: Callable | None = None):
+        super().__init__()
+        rng = default_rng(rng)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
+                                            dtype=dtype, rng=rng, attention_fn=attention_fn)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
+                                                 batch_first=batch_first, dtype=dtype, rng=rng,
+                                                 attention_fn=attention_fn)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.norm_first = norm_first
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
+        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
+        self.dropout1 = Dropout(dropout, rng=rng)
+        self.dropout2 = Dropout(dropout, rng=rng)
+        self.dropout3 = Dropout(dropout, rng=rng)
+        self.activation = _activation(activation)
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Tensor:
+        """tgt (T, N, E) | (N, T, E), memory (S, N, E) | (N, S, E) -> tgt's shape."""
+        x = tgt
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+            x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
+            x = x + self._ff_block(self.norm3(x))
+        else:
+            x = self.norm1(x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = self.norm2(x + self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal))
+            x = self.norm3(x + self._ff_block(x))
+        return x
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal) -> Tensor:
+        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+        return self.dropout1(x)
+
+    def _mha_block(self, x, memory, attn_mask, key_padding_mask, is_causal) -> Tensor:
+        x = self.multihead_attn(x, memory, memory, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                                is_causal=is_causal)
+        return self.dropout2(x)
+
+    def _ff_block(self, x) -> Tensor:
+        x = self.linear2(self.dropout(self.activation(self.linear1(x))))  # E -> F -> E
+        return self.dropout3(x)
+
+
+def _clones(layer: Module, n: int) -> ModuleList:
+    """n deep copies of `layer` (as torch does), sharing its random generators rather than
+    copying them (copies would draw identical dropout masks in every layer)."""
+    generators = {id(m.rng): m.rng for m in layer.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)}
+    return ModuleList(copy.deepcopy(layer, memo=dict(generators)) for _ in range(n))
+
+
+class TransformerEncoder(Module):
+    """torch.nn.TransformerEncoder: num_layers copies of encoder_layer, then an optional norm."""
+
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: LayerNorm | None = None):
+        super().__init__()
+        self.layers = _clones(encoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, src: Tensor, mask=None, src_key_padding_mask=None, is_causal: bool | None = None) -> Tensor:
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return x if self.norm is None else self.norm(x)
+
+
+class TransformerDecoder(Module):
+    """torch.nn.TransformerDecoder: num_layers copies of decoder_layer, then an optional norm."""
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: LayerNorm | None = None):
+        super().__init__()
+        self.layers = _clones(decoder_layer, num_layers)
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool | None = None,
+                memory_is_causal: bool = False) -> Tensor:
+        x = tgt
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                      tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                      tgt_is_causal=bool(tgt_is_causal), memory_is_causal=memory_is_causal)
+        return x if self.norm is None else self.norm(x)
+
+
+class Transformer(Module):
+    """torch.nn.Transformer: encoder (+ final LayerNorm) and decoder (+ final LayerNorm).
+
+    Extra keyword-only arguments: dtype (numpy), rng (numpy Generator: init and dropout),
+    attention_fn (the attention every layer calls).
+    """
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", custom_encoder: Module | None = None, custom_decoder: Module | None = None,
+                 layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
+                 bias: bool = True, *, dtype=np.float64, rng: np.random.Generator | None = None,
+                 attention_fn: Callable | None = None):
+        super().__init__()
+        rng = default_rng(rng)
+        layer_args = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+                          activation=activation, layer_norm_eps=layer_norm_eps, batch_first=batch_first,
+                          norm_first=norm_first, bias=bias, dtype=dtype, rng=rng, attention_fn=attention_fn)
+        self.encoder = custom_encoder or TransformerEncoder(
+            TransformerEncoderLayer(**layer_args), num_encoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        self.decoder = custom_decoder or TransformerDecoder(
+            TransformerDecoderLayer(**layer_args), num_decoder_layers,
+            LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
+        for p in self.parameters():  # torch's _reset_parameters: xavier on every matrix
+            if p.data.ndim > 1:
+                xavier_uniform_(p, rng)
+
+    def forward(self, src: Tensor, tgt: Tensor, src_mask=None, tgt_mask=None, memory_mask=None,
+                src_key_padding_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+                src_is_causal: bool | None = None, tgt_is_causal: bool | None = None,
+                memory_is_causal: bool = False) -> Tensor:
+        """src (S, N, E) | (N, S, E), tgt (T, N, E) | (N, T, E) -> (T, N, E) | (N, T, E)."""
+        batch_axis = 0 if self.batch_first else 1
+        if src.shape[batch_axis] != tgt.shape[batch_axis]:
+            raise ValueError(f"src, tgt: batch sizes differ ({src.shape[batch_axis]} vs {tgt.shape[batch_axis]})")
+        if src.shape[-1] != self.d_model or tgt.shape[-1] != self.d_model:
+            raise ValueError(f"src, tgt: expected feature size d_model={self.d_model}, got {src.shape[-1]}, {tgt.shape[-1]}")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask,
+                              is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                            memory_is_causal=memory_is_causal)
+
+    generate_square_subsequent_mask = staticmethod(generate_square_subsequent_mask)
+
+
+__all__ = [
+    "MultiheadAttention",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "attention_bias",
+    "generate_square_subsequent_mask",
+    "set_attention_fn",
+]

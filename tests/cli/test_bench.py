@@ -1,0 +1,168 @@
+"""Specification of the benchmark sweep's bookkeeping and of `flashref bench` without a GPU.
+
+The sweep's timing needs a GPU; its logic (FLOP counts, plan, fresh inputs, failure
+classification, time budget, JSON, plots) is checked here on the CPU with tiny shapes
+and a fake timer that reports 1 ms, so TFLOP/s are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from flashref import benchmark as B
+from flashref.cli import main
+
+
+def one_ms(fn, *, warmup_ms, rep_ms, grad_to_none=None):
+    fn()
+    return 1.0
+
+
+TINY = dict(tokens=64, model_dim=32)
+
+
+@pytest.mark.parametrize(
+    "args, causal, direction, expected",
+    [
+        ((1, 1, 1, 1, 1), False, "fwd", 4.0),
+        ((2, 16, 1024, 1024, 128), False, "fwd", 4.0 * 2 * 16 * 1024 * 1024 * 128),
+        ((2, 16, 1024, 1024, 128), True, "fwd", 2.0 * 2 * 16 * 1024 * 1024 * 128),
+        ((1, 1, 3, 5, 7), False, "bwd", 2.5 * 4 * 3 * 5 * 7),
+        ((1, 1, 3, 5, 7), True, "fwd_bwd", 3.5 * 2 * 3 * 5 * 7),
+    ],
+)
+def test_flop_count_is_flashattentions(args, causal, direction, expected):
+    assert B.attention_flops(*args, causal=causal, direction=direction) == pytest.approx(expected)
+
+
+def test_flop_count_rejects_unknown_direction():
+    with pytest.raises(ValueError, match="direction"):
+        B.attention_flops(1, 1, 1, 1, 1, causal=False, direction="sideways")
+
+
+def test_plans_keep_tokens_and_width_fixed():
+    full = B.Plan.preset("full")
+    cases = full.cases()
+    assert len(cases) == 6 * 3 * 2 * 2 * 3
+    assert {c.seqlen for c in cases} == {512, 1024, 2048, 4096, 8192, 16384}
+    assert all(c.batch * c.seqlen == 16384 and c.heads * c.head_dim == 2048 for c in cases)
+    quick = B.Plan.preset("quick")
+    assert set(quick.head_dims) == {64, 128, 256} and len(quick.cases()) < len(cases)
+    with pytest.raises(ValueError, match="preset"):
+        B.Plan.preset("medium")
+
+
+@pytest.mark.parametrize("direction", B.DIRECTIONS)
+@pytest.mark.parametrize("impl", ["naive_torch", "sdpa_math"])
+def test_measure_on_cpu_reports_tflops_from_the_timer(impl, direction):
+    case = B.BenchCase("float32", 16, True, 32, direction, **TINY)
+    m = B.measure(case, impl, device="cpu", timer=one_ms)
+    assert m.status == "ok", m.message
+    assert m.tflops == pytest.approx(case.flops / 1e-3 / 1e12)
+    assert m.peak_memory_bytes is None  # only measured on CUDA
+
+
+def test_naive_attention_matches_torch_sdpa():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 13, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    for causal in (False, True):
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        torch.testing.assert_close(B.ATTENTION["naive_torch"](q, k, v, causal), want)
+
+
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (NotImplementedError("head dim 256"), "unsupported"),
+        (RuntimeError("No available kernel. Aborting execution."), "unsupported"),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8 GiB"), "oom"),
+        (RuntimeError("illegal memory access"), "error"),
+    ],
+)
+def test_failures_are_recorded_not_raised(monkeypatch, exc, status):
+    def broken(q, k, v, causal):
+        raise exc
+
+    monkeypatch.setitem(B.ATTENTION, "flashref", broken)
+    m = B.measure(B.BenchCase("float32", 16, False, 32, "fwd", **TINY), "flashref", device="cpu", timer=one_ms)
+    assert (m.status, m.tflops) == (status, None)
+    assert type(exc).__name__ in m.message
+
+
+def tiny_plan(**kw) -> B.Plan:
+    base = dict(seqlens=(16, 32), head_dims=(8,), dtypes=("float32",), directions=("fwd", "fwd_bwd"),
+                implementations=("naive_torch", "sdpa_math"), warmup_ms=1, rep_ms=1, **TINY)
+    return B.Plan(**{**base, **kw})
+
+
+def test_sweep_report_is_strict_json_and_plots(tmp_path):
+    report = B.run_sweep(tiny_plan(), device="cpu", timer=one_ms, ceiling_n=16)
+    text = json.dumps(report, allow_nan=False)
+    assert json.loads(text)["schema"] == B.BENCH_SCHEMA
+    assert len(report["results"]) == 2 * 2 * 2 * 2  # lengths x causal x directions x implementations
+    assert B.status_counts(report["results"]) == {"ok": 16}
+    assert report["matmul_ceiling_tflops"]["float32"] == pytest.approx(2 * 16**3 / 1e-3 / 1e12, abs=0.01)
+    assert set(report["environment"]) >= {"torch", "triton", "numpy", "device"}
+    pngs = B.plot_report(report, tmp_path)
+    assert [p.name for p in pngs] == ["attention_tflops_float32.png"]
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = B.markdown_tables(report)
+    assert "| naive_torch |" in table and "| implementation | 16 | 32 |" in table
+
+
+def test_sweep_records_the_rest_as_skipped_when_time_runs_out():
+    report = B.run_sweep(tiny_plan(), device="cpu", timer=one_ms, ceiling_n=16, time_budget_s=0.0)
+    assert B.status_counts(report["results"]) == {"skipped": 16}
+    assert B.markdown_tables(report).count(" - |") > 0
+
+
+def test_bench_without_gpu_says_so_and_points_at_cpu_benchmarks(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench"]) == 1
+    out = capsys.readouterr().out
+    assert "No CUDA GPU" in out and "flashref bench --cpu" in out and "--benchmark-enable" in out
+
+
+def test_bench_on_a_gpu_writes_json_tables_and_plots(monkeypatch, tmp_path, capsys):
+    """The GPU path end to end, with the sweep itself run on the CPU with tiny shapes."""
+    real_sweep = B.run_sweep
+
+    def cpu_sweep(plan, **kw):
+        plan = dataclasses.replace(plan, warmup_ms=1, rep_ms=1, **TINY, seqlens=(16,), head_dims=(8,))
+        return real_sweep(plan, device="cpu", timer=one_ms, ceiling_n=16, time_budget_s=kw["time_budget_s"],
+                          on_result=kw["on_result"])
+
+    import flashref.reporting as R
+
+    env = {**R.environment(), "device": {"kind": "cuda", "name": "Fake GPU", "capability": "sm_90"}}
+    monkeypatch.setattr(R, "environment", lambda: env)
+    monkeypatch.setattr(B, "run_sweep", cpu_sweep)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    code = main(["bench", "--out", str(tmp_path), "--impl", "naive_torch,sdpa_math", "--dtype", "float16",
+                 "--direction", "fwd"])
+    assert code == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["implementation"] for r in report["results"]} == {"naive_torch", "sdpa_math"}
+    assert len((tmp_path / "bench.jsonl").read_text().splitlines()) == len(report["results"])
+    assert (tmp_path / "attention_tflops_float16.png").exists() and (tmp_path / "results.md").exists()
+    assert "best TFLOP/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--head-dim", "65"], "'65' is not one of: 64, 128, 256"),
+        (["bench", "--dtype", "float64"], "'float64' is not one of"),
+        (["bench", "--seqlen", "1k"], "cannot read '1k'"),
+        (["bench", "--quick", "--full"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_are_clear_argparse_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
