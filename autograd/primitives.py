@@ -666,7 +666,9 @@ class Softmax(Primitive):
     @staticmethod
     def backward(ctx, grad):
         y = ctx.y
-        return (y * (grad - np.sum(grad * y, axis=ctx.axis, keepdims=True)),)
+        dx = grad * y
+        dx -= y * np.sum(dx, axis=ctx.axis, keepdims=True)  # y * (g - sum(g * y))
+        return (dx,)
 
 
 @register("log_softmax")
@@ -733,16 +735,18 @@ class LayerNorm(Primitive):
     @staticmethod
     def forward(ctx, x, *params, normalized_ndim, eps, has_weight, has_bias):
         axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-        mu = np.mean(x, axis=axes, keepdims=True)
-        xc = x - mu
-        var = np.mean(xc * xc, axis=axes, keepdims=True)
+        xhat = x - np.mean(x, axis=axes, keepdims=True)  # centred, normalised in place below
+        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
-        xhat = xc * rstd
+        xhat *= rstd
         weight = params[0] if has_weight else None
         bias = params[-1] if has_bias else None
-        y = xhat * weight if has_weight else xhat
-        if has_bias:
-            y = y + bias if not has_weight else np.add(y, bias, out=y)
+        if has_weight:
+            y = xhat * weight
+            if has_bias:
+                y += bias
+        else:
+            y = xhat + bias if has_bias else xhat.copy()
         ctx.xhat, ctx.rstd, ctx.weight, ctx.axes = xhat, rstd, weight, axes
         ctx.lead = tuple(range(x.ndim - normalized_ndim))
         ctx.has_weight, ctx.has_bias = has_weight, has_bias
@@ -754,10 +758,15 @@ class LayerNorm(Primitive):
         needs = ctx.needs_input_grad
         grads: list[Array | None] = []
         if needs[0]:
-            h = grad * ctx.weight if ctx.has_weight else grad
+            h = grad * ctx.weight if ctx.has_weight else grad.copy()
+            scratch = h * xhat
+            mean_hx = np.mean(scratch, axis=axes, keepdims=True)
             mean_h = np.mean(h, axis=axes, keepdims=True)
-            mean_hx = np.mean(h * xhat, axis=axes, keepdims=True)
-            grads.append(rstd * (h - mean_h - xhat * mean_hx))
+            # dx = rstd * (h - mean_h - xhat * mean_hx), built in h's buffer
+            h -= np.multiply(xhat, mean_hx, out=scratch)
+            h -= mean_h
+            h *= rstd
+            grads.append(h)
         else:
             grads.append(None)
         if ctx.has_weight:

@@ -203,6 +203,8 @@ class Tensor:
         """``other`` as a Tensor of this tensor's dtype (constants) or an error on mixed floats."""
         if isinstance(other, Tensor):
             return other
+        if type(other) is float or type(other) is int:  # the common case, without the ABC check
+            return Tensor(np.asarray(other, dtype=self.dtype))
         if isinstance(other, (numbers.Number, np.number, np.bool_)) and not isinstance(other, complex):
             return Tensor(np.asarray(other, dtype=self.dtype))
         array = np.asarray(other)
@@ -332,15 +334,16 @@ def _topological_order(root: Tensor) -> list[Tensor]:
 def apply(name: str, *inputs: Tensor, **params: Any) -> Tensor:
     """Run the registered primitive ``name`` on ``inputs`` and record it for backward."""
     primitive = REGISTRY[name]
-    dtypes = {t.data.dtype for t in inputs}
-    if len(dtypes) > 1:
+    dtype = inputs[0].data.dtype
+    if any(t.data.dtype != dtype for t in inputs[1:]):
+        dtypes = {t.data.dtype for t in inputs}
         raise TypeError(
             f"{name}: inputs mix dtypes {sorted(str(d) for d in dtypes)} (shapes "
             f"{[t.shape for t in inputs]}); cast explicitly with .astype(...)"
         )
-    needs = tuple(t.requires_grad for t in inputs)
-    record = _grad_enabled and any(needs)
-    ctx = Context(needs)
+    needs = tuple(_grad_enabled and t.requires_grad for t in inputs)
+    record = any(needs)
+    ctx = Context(needs)  # all False under no_grad: backward-only work (max's tie shares) is skipped
     try:
         out = primitive.forward(ctx, *(t.data for t in inputs), **params)
     except ValueError as err:

@@ -9,11 +9,16 @@
 #   FLASHREF_BENCH_FULL=1   the full sweep (every length, head dim, dtype) instead of --quick;
 #                           give it a bigger budget (it takes well over 8 minutes)
 #   PYTHON                  interpreter to use (default python3)
+#   FLASHREF_SKIP_INSTALL=1 use the flashref already installed (skip the editable install)
+#
+# Few files on purpose (a borrowed machine may hand back only a handful): gpu_check.log holds
+# every step's output; verify.json; bench/bench.json, bench.jsonl, results.md and the PNGs.
 #
 # It needs only what the GPU image has (torch, triton, numpy, rich, matplotlib, pytest):
 # nothing is downloaded. A step that fails is logged and the next one still runs; the
 # exit status is non-zero if any step failed.
 set -uo pipefail
+export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
@@ -36,25 +41,32 @@ import platform, torch, triton, numpy
 print("python", platform.python_version(), "torch", torch.__version__, "triton", triton.__version__,
       "numpy", numpy.__version__, "cuda", torch.version.cuda)
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA DEVICE")
+raise SystemExit(0 if torch.cuda.is_available() else 3)
 EOF
+if [ $? -ne 0 ]; then
+    echo "no CUDA device: this script is for a GPU machine (on a CPU: flashref verify --quick, flashref bench --cpu)"
+    exit 1
+fi
 
 step "install (editable, no downloads)"
-if ! $PY -m pip install --no-deps --no-build-isolation -e . >"$OUT_DIR/pip_install.log" 2>&1; then
-    echo "pip install failed (see pip_install.log)"; tail -5 "$OUT_DIR/pip_install.log"; status=1
+if [ "${FLASHREF_SKIP_INSTALL:-0}" = "1" ]; then
+    echo "skipped (FLASHREF_SKIP_INSTALL=1)"
+elif ! $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -20; then
+    echo "pip install failed"; status=1
 fi
 $PY -c "import flashref, flashref.kernels; print('flashref', flashref.__version__, 'imports')" || status=1
 
 # The repo's addopts name pytest-benchmark's flag; the GPU image may lack the plugin, so
 # they are replaced here by what this step needs.
 step "gpu tests: pytest -m gpu tests/kernels (cap 180 s)"
-timeout -k 10 180 $PY -m pytest -o addopts="" -ra -m gpu tests/kernels -p no:cacheprovider \
-    --junitxml "$OUT_DIR/gpu_tests.xml" >"$OUT_DIR/gpu_tests.log" 2>&1
-rc=$?; tail -25 "$OUT_DIR/gpu_tests.log"; echo "gpu tests exit $rc"; [ $rc -eq 0 ] || status=1
+timeout -k 10 180 $PY -m pytest -o addopts="" -ra -m gpu tests/kernels -p no:cacheprovider
+rc=$?; echo "gpu tests exit $rc"
+# pytest's 5 means "no test selected": reported, not a failure of the kernels.
+[ $rc -eq 0 ] || [ $rc -eq 5 ] || status=1
 
 step "flashref verify --quick on CUDA (cap 120 s)"
-timeout -k 10 120 $PY -m flashref verify --quick --json "$OUT_DIR/verify.json" --junit "$OUT_DIR/verify.xml" \
-    >"$OUT_DIR/verify.log" 2>&1
-rc=$?; tail -40 "$OUT_DIR/verify.log"; echo "verify exit $rc"; [ $rc -eq 0 ] || status=1
+timeout -k 10 120 $PY -m flashref verify --quick --json "$OUT_DIR/verify.json"
+rc=$?; echo "verify exit $rc"; [ $rc -eq 0 ] || status=1
 
 PRESET=--quick
 [ "${FLASHREF_BENCH_FULL:-0}" = "1" ] && PRESET=--full
@@ -65,8 +77,8 @@ if [ "$SWEEP_BUDGET" -lt 30 ]; then
 else
     step "flashref bench $PRESET (measuring for at most ${SWEEP_BUDGET} s)"
     timeout -k 10 $(( SWEEP_BUDGET + 40 )) $PY -m flashref bench $PRESET --out "$OUT_DIR/bench" \
-        --time-budget "$SWEEP_BUDGET" >"$OUT_DIR/bench.log" 2>&1
-    rc=$?; tail -20 "$OUT_DIR/bench.log"; echo "bench exit $rc"; [ $rc -eq 0 ] || status=1
+        --time-budget "$SWEEP_BUDGET"
+    rc=$?; echo "bench exit $rc"; [ $rc -eq 0 ] || status=1
 fi
 
 step "done in $(elapsed) s, status $status; files:"

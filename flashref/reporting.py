@@ -29,6 +29,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from rich.markup import escape
 from rich.table import Table
 
 TENSORS = ("out", "dq", "dk", "dv")
@@ -230,17 +231,17 @@ def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False
         if only_failures and outcome.passed:
             continue
         if outcome.exception is not None:
-            table.add_row(outcome.name, "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
+            table.add_row(escape(outcome.name), "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
             continue
         items = list(outcome.errors.items())
         for i, (tensor, err) in enumerate(items):
             verdict = "[green]PASS[/]" if err.passed else "[bold red]FAIL[/]"
             table.add_row(
-                outcome.name if i == 0 else "",
+                escape(outcome.name) if i == 0 else "",
                 tensor,
                 _fmt(err.kernel),
                 _fmt(err.baseline),
-                f"{err.ratio:.2f}" if math.isfinite(err.ratio) else _fmt(err.ratio),
+                f"{err.ratio:.2f}" if err.ratio < 1000 else _fmt(err.ratio),
                 _fmt(err.bound),
                 verdict,
                 end_section=i == len(items) - 1,

@@ -4,7 +4,7 @@
 from .attention import attention_backward, attention_forward
 from .attention_inputs import CAUSAL_ALIGNMENTS, AttentionInputs, attention_mask
 from .explain import AttentionTrace, TraceStep, explain_attention
-from .blocked_attention import Tile, blocked_attention_backward, blocked_attention_forward
+from .blocked_attention import AttentionTile, blocked_attention_backward, blocked_attention_forward
 from .merge_attention import merge_attention
 from .sdpa import scaled_dot_product_attention
 
@@ -22,6 +22,39 @@ __all__ = [
     "blocked_attention_forward",
     "merge_attention",
     "scaled_dot_product_attention",
-    "Tile",
+    "AttentionTile",
 ]
 # --- end attention oracle -------------------------------------------------------------
+
+# --- NumPy Transformer, training, decoding, checkpoints (issue 4) ----------------------
+from .module import Module, ModuleList
+from .layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding
+from .transformer import (
+    MultiheadAttention,
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+    generate_square_subsequent_mask,
+    set_attention_fn,
+)
+from .seq2seq import Seq2SeqConfig, Seq2SeqModel
+from .optim import SGD, Adam, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm
+from .data import ReverseTask, ReverseTaskConfig, make_reverse_task
+from .training import TrainConfig, evaluate, train
+from .decoding import beam_search, greedy_decode
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ += [
+    "Module", "ModuleList", "Dropout", "Embedding", "LayerNorm", "Linear", "PositionalEncoding",
+    "MultiheadAttention", "Transformer", "TransformerDecoder", "TransformerDecoderLayer",
+    "TransformerEncoder", "TransformerEncoderLayer", "generate_square_subsequent_mask", "set_attention_fn",
+    "Seq2SeqConfig", "Seq2SeqModel",
+    "SGD", "Adam", "AdamW", "WarmupCosine", "WarmupInverseSqrt", "clip_grad_norm",
+    "ReverseTask", "ReverseTaskConfig", "make_reverse_task",
+    "TrainConfig", "evaluate", "train",
+    "beam_search", "greedy_decode",
+    "CheckpointError", "load_checkpoint", "save_checkpoint",
+]
+# --- end NumPy Transformer --------------------------------------------------------------

@@ -279,8 +279,9 @@ def _check_kv_lens(kv_lens, batch: int | None, kv_len: int) -> np.ndarray | None
 def _check_bias(attn_bias, full_shape: tuple) -> np.ndarray | None:
     if attn_bias is None:
         return None
-    data = getattr(attn_bias, "data", attn_bias)  # an autograd Tensor carries its ndarray
-    bias = np.asarray(data)
+    if not isinstance(attn_bias, np.ndarray) and isinstance(getattr(attn_bias, "data", None), np.ndarray):
+        attn_bias = attn_bias.data  # an autograd Tensor: check the ndarray it carries
+    bias = np.asarray(attn_bias)
     if bias.dtype == bool:
         raise TypeError(
             "attn_bias: expected an additive float bias, got a bool array "

@@ -2,7 +2,7 @@ r"""FlashAttention-2, written plainly in NumPy, one tile at a time.
 
 This is the algorithm the Triton kernels implement, with the same loops, so a kernel
 developer can read it side by side with their kernel and compare intermediate tiles
-(pass ``on_tile``: it is called with a `Tile` after every tile is processed). The
+(pass ``on_tile``: it is called with an `AttentionTile` after each tile is processed). The
 mathematics is that of `flashref.reference.attention` (derivation in docs/attention.md);
 only the order of the arithmetic differs, and the results agree to rounding.
 
@@ -51,7 +51,7 @@ from .attention_inputs import AttentionInputs, as_float64, check_attention_input
 
 
 @dataclass(frozen=True)
-class Tile:
+class AttentionTile:
     """One processed tile, handed to ``on_tile`` for inspection.
 
     phase: "forward" or "backward"; rows / cols: the query / key positions of the tile;
@@ -65,7 +65,7 @@ class Tile:
     values: dict
 
 
-TileHook = Callable[[Tile], None]
+TileHook = Callable[[AttentionTile], None]
 
 
 def blocked_attention_forward(
@@ -132,7 +132,7 @@ def blocked_attention_forward(
             acc = rescale[..., None] * acc + dropped @ v_j
             row_max = new_max
             if on_tile is not None:
-                on_tile(Tile("forward", rows, cols, _copies(
+                on_tile(AttentionTile("forward", rows, cols, _copies(
                     scores=scores, row_max=row_max, rescale=rescale, probs=probs,
                     row_sum=row_sum, acc=acc,
                 )))  # fmt: skip
@@ -207,7 +207,7 @@ def blocked_attention_backward(
             dk_acc += scale * (dscores.swapaxes(-1, -2) @ q_i)
             dq[:, :, rows] += scale * (dscores @ k_j)
             if on_tile is not None:
-                on_tile(Tile("backward", rows, cols, _copies(
+                on_tile(AttentionTile("backward", rows, cols, _copies(
                     probs=probs, dprobs=dprobs, dscores=dscores, dk_acc=dk_acc, dv_acc=dv_acc,
                 )))  # fmt: skip
         dk_full[:, :, cols] = dk_acc

@@ -161,7 +161,8 @@ def _explain_head(trace, prefix, q, k, v, causal, alignment, scale, kv_len, bias
     weights = probabilities_from_lse(masked, lse4[0, 0])
     out = weights @ v
     # The trace is only worth reading if it is the oracle's arithmetic: hold it to that.
-    assert np.allclose(out, out4[0, 0], rtol=1e-12, atol=1e-12)
+    if not np.allclose(out, out4[0, 0], rtol=1e-12, atol=1e-12):
+        raise RuntimeError("explain_attention: the step-by-step output disagrees with attention_forward")
     head = f"head {prefix[4:-1]}: " if prefix else ""  # "head0." -> "head 0: "
     title_scale = f"{inputs.softmax_scale:.6g}"
     bias_note = " + bias" if inputs.attn_bias is not None else ""

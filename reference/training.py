@@ -29,11 +29,11 @@ OPTIMIZERS = ("adam", "adamw")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 3000  # upper bound; early stopping usually ends sooner
+    steps: int = 1500  # upper bound; early stopping usually ends sooner
     batch_size: int = 64
     lr: float = 2e-3  # peak learning rate
-    warmup_steps: int = 200
-    schedule: str = "inverse_sqrt"
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # decays to 0 at `steps`: steadier final accuracy than inverse_sqrt
     optimizer: str = "adam"
     weight_decay: float = 0.0
     clip_norm: float = 1.0

@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> int:
         if command is None:
             console.print("[red]bench/ is not next to this flashref install (benchmarks ship with the source tree).[/]")
             return 2
-        console.print("running: " + " ".join(command))
-        return subprocess.call(command, cwd=str(_bench_dir().parent))
+        # One BLAS/OpenMP thread unless the user chose otherwise: on a shared machine a
+        # multi-threaded BLAS measures contention, not the code (see bench/RESULTS.md).
+        env = dict(os.environ)
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
+        print("running: OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 " + " ".join(command), flush=True)
+        return subprocess.call(command, cwd=str(_bench_dir().parent), env=env)
 
     import torch
 

@@ -22,6 +22,9 @@ import time
 from typing import Any
 
 ARCHS = ("sm_90", "sm_80")
+# Short headers for the compile gate's field names (anything else: underscores to spaces).
+HEADERS = {"head_dim": "head dim", "num_warps": "warps", "num_stages": "stages", "registers": "regs/thread",
+           "shared_memory": "smem bytes", "uses_wgmma": "wgmma"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: one line per row
+        console = Console(width=max(console.width, 160))
     if "flashref.kernels" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "0"
     elif os.environ.get("TRITON_INTERPRET") == "1":
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     table = Table(title=f"kernel specializations compiled for {args.arch} ({seconds:.1f} s, no GPU)",
                   title_justify="left")
     for col in columns:
-        table.add_column(col.replace("_", " "), justify="right" if isinstance(rows[0][col], (int, float)) else "left",
+        table.add_column(HEADERS.get(col, col.replace("_", " ")), justify="right" if isinstance(rows[0][col], (int, float)) else "left",
                          overflow="fold")
     table.add_column("gate")
     bad = 0

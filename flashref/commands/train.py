@@ -19,13 +19,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--out", default="runs/reverse", help="output folder (default: %(default)s)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="maximum optimizer steps (default 3000)")
+    length.add_argument("--steps", type=int, default=None, help="maximum optimizer steps (default 1500)")
     length.add_argument("--epochs", type=float, default=None, help="maximum passes over the train split")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data, the init and the shuffling")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    parser.add_argument("--warmup-steps", type=int, default=200)
-    parser.add_argument("--schedule", choices=("inverse_sqrt", "cosine", "constant"), default="inverse_sqrt")
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--schedule", choices=("inverse_sqrt", "cosine", "constant"), default="cosine")
     parser.add_argument("--optimizer", choices=("adam", "adamw"), default="adam")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--target-accuracy", type=float, default=0.995,
@@ -75,7 +75,7 @@ def run(args) -> int:
                 raise ValueError(f"--epochs: expected a positive number, got {args.epochs}")
             steps = max(1, math.ceil(args.epochs * args.num_train / args.batch_size))
         else:
-            steps = 3000 if args.steps is None else args.steps
+            steps = 1500 if args.steps is None else args.steps
         train_config = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr,
                                    warmup_steps=args.warmup_steps, schedule=args.schedule,
                                    optimizer=args.optimizer, weight_decay=args.weight_decay,

@@ -41,8 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick",
                       help="a representative subset, a minute or two on a CPU (default)")
+    size.add_argument("--ci", dest="preset", action="store_const", const="ci",
+                      help="the sweep CI runs: FlashAttention's test shapes in a covering design")
     size.add_argument("--full", dest="preset", action="store_const", const="full",
-                      help="every configuration of the sweep")
+                      help="every (lengths, masking, head dim, dtype): hundreds of configurations, meant for a GPU")
     p.set_defaults(preset="quick")
     p.add_argument("--dtype", type=comma_list(str, DTYPES), default=None,
                    help="only these dtypes, e.g. float16,bfloat16")
@@ -80,6 +82,7 @@ def _choose_device(requested: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console()
     if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
@@ -107,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
     env = environment()
     where = describe_device(env)
     seed_note = f"seed {seed}"
-    what = f"--{args.preset}" if not args.case else "--case"
-    console.print(f"flashref verify {what}: {len(cases)} configuration{'s' if len(cases) != 1 else ''} "
-                  f"on {where}, {seed_note} (case i uses seed {seed} + i)" if not args.case else
-                  f"flashref verify {what}: {len(cases)} configuration(s) on {where}, {seed_note}")
+    n = f"{len(cases)} configuration{'s' if len(cases) != 1 else ''}"
+    if args.case:
+        console.print(f"flashref verify --case: {n} on {where}, {seed_note}")
+    else:
+        console.print(f"flashref verify --{args.preset}: {n} on {where}, {seed_note} (case i uses seed {seed} + i)")
 
     outcomes = _run_cases(cases, device, console)
     seconds = sum(o.seconds for o in outcomes)
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(outcomes)} configurations out of bounds "
                   f"({seed_note}). Replay:")
     for o in failed[:MAX_REPLAYS_SHOWN]:
-        console.print(f"  {o.failure_summary()}", highlight=False, soft_wrap=True)
+        console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)
         # print(), not rich: the replay line must stay copy-pasteable at any terminal width.
         print(f"  {o.replay}", flush=True)
     if len(failed) > MAX_REPLAYS_SHOWN:

@@ -72,12 +72,12 @@ def test_leaf_grad_never_aliases_the_seed_or_another_leaf():
 
 
 def test_a_graph_one_hundred_thousand_deep_needs_no_recursion():
-    x = leaf(1.0)
+    x = leaf(1.5)
     y = x
     for _ in range(100_000):
-        y = y * 1.000001
+        y = y + x  # 10^5 levels deep, and x reused at every level
     y.backward()
-    np.testing.assert_allclose(x.grad, 1.000001**100_000, rtol=1e-9)
+    assert x.grad == 100_001.0
     del y  # freeing the chain must not overflow the C stack either
 
 

@@ -132,3 +132,38 @@ def test_cross_entropy_over_varied_shapes(rows, classes, smoothing, reduction, s
         lambda z: F.cross_entropy(z, target, label_smoothing=smoothing, reduction=reduction),
         [logits], seed=seed,
     )
+
+
+@SETTINGS
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    data=st.data(),
+    name=st.sampled_from(["softmax", "log_softmax", "logsumexp"]),
+    seed=small_seeds,
+)
+def test_softmax_family_along_any_axis(shape, data, name, seed):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
+    x = np.random.default_rng(seed).standard_normal(shape) * 2.0
+    gradcheck(lambda t: getattr(F, name)(t, axis=axis), [x], seed=seed)
+
+
+@SETTINGS
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    data=st.data(),
+    seed=small_seeds,
+)
+def test_joining_and_splitting_along_any_axis(shape, data, seed):
+    from flashref.autograd import concatenate, split, stack
+
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1), label="axis")
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    cut = data.draw(st.integers(0, shape[axis]), label="cut")
+
+    def join_then_split(x, y):
+        joined = concatenate([x, y * y], axis=axis) * stack([x, y], axis=axis).sum(axis=axis).exp().sum()
+        first, second = split(joined, [cut], axis=axis)
+        return concatenate([second, first * 3.0], axis=axis)
+
+    gradcheck(join_then_split, [a, b], seed=seed)

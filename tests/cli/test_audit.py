@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from flashref.autograd import opcheck
 from flashref.cli import main
@@ -131,3 +134,11 @@ def test_audit_needs_a_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["audit"])
     assert exit_info.value.code == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 6)),
+              elements=st.floats(-1e6, 1e6, allow_nan=False)))
+def test_inline_matrices_round_trip(m):
+    text = ";".join(",".join(repr(float(x)) for x in r) for r in m)
+    np.testing.assert_array_equal(parse_matrix(text), m)

@@ -127,6 +127,17 @@ def test_bench_without_gpu_says_so_and_points_at_cpu_benchmarks(monkeypatch, cap
     assert "No CUDA GPU" in out and "flashref bench --cpu" in out and "--benchmark-enable" in out
 
 
+def test_bench_cpu_runs_the_pytest_benchmark_suite_single_threaded(monkeypatch, capsys):
+    calls = []
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("subprocess.call", lambda cmd, cwd, env: calls.append((cmd, cwd, env)) or 0)
+    assert main(["bench", "--cpu"]) == 0
+    (cmd, cwd, env), = calls
+    assert cmd[1:4] == ["-m", "pytest", f"{cwd}/bench"]
+    assert "python_files=bench_*.py" in cmd and "--benchmark-enable" in cmd
+    assert env["OMP_NUM_THREADS"] == "1"
+
+
 def test_bench_on_a_gpu_writes_json_tables_and_plots(monkeypatch, tmp_path, capsys):
     """The GPU path end to end, with the sweep itself run on the CPU with tiny shapes."""
     real_sweep = B.run_sweep

@@ -163,3 +163,28 @@ def test_the_torch_comparison_can_fail():
     dq, _, _ = attention_backward(q, k, v, wrong_out, lse, dout)
     _, dq_torch, _, _ = torch_attention(q, k, v, dout, visible=np.ones((1, 1, 5, 5), bool))
     assert max_abs_diff(dq, dq_torch) > 1e-3
+
+
+def test_the_oracle_never_imports_torch_or_triton():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flashref.reference\n"
+        "bad = [m for m in ('torch', 'triton') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_strided_views_are_accepted():
+    """(B, L, H, D) storage seen through a transpose, and a transposed bias, give the same
+    answer as contiguous copies."""
+    rng = fresh_rng()
+    blhd = [rng.standard_normal((2, 6, 3, 4)) for _ in range(3)]
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in blhd)  # (B, H, L, D) views
+    bias = rng.standard_normal((6, 6)).T
+    out, lse = attention_forward(q, k, v, causal=True, attn_bias=bias)
+    expected, expected_lse = attention_forward(
+        *(np.ascontiguousarray(x) for x in (q, k, v)), causal=True, attn_bias=bias.copy())
+    assert np.array_equal(out, expected) and np.array_equal(lse, expected_lse)

@@ -37,14 +37,30 @@ def attention_problems(draw):
     seed = draw(st.integers(0, 2**32 - 1))  # hypothesis records it: failures replay
     shape = (batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim)
     blocks = (draw(st.integers(1, 10)), draw(st.integers(1, 10)))
-    return shape, kwargs, seed, blocks
+    extras = {"bias": draw(st.booleans()), "dropout_p": draw(st.sampled_from([0.0, 0.0, 0.5]))}
+    return shape, kwargs, seed, blocks, extras
+
+
+def _with_extras(kwargs, extras, rng, shape):
+    """Add a random (Hq, Lq, Lk) bias with some -inf entries and/or a dropout keep mask."""
+    batch, q_heads, _, q_len, kv_len, _, _ = shape
+    kwargs = dict(kwargs)
+    if extras["bias"]:
+        bias = rng.standard_normal((q_heads, q_len, kv_len))
+        kwargs["attn_bias"] = np.where(rng.random(bias.shape) < 0.2, -np.inf, bias)
+    if extras["dropout_p"]:
+        kwargs["dropout_p"] = extras["dropout_p"]
+        kwargs["dropout_mask"] = rng.random((batch, q_heads, q_len, kv_len)) >= extras["dropout_p"]
+    return kwargs
 
 
 @settings(max_examples=60, deadline=None)
 @given(attention_problems())
 def test_closed_blocked_and_autograd_agree(problem):
-    shape, kwargs, seed, (block_m, block_n) = problem
-    q, k, v, dout = random_attention(np.random.default_rng(seed), *shape)
+    shape, kwargs, seed, (block_m, block_n), extras = problem
+    rng = np.random.default_rng(seed)
+    q, k, v, dout = random_attention(rng, *shape)
+    kwargs = _with_extras(kwargs, extras, rng, shape)
     out, lse = attention_forward(q, k, v, **kwargs)
     grads = attention_backward(q, k, v, out, lse, dout, **kwargs)
 
@@ -66,8 +82,10 @@ def test_closed_blocked_and_autograd_agree(problem):
 def test_outputs_are_convex_combinations_of_visible_values(problem):
     """Each output row is a weighted average of the values its row can see (no dropout):
     it lies inside their coordinate-wise range; an empty row is 0 with lse = -inf."""
-    shape, kwargs, seed, _ = problem
-    q, k, v, _ = random_attention(np.random.default_rng(seed), *shape)
+    shape, kwargs, seed, _, extras = problem
+    rng = np.random.default_rng(seed)
+    q, k, v, _ = random_attention(rng, *shape)
+    kwargs = _with_extras(kwargs, {**extras, "dropout_p": 0.0}, rng, shape)
     out, lse = attention_forward(q, k, v, **kwargs)
     empty = np.isneginf(lse)
     assert np.all(out[empty] == 0.0) and not np.isnan(lse).any()

@@ -44,3 +44,59 @@ def grad_mismatches(ours: dict, theirs: dict, tol: float) -> list[str]:
         if not err <= tol:
             bad.append(f"{name}: relative error {err:.3e}")
     return bad
+
+
+def torch_seq2seq_twin(model):
+    """torch's version of a flashref Seq2SeqModel (float64, train mode, same weights).
+
+    Same parameter names, so ``twin.load_state_dict`` takes our state dict. Built from
+    torch.nn.Transformer/Embedding/Linear; the sinusoidal table is copied as a buffer.
+    """
+    import math
+
+    import torch
+
+    config = model.config
+
+    class TorchSeq2Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            e, v = config.d_model, config.vocab_size
+            kw = dict(dtype=torch.float64)
+            self.src_embed = torch.nn.Embedding(v, e, **kw)
+            self.tgt_embed = torch.nn.Embedding(v, e, **kw)
+            self.transformer = torch.nn.Transformer(
+                d_model=e, nhead=config.nhead, num_encoder_layers=config.num_encoder_layers,
+                num_decoder_layers=config.num_decoder_layers, dim_feedforward=config.dim_feedforward,
+                dropout=config.dropout, activation=config.activation, layer_norm_eps=config.layer_norm_eps,
+                batch_first=True, norm_first=config.norm_first, bias=config.bias, **kw)
+            if config.tie_embeddings:
+                self.generator_bias = torch.nn.Parameter(torch.zeros(v, **kw))
+            else:
+                self.generator = torch.nn.Linear(e, v, **kw)
+            self.register_buffer("table", torch.tensor(model.positional.table), persistent=False)
+
+        def embed(self, embedding, ids):
+            return embedding(ids) * math.sqrt(config.d_model) + self.table[: ids.shape[1]]
+
+        def forward(self, src, tgt_in):
+            src, tgt_in = torch.as_tensor(src), torch.as_tensor(tgt_in)
+            length = tgt_in.shape[1]
+            hidden = self.transformer(
+                self.embed(self.src_embed, src), self.embed(self.tgt_embed, tgt_in),
+                tgt_mask=torch.triu(torch.ones(length, length, dtype=torch.bool), 1),
+                src_key_padding_mask=src == config.pad_id, tgt_key_padding_mask=tgt_in == config.pad_id,
+                memory_key_padding_mask=src == config.pad_id)
+            if config.tie_embeddings:
+                return torch.nn.functional.linear(hidden, self.tgt_embed.weight, self.generator_bias)
+            return self.generator(hidden)
+
+        def loss(self, src, tgt_in, tgt_out):
+            logits = self(src, tgt_in)
+            return torch.nn.functional.cross_entropy(
+                logits.reshape(-1, config.vocab_size), torch.as_tensor(tgt_out).reshape(-1),
+                ignore_index=config.pad_id)
+
+    twin = TorchSeq2Seq().train()
+    twin.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    return twin
