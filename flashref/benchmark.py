@@ -163,15 +163,11 @@ def _naive_attention(q, k, v, causal: bool):
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
-def _sdpa(backend_name: str) -> Callable:
-    def run(q, k, v, causal: bool):
-        import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
+def _sdpa(q, k, v, causal: bool):
+    """torch SDPA; which backend runs is pinned by `backend_context` around the measurement."""
+    import torch.nn.functional as F
 
-        with sdpa_kernel(getattr(SDPBackend, backend_name)):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-
-    return run
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
 def _flashref(q, k, v, causal: bool):
@@ -182,12 +178,26 @@ def _flashref(q, k, v, causal: bool):
 
 ATTENTION: dict[str, Callable] = {
     "flashref": _flashref,
-    "sdpa_flash": _sdpa("FLASH_ATTENTION"),
-    "sdpa_efficient": _sdpa("EFFICIENT_ATTENTION"),
-    "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"),
-    "sdpa_math": _sdpa("MATH"),
+    "sdpa_flash": _sdpa,
+    "sdpa_efficient": _sdpa,
+    "sdpa_cudnn": _sdpa,
+    "sdpa_math": _sdpa,
     "naive_torch": _naive_attention,
 }
+SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
+                 "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_math": "MATH"}
+
+
+def backend_context(implementation: str):
+    """Pins torch SDPA to one backend for a whole measurement (entered once, outside the
+    timed calls, so its cost is not timed); a no-op for the other implementations."""
+    import contextlib
+
+    if implementation not in SDPA_BACKENDS:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[implementation]))
 
 
 # --------------------------------------------------------------------------- timing
@@ -227,8 +237,10 @@ def _classify(exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return "oom"
     text = str(exc)
+    # torch SDPA with a pinned backend that cannot take the inputs: "No available kernel"
+    # (torch <= 2.12) or "No viable backend" (2.13).
     if isinstance(exc, (NotImplementedError, ValueError, TypeError)) or "No available kernel" in text \
-            or "not supported" in text.lower() or "unsupported" in text.lower():
+            or "No viable backend" in text or "not supported" in text.lower() or "unsupported" in text.lower():
         return "unsupported"
     return "error"
 
@@ -243,55 +255,58 @@ def measure(case: BenchCase, implementation: str, *, device: str = "cuda", timer
     """Time one implementation on one case, with fresh inputs drawn from `seed`."""
     import torch
 
-    attend = ATTENTION[implementation]
-    dtype = getattr(torch, case.dtype)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
-    needs_grad = case.direction != "fwd"
-    on_cuda = device.startswith("cuda")
     result = Measurement(case, implementation, status="ok")
-    tensors: list = []
     try:
-        q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(needs_grad)
-                   for _ in range(3))
-        tensors = [q, k, v]
-        if case.direction == "fwd":
-            def fn():
-                return attend(q, k, v, case.causal)
-        elif case.direction == "bwd":
-            out = attend(q, k, v, case.causal)
-            dout = torch.randn(out.shape, generator=gen, device=device, dtype=dtype)
-            tensors += [out, dout]
-
-            def fn():
-                out.backward(dout, retain_graph=True)
-        else:
-            dout = torch.randn(shape, generator=gen, device=device, dtype=dtype)
-            tensors.append(dout)
-
-            def fn():
-                attend(q, k, v, case.causal).backward(dout)
-
-        fn()  # compiles and proves the implementation supports this case before timing
-        grads = [q, k, v] if needs_grad else None
-        ms = timer(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, grad_to_none=grads)
-        result.ms = ms
-        result.tflops = case.flops / (ms * 1e-3) / 1e12
-        if on_cuda:
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            result.peak_memory_bytes = int(torch.cuda.max_memory_allocated() - before)
+        with backend_context(implementation):
+            result.ms, result.peak_memory_bytes = _time_one(case, ATTENTION[implementation], device=device,
+                                                            timer=timer, warmup_ms=warmup_ms, rep_ms=rep_ms,
+                                                            seed=seed)
+        result.tflops = case.flops / (result.ms * 1e-3) / 1e12
     except Exception as exc:  # every failure is a recorded outcome, not the end of the sweep
         result.status = _classify(exc)
         result.message = _short(exc)
     finally:
-        del tensors
-        if on_cuda:
-            torch.cuda.empty_cache()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the next point starts from the same empty allocator
     return result
+
+
+def _time_one(case: BenchCase, attend: Callable, *, device: str, timer: Timer, warmup_ms: int, rep_ms: int,
+              seed: int) -> tuple[float, int | None]:
+    """(median ms, peak extra bytes on CUDA or None) for `attend` on fresh inputs of `case`."""
+    import torch
+
+    dtype = getattr(torch, case.dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
+    needs_grad = case.direction != "fwd"
+    q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(needs_grad)
+               for _ in range(3))
+    if case.direction == "fwd":
+        def fn():
+            return attend(q, k, v, case.causal)
+    elif case.direction == "bwd":
+        out = attend(q, k, v, case.causal)
+        dout = torch.randn(out.shape, generator=gen, device=device, dtype=dtype)
+
+        def fn():
+            out.backward(dout, retain_graph=True)
+    else:
+        dout = torch.randn(shape, generator=gen, device=device, dtype=dtype)
+
+        def fn():
+            attend(q, k, v, case.causal).backward(dout)
+
+    fn()  # compiles (autotunes) and proves the implementation supports this case before timing
+    ms = timer(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, grad_to_none=[q, k, v] if needs_grad else None)
+    if not device.startswith("cuda"):
+        return ms, None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return ms, int(torch.cuda.max_memory_allocated() - before)
 
 
 def matmul_ceiling(dtype: str = "bfloat16", n: int = 8192, *, device: str = "cuda",

@@ -31,6 +31,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .flash_attention import FLOAT32_DOT_PRECISION
 from .configs import KERNEL_NAMES, KernelConfig, configs_for, padded_head_dim
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
@@ -76,13 +77,13 @@ class CompileRow:
     head_dim: int
     dtype: str
     causal: bool
-    block_m: int
-    block_n: int
+    BLOCK_M: int
+    BLOCK_N: int
     num_warps: int
     num_stages: int
     registers: int  # per thread
-    shared_memory_bytes: int  # dynamic shared memory per program
-    spill_bytes: int  # local memory per thread (register spills)
+    shared_memory: int  # bytes of dynamic shared memory per program
+    spills: int  # bytes of local memory per thread (register spills)
     uses_wgmma: bool
     compile_seconds: float
 
@@ -125,7 +126,7 @@ def _signature(fn, spec: Specialization):
     if spec.kernel != "backward_delta":
         constexprs.update(
             BLOCK_N=spec.config.block_n, CAUSAL=spec.causal, HAS_KV_LENS=False, UPCAST=False,
-            DOT_PRECISION="ieee" if spec.dtype == "float32" else "tf32")
+            DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
         if name in constexprs:
@@ -186,10 +187,10 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
     usage = resource_usage(compiled.asm["cubin"])
     return CompileRow(
         kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.causal,
-        block_m=spec.config.block_m, block_n=spec.config.block_n,
+        BLOCK_M=spec.config.block_m, BLOCK_N=spec.config.block_n,
         num_warps=spec.config.num_warps, num_stages=spec.config.num_stages,
-        registers=usage["REG"], shared_memory_bytes=int(compiled.metadata.shared),
-        spill_bytes=usage.get("LOCAL", 0) + usage.get("STACK", 0),
+        registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
+        spills=usage.get("LOCAL", 0) + usage.get("STACK", 0),
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2))
 

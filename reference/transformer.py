@@ -114,7 +114,7 @@ class MultiheadAttention(Module):
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.dropout, self.batch_first, self.rng = float(dropout), batch_first, rng
         self.attention_fn = attention_fn or default_attention_fn()
-        self.in_proj_weight = parameter(np.empty((3 * embed_dim, embed_dim)), dtype)
+        self.in_proj_weight = parameter(np.zeros((3 * embed_dim, embed_dim)), dtype)
         xavier_uniform_(self.in_proj_weight, rng)
         self.in_proj_bias = parameter(np.zeros(3 * embed_dim), dtype) if bias else None
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias, dtype=dtype, rng=rng)
@@ -146,13 +146,18 @@ class MultiheadAttention(Module):
                 v = F.linear(value, w[2 * E :], None if b is None else b[2 * E :])  # (N, S, E)
         bias = attention_bias(attn_mask, key_padding_mask, batch=n, nhead=self.num_heads,
                               q_len=q_len, kv_len=kv_len, dtype=query.dtype)  # (N|1, H|1, L, S)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, L|S, D)
+        if q.dtype != np.float64:  # the oracle attends in float64 (its bias is float64)
+            q, k, v = q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)
         out = self.attention_fn(
-            self._heads(q), self._heads(k), self._heads(v),  # (N, H, L|S, D)
+            q, k, v,
             causal=bool(is_causal and attn_mask is None),
             attn_bias=bias,
             dropout_p=self.dropout if self.training else 0.0,
             rng=self.rng,
         )  # (N, H, L, D)
+        if out.dtype != query.dtype:
+            out = out.astype(query.dtype)
         out = out.transpose(0, 2, 1, 3).reshape(n, q_len, E)  # (N, L, E)
         out = self.out_proj(out)  # (N, L, E)
         return out if self.batch_first else out.transpose(1, 0, 2)  # (L, N, E) unless batch_first

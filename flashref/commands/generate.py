@@ -42,5 +42,5 @@ def run(args) -> int:
     if args.verbose:
         for hyp in hypotheses:
             state = "" if hyp.finished else " (no end token)"
-            print(f"  {hyp.log_prob:9.4f}  {decode_tokens(hyp.tokens)}{state}", file=sys.stderr)
+            print(f"  {hyp.log_prob:9.4f}  {decode_tokens(hyp.tokens) or '(empty)'}{state}", file=sys.stderr)
     return 0

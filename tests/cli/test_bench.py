@@ -13,6 +13,7 @@ import json
 import pytest
 import torch
 
+import flashref.reporting as R
 from flashref import benchmark as B
 from flashref.cli import main
 
@@ -64,6 +65,15 @@ def test_measure_on_cpu_reports_tflops_from_the_timer(impl, direction):
     assert m.status == "ok", m.message
     assert m.tflops == pytest.approx(case.flops / 1e-3 / 1e12)
     assert m.peak_memory_bytes is None  # only measured on CUDA
+
+
+def test_sdpa_backends_are_pinned_not_substituted():
+    """torch has no memory-efficient or cuDNN attention on the CPU: pinned, they must be
+    reported unsupported rather than silently timed as another backend."""
+    case = B.BenchCase("float32", 16, False, 32, "fwd", **TINY)
+    statuses = {impl: B.measure(case, impl, device="cpu", timer=one_ms).status
+                for impl in ("sdpa_efficient", "sdpa_cudnn", "sdpa_math")}
+    assert statuses == {"sdpa_efficient": "unsupported", "sdpa_cudnn": "unsupported", "sdpa_math": "ok"}
 
 
 def test_naive_attention_matches_torch_sdpa():
@@ -146,8 +156,6 @@ def test_bench_on_a_gpu_writes_json_tables_and_plots(monkeypatch, tmp_path, caps
         plan = dataclasses.replace(plan, warmup_ms=1, rep_ms=1, **TINY, seqlens=(16,), head_dims=(8,))
         return real_sweep(plan, device="cpu", timer=one_ms, ceiling_n=16, time_budget_s=kw["time_budget_s"],
                           on_result=kw["on_result"])
-
-    import flashref.reporting as R
 
     env = {**R.environment(), "device": {"kind": "cuda", "name": "Fake GPU", "capability": "sm_90"}}
     monkeypatch.setattr(R, "environment", lambda: env)

@@ -1,8 +1,8 @@
-"""Specification of `flashref compile-report`: the table, the gate's verdicts, the JSON.
+"""Specification of `flashref compile-report`: the selection, the table, the gate's verdicts, JSON.
 
-The gate's logic is checked with a stand-in `compile_specializations` (so a spill, a
-compile error and a missing wgmma can be forced); compiling the real kernels for sm_90 is
-the `compile` tests' job in tests/kernels, and one real run here is marked `compile`.
+The gate's logic is checked with a stand-in compile gate (so a spill, a compile error and a
+missing wgmma can be forced without compiling); one real compile runs in a fresh process
+(marked `compile`). Compiling every specialization is the `compile` tests' job in tests/kernels.
 """
 
 from __future__ import annotations
@@ -17,42 +17,64 @@ import types
 import pytest
 
 from flashref.cli import main
+from flashref.commands import compile_report
 from flashref.commands.compile_report import row_problems
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
+class Config:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
     kernel: str
     head_dim: int
     dtype: str
     causal: bool
-    BLOCK_M: int
-    BLOCK_N: int
-    num_warps: int
-    num_stages: int
-    registers: int
-    shared_memory: int
-    spills: int
-    uses_wgmma: bool
+    config: Config
 
 
-CLEAN = Row("forward", 128, "bfloat16", True, 128, 64, 8, 3, 168, 98304, 0, True)
+DEFAULT, OTHER = Config(128, 64, 8, 3), Config(64, 64, 4, 2)
+
+
+def row_for(spec: Spec, arch: str, **changes) -> dict:
+    row = dict(kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.causal,
+               BLOCK_M=spec.config.block_m, BLOCK_N=spec.config.block_n, num_warps=spec.config.num_warps,
+               num_stages=spec.config.num_stages, registers=168, shared_memory=98304, spills=0,
+               uses_wgmma=spec.dtype != "float32", compile_seconds=1.5)
+    return {**row, **changes}
 
 
 @pytest.fixture
 def fake_gate(monkeypatch):
-    """Install a stand-in flashref.kernels.compile_gate returning the rows given to it."""
+    """A stand-in compile gate: two kernels x head dims x dtypes x causal x two configs.
+    `broken` maps a kernel name to the row fields (or exception) its compile produces."""
 
-    def install(rows):
-        calls = []
+    def install(broken=None):
+        broken = broken or {}
+        calls = {"axes": [], "compiled": []}
 
-        def compile_specializations(arch="sm_90"):
-            calls.append(arch)
-            return rows
+        def specializations(**axes):
+            calls["axes"].append(axes)
+            axes = dict(dict(head_dims=(64, 128), dtypes=("bfloat16", "float32"), causal=(False, True),
+                             kernels=("forward", "backward_dq")), **axes)
+            return [Spec(k, d, dt, c, cfg) for k in axes["kernels"] for d in axes["head_dims"]
+                    for dt in axes["dtypes"] for c in axes["causal"] for cfg in (DEFAULT, OTHER)]
 
-        module = types.ModuleType("flashref.kernels.compile_gate")
-        module.compile_specializations = compile_specializations
-        monkeypatch.setitem(sys.modules, "flashref.kernels.compile_gate", module)
+        def compile_specialization(spec, arch):
+            calls["compiled"].append((spec, arch))
+            fault = broken.get(spec.kernel, {})
+            if isinstance(fault, Exception):
+                raise fault
+            return types.SimpleNamespace(**row_for(spec, arch, **fault))
+
+        gate = types.SimpleNamespace(specializations=specializations, compile_specialization=compile_specialization,
+                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER))
+        monkeypatch.setattr(compile_report, "_gate", lambda: gate)
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # restored after the test
         return calls
 
@@ -60,46 +82,85 @@ def fake_gate(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "changes, arch, problem",
+    "changes, arch, problems",
     [
-        ({}, "sm_90", None),
-        ({"spills": 64}, "sm_90", "64 bytes spilled"),
-        ({"uses_wgmma": False}, "sm_90", "no wgmma on sm_90"),
-        ({"uses_wgmma": False}, "sm_80", None),  # Ampere has no wgmma to use
+        ({}, "sm_90", []),
+        ({"spills": 64}, "sm_90", ["spills 64 B"]),
+        ({"uses_wgmma": False}, "sm_90", ["no wgmma"]),
+        ({"uses_wgmma": False}, "sm_80", []),  # Ampere has no wgmma
+        ({"uses_wgmma": False, "dtype": "float32"}, "sm_90", []),  # exact fp32 dots use no MMA
+        ({"uses_wgmma": False, "kernel": "backward_delta"}, "sm_90", []),  # no matrix product at all
+        ({"shared_memory": 200000}, "sm_80", ["smem > 166912 B"]),
+        ({"spills": 8, "uses_wgmma": False}, "sm_90", ["spills 8 B", "no wgmma"]),
     ],
 )
-def test_gate_verdicts(changes, arch, problem):
-    problems = row_problems(dataclasses.asdict(dataclasses.replace(CLEAN, **changes)), arch)
-    assert problems == ([] if problem is None else [problem])
+def test_gate_verdicts(changes, arch, problems):
+    spec = Spec("forward", 128, "bfloat16", True, DEFAULT)
+    assert row_problems(row_for(spec, arch, **changes), arch) == problems
 
 
 def test_a_row_that_did_not_compile_fails():
-    assert row_problems({"kernel": "forward", "error": "ptxas fatal: out of registers\nmore"}, "sm_90") == [
-        "does not compile: ptxas fatal: out of registers"]
+    assert row_problems({"kernel": "forward", "error": "RuntimeError: ptxas fatal\nmore"}, "sm_90") == [
+        "does not compile"]
 
 
 def test_clean_rows_print_a_table_and_exit_0(fake_gate, capsys, tmp_path):
-    calls = fake_gate([CLEAN, dataclasses.replace(CLEAN, kernel="backward_dq", head_dim=64)])
-    assert main(["compile-report", "--arch", "sm_80", "--json", str(tmp_path / "c.json")]) == 0
+    calls = fake_gate()
+    assert main(["compile-report", "--arch", "sm_80", "--jobs", "1", "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
-    assert calls == ["sm_80"]
-    for header in ("kernel", "head dim", "BLOCK M", "warps", "stages", "regs/thread", "smem bytes", "spills", "wgmma"):
+    assert len(calls["compiled"]) == 2 * 2 * 2 * 2 * 2 and {a for _, a in calls["compiled"]} == {"sm_80"}
+    for header in ("kernel", "head dim", "BLOCK_M", "warps", "stages", "regs/thread", "smem bytes",
+                   "spill bytes", "wgmma", "gate"):
         assert header in out
-    assert "backward_dq" in out and "98304" in out and "all 2 specializations compile for sm_80" in out
+    assert "backward_dq" in out and "98304" in out and "PASS: all 32 specializations compile for sm_80" in out
     report = json.loads((tmp_path / "c.json").read_text())
-    assert report["arch"] == "sm_80" and len(report["rows"]) == 2
+    assert report["arch"] == "sm_80" and len(report["rows"]) == 32
     assert report["rows"][0]["registers"] == 168 and report["rows"][0]["problems"] == []
 
 
-def test_a_spill_fails_the_command(fake_gate, capsys):
-    fake_gate([CLEAN, dataclasses.replace(CLEAN, spills=256)])
-    assert main(["compile-report"]) == 1
+@pytest.mark.parametrize(
+    "argv, axes, count",
+    [
+        (["--quick"], dict(head_dims=(64, 128, 256), dtypes=("bfloat16",)), 2 * 3 * 1 * 2),
+        (["--kernel", "forward", "--head-dim", "64", "--dtype", "float16", "--causal", "on"],
+         dict(kernels=("forward",), head_dims=(64,), dtypes=("float16",), causal=(True,)), 1 * 1 * 1 * 1 * 2),
+    ],
+)
+def test_filters_reach_the_gate(fake_gate, capsys, argv, axes, count):
+    calls = fake_gate()
+    assert main(["compile-report", "--jobs", "1", *argv]) == 0
+    assert calls["axes"] == [axes]
+    assert len(calls["compiled"]) == count
+    if "--quick" in argv:
+        assert {spec.config for spec, _ in calls["compiled"]} == {DEFAULT}
+
+
+def test_a_spill_or_a_compile_error_fails_the_command(fake_gate, capsys):
+    fake_gate({"forward": {"spills": 256}, "backward_dq": RuntimeError("PassManager::run failed")})
+    assert main(["compile-report", "--jobs", "1", "--dtype", "bfloat16", "--head-dim", "64"]) == 1
     out = capsys.readouterr().out
-    assert "256 bytes spilled" in out and "1 of 2 specializations fail" in out
+    assert out.count("spills 256 B") == 4 and out.count("does not compile") == 4
+    assert "backward_dq d=64 bfloat16 causal=False BLOCK_M=128 BLOCK_N=64 warps=8: RuntimeError: PassManager::run failed" in out
+    assert "FAIL: 8 of 8 specializations fail" in out
 
 
-def test_bad_arch_is_an_argparse_error(capsys):
+def test_bad_arguments_are_argparse_errors(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compile-report", "--arch", "sm_70"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'sm_70'" in capsys.readouterr().err
+
+
+@pytest.mark.compile
+def test_one_real_specialization_compiles_for_hopper(tmp_path):
+    """No GPU needed: the delta kernel (the smallest) compiled for sm_90 in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashref", "compile-report", "--kernel", "backward_delta", "--head-dim", "64",
+         "--dtype", "bfloat16", "--jobs", "1", "--json", str(tmp_path / "c.json")],
+        capture_output=True, text=True, env=env, timeout=600)
+    report = json.loads((tmp_path / "c.json").read_text())
+    (row,) = report["rows"]
+    assert (row["kernel"], row["head_dim"], row["dtype"], row["arch"]) == ("backward_delta", 64, "bfloat16", "sm_90")
+    assert row["registers"] > 0 and row["shared_memory"] >= 0
+    assert proc.returncode == (0 if not row["problems"] else 1), proc.stdout + proc.stderr

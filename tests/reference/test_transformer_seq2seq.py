@@ -82,6 +82,34 @@ def test_padding_does_not_change_a_sequence_logits():
         assert rel_err(together[row, :t], alone[0]) <= 1e-12
 
 
+def test_dropout_is_random_in_training_and_off_in_eval():
+    config = Seq2SeqConfig(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=10,
+                           max_len=16, dropout=0.3)
+    model = Seq2SeqModel(config, rng=np.random.default_rng(fresh_seed("dropout")))
+    plain = Seq2SeqModel(Seq2SeqConfig(**(config.to_dict() | {"dropout": 0.0})))
+    plain.load_state_dict(model.state_dict())
+    b = batch(0)
+    first, second = model(b.src, b.tgt_in).data, model(b.src, b.tgt_in).data
+    assert not np.allclose(first, second)
+    model.eval()
+    np.testing.assert_array_equal(model(b.src, b.tgt_in).data, plain(b.src, b.tgt_in).data)
+
+
+def test_float32_model_tracks_float64():
+    """dtype='float32' keeps parameters, activations and gradients in float32 (attention
+    itself runs in float64 inside the oracle) and stays within float32 rounding of float64."""
+    base = dict(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=10, max_len=16)
+    wide = Seq2SeqModel(Seq2SeqConfig(**base), rng=np.random.default_rng(fresh_seed("float32")))
+    narrow = Seq2SeqModel(Seq2SeqConfig(**base, dtype="float32"))
+    narrow.load_state_dict(wide.state_dict())
+    b = batch(1)
+    loss64, _ = wide.loss(b.src, b.tgt_in, b.tgt_out)
+    loss32, logits32 = narrow.loss(b.src, b.tgt_in, b.tgt_out)
+    loss32.backward()
+    assert logits32.dtype == np.float32 and {p.grad.dtype for p in narrow.parameters()} == {np.dtype(np.float32)}
+    assert abs(loss32.item() - loss64.item()) <= 1e-5 * abs(loss64.item())
+
+
 def test_tied_embeddings_share_one_matrix():
     model = Seq2SeqModel(Seq2SeqConfig(tie_embeddings=True, d_model=8, nhead=2, dim_feedforward=8))
     names = dict(model.named_parameters())

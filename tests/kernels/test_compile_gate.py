@@ -1,0 +1,95 @@
+"""The compile gate: every kernel specialization the dispatcher can launch compiles for
+Hopper (sm_90) and Ampere (sm_80) without a GPU, without register spills, within shared
+memory, and on Hopper its matrix products use ``wgmma``.
+
+CI (marker ``compile``, also under triton 3.6) compiles a representative matrix: each kernel's
+default configuration at one head dim per padded width (40 -> 64, 96 -> 128, 256), for
+bfloat16 and float32 (float16 at 96), causal. ``slow`` compiles everything:
+``GATE_HEAD_DIMS`` x dtypes x causal x every configuration of every table.
+"""
+
+import pytest
+import torch
+
+from flashref.kernels.compile_gate import (
+    AMPERE_SHARED_MEMORY_LIMIT,
+    DELTA_CONFIG,
+    HOPPER_SHARED_MEMORY_LIMIT,
+    CompileRow,
+    Specialization,
+    compile_specializations,
+    resource_usage,
+    specializations,
+)
+from flashref.kernels.configs import KERNEL_NAMES, configs_for
+
+LIMITS = {"sm_90": HOPPER_SHARED_MEMORY_LIMIT, "sm_80": AMPERE_SHARED_MEMORY_LIMIT}
+
+
+def problems(row: CompileRow) -> list[str]:
+    found = []
+    if row.spills:
+        found.append(f"spills {row.spills} bytes/thread")
+    if row.shared_memory > LIMITS[row.arch]:
+        found.append(f"shared memory {row.shared_memory} > {LIMITS[row.arch]}")
+    if row.arch == "sm_90" and row.kernel != "backward_delta" and not row.uses_wgmma:
+        found.append("no wgmma in the PTX")
+    return found
+
+
+def assert_clean(rows: list[CompileRow]):
+    bad = [f"{r.kernel} d={r.head_dim} {r.dtype} causal={r.causal} {r.BLOCK_M}x{r.BLOCK_N} "
+           f"w{r.num_warps} s{r.num_stages} regs={r.registers}: {', '.join(problems(r))}"
+           for r in rows if problems(r)]
+    assert not bad, "\n".join(bad)
+
+
+def ci_matrix() -> list[Specialization]:
+    specs = []
+    for kernel in KERNEL_NAMES:
+        for head_dim, dtype in [(40, "bfloat16"), (96, "bfloat16"), (256, "bfloat16"),
+                                (40, "float32"), (96, "float32"), (256, "float32"), (96, "float16")]:
+            config = configs_for(kernel, head_dim, getattr(torch, dtype))[0]
+            specs.append(Specialization(kernel, head_dim, dtype, True, config))
+    specs.append(Specialization("backward_delta", 96, "bfloat16", False, DELTA_CONFIG))
+    return specs
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_default_configs_compile_clean(arch, monkeypatch):
+    import flashref.kernels.compile_gate as gate
+
+    monkeypatch.setattr(gate, "specializations", lambda **_: ci_matrix())
+    rows = compile_specializations(arch)
+    assert len(rows) == len(ci_matrix())
+    assert all(r.arch == arch and r.registers > 0 for r in rows)
+    assert_clean(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES + ("backward_delta",))
+def test_every_specialization_compiles_clean(arch, kernel):
+    assert_clean(compile_specializations(arch, kernels=(kernel,)))
+
+
+def test_specializations_cover_every_table_entry():
+    specs = specializations(head_dims=(40, 128), dtypes=("float16", "float32"))
+    for kernel in KERNEL_NAMES:
+        for head_dim in (40, 128):
+            for dtype in ("float16", "float32"):
+                for causal in (False, True):
+                    for config in configs_for(kernel, head_dim, getattr(torch, dtype)):
+                        assert Specialization(kernel, head_dim, dtype, causal, config) in specs
+
+
+def test_the_gate_sees_a_spill():
+    """The resource parser reads what cuobjdump prints; a row with spills is a problem."""
+    row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 128, 4, 3, 255, 98304, 272, True, 1.0)
+    assert problems(row) == ["spills 272 bytes/thread"]
+    assert problems(CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 230, 300000, 0,
+                               False, 1.0)) == ["shared memory 300000 > 232448", "no wgmma in the PTX"]
+    with pytest.raises(Exception):
+        resource_usage(b"not a cubin")
