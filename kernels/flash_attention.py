@@ -35,10 +35,10 @@ from .configs import (
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
-# baseline the rule compares against, and "ieee" has no tensor-core path (an FMA loop that
-# spills heavily, see the compile gate). "tf32x3" splits each operand into a tf32 high and low
-# part and sums three tensor-core products: float32-level accuracy at tensor-core speed.
-FLOAT32_DOT_PRECISION = "tf32x3"
+# baseline the rule compares against. "tf32x3" (three tensor-core products) spilled registers
+# at every tile the compile gate tried for head dim 128, so float32 takes exact FMA dots on
+# small tiles: a correctness path, not a performance one (docs/kernels.md).
+FLOAT32_DOT_PRECISION = "ieee"
 
 # Triton 3.9 warns when this is unset and 3.10 flips its default. The kernels are written for
 # fused multiply-adds (the softmax's ``qk * qk_scale - m`` is one FMA), so say so explicitly;

@@ -49,7 +49,7 @@ def greedy_decode(model: Seq2SeqModel, src, *, max_new_tokens: int | None = None
                   eos_id: int = EOS) -> list[list[int]]:
     """src (N, S) ids -> for each row, the argmax continuation: ids after BOS, ending with
     EOS unless max_new_tokens ran out first."""
-    src = model._check_ids("src", src)
+    src = model.check_ids("src", src)
     steps = _max_new_tokens(model, src.shape[1], max_new_tokens)
     pad = model.config.pad_id
     with inference(model):
@@ -93,7 +93,7 @@ def beam_search(model: Seq2SeqModel, src, *, beam_size: int = 4, max_new_tokens:
     """
     if not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size: expected a positive integer, got {beam_size!r}")
-    src = model._check_ids("src", np.asarray(src)[None, :])  # (1, S)
+    src = model.check_ids("src", np.asarray(src)[None, :])  # (1, S)
     steps = _max_new_tokens(model, src.shape[1], max_new_tokens)
     vocab = model.config.vocab_size
     with inference(model):

@@ -104,7 +104,7 @@ class Seq2SeqModel(Module):
             self.generator = Linear(config.d_model, config.vocab_size, dtype=dtype, rng=rng)
         self.causal_masks: dict[int, np.ndarray] = {}
 
-    def _check_ids(self, name: str, ids) -> np.ndarray:
+    def check_ids(self, name: str, ids) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"{name}: expected integer token ids of shape (batch, length), got {ids.dtype} {ids.shape}")
@@ -118,7 +118,7 @@ class Seq2SeqModel(Module):
 
     def encode(self, src) -> Tensor:
         """src (N, S) ids -> memory (N, S, E). PAD keys are masked."""
-        src = self._check_ids("src", src)
+        src = self.check_ids("src", src)
         return self.transformer.encoder(self.embed(self.src_embed, src),
                                         src_key_padding_mask=src == self.config.pad_id)  # (N, S, E)
 
@@ -128,7 +128,7 @@ class Seq2SeqModel(Module):
         Position t sees target positions <= t (causal) that are not PAD, and every non-PAD
         source position.
         """
-        tgt_in = self._check_ids("tgt_in", tgt_in)
+        tgt_in = self.check_ids("tgt_in", tgt_in)
         length = tgt_in.shape[1]
         if length not in self.causal_masks:
             self.causal_masks[length] = np.triu(np.ones((length, length), dtype=bool), k=1)  # (T, T)
@@ -147,7 +147,7 @@ class Seq2SeqModel(Module):
 
     def forward(self, src, tgt_in) -> Tensor:
         """Teacher forcing: src (N, S), tgt_in (N, T) ids -> logits (N, T, V)."""
-        src = self._check_ids("src", src)
+        src = self.check_ids("src", src)
         return self.decode(tgt_in, self.encode(src), src == self.config.pad_id)
 
     def loss(self, src, tgt_in, tgt_out, label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:

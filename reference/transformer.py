@@ -128,8 +128,11 @@ class MultiheadAttention(Module):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask=None, attn_mask=None,
                 is_causal: bool = False) -> Tensor:
         """query (L, N, E) | (N, L, E) if batch_first; key, value (S, N, E) | (N, S, E)."""
-        if not self.batch_first:  # work batch-first inside
-            query, key, value = (t.transpose(1, 0, 2) for t in (query, key, value))  # (N, L|S, E)
+        if not self.batch_first:  # work batch-first inside; keep "is" identities (self-attention)
+            same_kv, same_qk = key is value, query is key
+            query = query.transpose(1, 0, 2)  # (N, L, E)
+            key = query if same_qk else key.transpose(1, 0, 2)  # (N, S, E)
+            value = key if same_kv else value.transpose(1, 0, 2)  # (N, S, E)
         n, q_len, e = query.shape
         kv_len = key.shape[1]
         if e != self.embed_dim:
@@ -269,9 +272,14 @@ class TransformerDecoderLayer(Module):
 
 def _clones(layer: Module, n: int) -> ModuleList:
     """n deep copies of `layer` (as torch does), sharing its random generators rather than
-    copying them (copies would draw identical dropout masks in every layer)."""
-    generators = {id(m.rng): m.rng for m in layer.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)}
-    return ModuleList(copy.deepcopy(layer, memo=dict(generators)) for _ in range(n))
+    copying them (copies would draw identical dropout masks in every layer) and its
+    attention function (which may be a stateful object, e.g. a recorder)."""
+    shared = {}
+    for module in layer.modules():
+        for name in ("rng", "attention_fn"):  # generators and attention functions stay shared
+            if hasattr(module, name):
+                shared[id(getattr(module, name))] = getattr(module, name)
+    return ModuleList(copy.deepcopy(layer, memo=dict(shared)) for _ in range(n))
 
 
 class TransformerEncoder(Module):
@@ -328,12 +336,13 @@ class Transformer(Module):
         layer_args = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
                           activation=activation, layer_norm_eps=layer_norm_eps, batch_first=batch_first,
                           norm_first=norm_first, bias=bias, dtype=dtype, rng=rng, attention_fn=attention_fn)
-        self.encoder = custom_encoder or TransformerEncoder(
-            TransformerEncoderLayer(**layer_args), num_encoder_layers,
-            LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
-        self.decoder = custom_decoder or TransformerDecoder(
-            TransformerDecoderLayer(**layer_args), num_decoder_layers,
-            LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        if custom_encoder is None:
+            custom_encoder = TransformerEncoder(TransformerEncoderLayer(**layer_args), num_encoder_layers,
+                                                LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        if custom_decoder is None:
+            custom_decoder = TransformerDecoder(TransformerDecoderLayer(**layer_args), num_decoder_layers,
+                                                LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        self.encoder, self.decoder = custom_encoder, custom_decoder
         self.d_model, self.nhead, self.batch_first = d_model, nhead, batch_first
         for p in self.parameters():  # torch's _reset_parameters: xavier on every matrix
             if p.data.ndim > 1:

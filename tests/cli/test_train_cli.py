@@ -69,3 +69,10 @@ def test_unknown_tokens_and_corrupt_checkpoint(trained, tmp_path, capsys):
     broken.write_bytes(ckpt.read_bytes()[:200])
     assert main(["eval", str(broken)]) == 2
     assert "truncated or corrupted" in capsys.readouterr().err
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    args = [a for a in TINY if a not in ("--steps", "30")]
+    assert main(["train", "--out", str(tmp_path), *args, "--epochs", "0.2", "--batch-size", "30"]) == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["step"][-1] == 2  # ceil(0.2 * 300 / 30)

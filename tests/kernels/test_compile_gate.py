@@ -8,6 +8,8 @@ bfloat16 and float32 (float16 at 96), causal. ``slow`` compiles everything:
 ``GATE_HEAD_DIMS`` x dtypes x causal x every configuration of every table.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -27,12 +29,17 @@ LIMITS = {"sm_90": HOPPER_SHARED_MEMORY_LIMIT, "sm_80": AMPERE_SHARED_MEMORY_LIM
 
 
 def problems(row: CompileRow) -> list[str]:
+    """What disqualifies a compiled specialization. float32 is the exact-FMA correctness path
+    (no tensor cores, see docs/kernels.md): it must compile and fit, its spills are reported
+    (printed) but not fatal; the 16-bit performance path must not spill and, on Hopper, must
+    use wgmma."""
     found = []
-    if row.spills:
+    if row.spills and row.dtype != "float32":
         found.append(f"spills {row.spills} bytes/thread")
     if row.shared_memory > LIMITS[row.arch]:
         found.append(f"shared memory {row.shared_memory} > {LIMITS[row.arch]}")
-    if row.arch == "sm_90" and row.kernel != "backward_delta" and not row.uses_wgmma:
+    if (row.arch == "sm_90" and row.kernel != "backward_delta" and row.dtype != "float32"
+            and not row.uses_wgmma):
         found.append("no wgmma in the PTX")
     return found
 
@@ -41,18 +48,29 @@ def assert_clean(rows: list[CompileRow]):
     bad = [f"{r.kernel} d={r.head_dim} {r.dtype} causal={r.causal} {r.BLOCK_M}x{r.BLOCK_N} "
            f"w{r.num_warps} s{r.num_stages} regs={r.registers}: {', '.join(problems(r))}"
            for r in rows if problems(r)]
+    for r in rows:
+        print(f"{r.arch} {r.kernel} d={r.head_dim} {r.dtype} {r.BLOCK_M}x{r.BLOCK_N} w{r.num_warps} "
+              f"s{r.num_stages}: regs {r.registers}, smem {r.shared_memory}, spills {r.spills}, "
+              f"wgmma {r.uses_wgmma}")
     assert not bad, "\n".join(bad)
 
 
+def default_spec(kernel, head_dim, dtype):
+    return Specialization(kernel, head_dim, dtype, True, configs_for(kernel, head_dim, getattr(torch, dtype))[0])
+
+
+# The dK/dV kernel at head dim 256 in 16 bits spills with every tile tried (docs/kernels.md,
+# "Known gaps"); it is kept out of the clean matrix and pinned by a strict xfail instead.
+KNOWN_SPILLING = [default_spec("backward_dkdv", 256, "bfloat16")]
+
+
 def ci_matrix() -> list[Specialization]:
-    specs = []
-    for kernel in KERNEL_NAMES:
-        for head_dim, dtype in [(40, "bfloat16"), (96, "bfloat16"), (256, "bfloat16"),
-                                (40, "float32"), (96, "float32"), (256, "float32"), (96, "float16")]:
-            config = configs_for(kernel, head_dim, getattr(torch, dtype))[0]
-            specs.append(Specialization(kernel, head_dim, dtype, True, config))
+    specs = [default_spec(kernel, head_dim, dtype)
+             for kernel in KERNEL_NAMES
+             for head_dim, dtype in [(40, "bfloat16"), (96, "bfloat16"), (256, "bfloat16"),
+                                     (40, "float32"), (96, "float32"), (256, "float32"), (96, "float16")]]
     specs.append(Specialization("backward_delta", 96, "bfloat16", False, DELTA_CONFIG))
-    return specs
+    return [s for s in specs if s not in KNOWN_SPILLING]
 
 
 @pytest.mark.compile
@@ -65,6 +83,16 @@ def test_default_configs_compile_clean(arch, monkeypatch):
     assert len(rows) == len(ci_matrix())
     assert all(r.arch == arch and r.registers > 0 for r in rows)
     assert_clean(rows)
+
+
+@pytest.mark.compile
+@pytest.mark.xfail(strict=True, reason="dK/dV at head dim 256 spills registers (known gap)")
+@pytest.mark.parametrize("arch", ["sm_90"])
+def test_dkdv_at_head_dim_256_compiles_clean(arch, monkeypatch):
+    import flashref.kernels.compile_gate as gate
+
+    monkeypatch.setattr(gate, "specializations", lambda **_: KNOWN_SPILLING)
+    assert_clean(compile_specializations(arch))
 
 
 @pytest.mark.slow
@@ -89,6 +117,7 @@ def test_the_gate_sees_a_spill():
     """The resource parser reads what cuobjdump prints; a row with spills is a problem."""
     row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 128, 4, 3, 255, 98304, 272, True, 1.0)
     assert problems(row) == ["spills 272 bytes/thread"]
+    assert problems(dataclasses.replace(row, dtype="float32", uses_wgmma=False)) == []
     assert problems(CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 230, 300000, 0,
                                False, 1.0)) == ["shared memory 300000 > 232448", "no wgmma in the PTX"]
     with pytest.raises(Exception):
