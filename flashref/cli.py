@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from flashref import __version__
+from flashref.commands import audit, bench, compile_report, evaluate, generate, train, verify
 
-# Modules under flashref.commands, in the order `--help` lists them.
-COMMANDS = ("verify", "audit", "compile_report", "bench", "train", "evaluate", "generate")
+# In the order `--help` lists them: the correctness gate first.
+COMMANDS = (verify, audit, compile_report, bench, train, evaluate, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,14 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flashref {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"flashref.commands.{name}")
-        except ModuleNotFoundError as err:  # during development a command may not exist yet
-            if err.name != f"flashref.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 
