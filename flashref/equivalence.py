@@ -263,7 +263,11 @@ def _covering(seqlens, head_dims, dtypes, masks, layouts, kv_lens_options, seed)
 
 
 LARGE_CASE = 100_000  # Lq * Lk above which the covering sweeps use batch 1
-QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
+# Not (239, 1): with one visible key per row the baseline's dk is exact by cancellation and the
+# rule's bound collapses to its 1e-5 slack, which float32 / float16 rounding of the kernel's
+# delta = rowsum(dO * O) exceeds for many seeds (docs/kernels.md, "Known limits of the rule").
+# That corner stays in the "ci" sweep with pinned seeds; the default gate must not flip on a draw.
+QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 3), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
 
 

@@ -123,9 +123,9 @@ def attention_forward_kernel(
     ``UPCAST``: set under Triton's interpreter, whose ``tl.dot`` treats bfloat16 as raw uint16
     bits (garbage); tiles are widened to float32 first there, which is also exactly what a GPU's
     tensor cores compute for 16-bit inputs (exact products, float32 sums).
-    ``DOT_PRECISION``: "tf32x3" for float32 inputs (float32-level accuracy on tensor cores;
-    plain tf32 would be far worse than the float32 baseline), "tf32" otherwise (ignored for
-    16-bit inputs).
+    ``DOT_PRECISION``: ``FLOAT32_DOT_PRECISION`` ("ieee", exact float32 FMA dots) for float32
+    inputs, since plain tf32 would be far worse than the float32 baseline (see
+    kernels/flash_attention.py); "tf32" otherwise, which 16-bit inputs ignore.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
