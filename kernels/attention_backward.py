@@ -18,7 +18,9 @@ touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
 2. ``attention_backward_dkdv_kernel``: one program per (key block, batch x kv head) holds its
    ``dK``/``dV`` tiles in registers and walks the query blocks that see it, for every query
    head of its GQA group in turn: the sum over sharing heads happens in registers, so there are
-   no atomics and the result is deterministic.
+   no atomics and the result is deterministic. At head dims above 128 two float32
+   ``BLOCK_N x 256`` accumulators do not fit the register file, so the host launches it twice
+   (``GRADS="dk"`` then ``GRADS="dv"``), each pass recomputing ``P`` (configs.dkdv_passes).
 3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
    ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
 """
@@ -72,14 +74,17 @@ def _load_lse_log2(lse_ptrs, row_ok):
 def _dkdv_query_blocks(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
     stride_qm, stride_qd, stride_dom, stride_dod,
-    offs_n, offs_d, lo, hi, seqlen_q, causal_shift, qk_scale,
+    rows, offs_d, lo, hi, seqlen_q, tile_shift, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
+    GRADS: tl.constexpr,
 ):
-    """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and dV.
+    """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
+    (``GRADS``: "dkdv", "dk" or "dv"; the other accumulator is returned untouched).
 
     k, v: (BLOCK_N, BLOCK_D) resident tiles. Works on transposed tiles (keys on rows) so that
     every product is a plain ``tl.dot``: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
+    A "dv" pass needs neither V nor dP: the compiler drops the unused tile and products.
     Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
     so the caller zeroes those rows once, before the store.
     """
@@ -100,17 +105,20 @@ def _dkdv_query_blocks(
         st = tl.dot(k, qt, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M), raw q.k
         pt = tl.math.exp2(st * qk_scale - lse2[None, :])
         if MASKED:
-            # causal: key j is visible to query i iff j <= i + causal_shift.
-            pt = tl.where(offs_n[:, None] <= offs_m[None, :] + causal_shift, pt, 0.0)
-        pt_in = to_dot_operand(pt, INPUT_DTYPE, UPCAST)
+            # causal: key j = start_n + r is visible to query i iff j <= i + causal_shift,
+            # i.e. r <= i + tile_shift with tile_shift = causal_shift - start_n.
+            pt = tl.where(rows[:, None] <= offs_m[None, :] + tile_shift, pt, 0.0)
         do_in = do
         if UPCAST:
             do_in = do.to(tl.float32)
-        dv = tl.dot(pt_in, do_in, dv, input_precision=DOT_PRECISION)
-        dpt = tl.dot(v, tl.trans(do_in), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
-        dst = pt * (dpt - delta[None, :])
-        dst_in = to_dot_operand(dst, INPUT_DTYPE, UPCAST)
-        dk = tl.dot(dst_in, tl.trans(qt), dk, input_precision=DOT_PRECISION)
+        if GRADS != "dk":
+            pt_in = to_dot_operand(pt, INPUT_DTYPE, UPCAST)
+            dv = tl.dot(pt_in, do_in, dv, input_precision=DOT_PRECISION)
+        if GRADS != "dv":
+            dpt = tl.dot(v, tl.trans(do_in), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+            dst = pt * (dpt - delta[None, :])
+            dst_in = to_dot_operand(dst, INPUT_DTYPE, UPCAST)
+            dk = tl.dot(dst_in, tl.trans(qt), dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -127,12 +135,14 @@ def attention_backward_dkdv_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
     Q, DOut: (B, Hq, Lq, D); K, V, DK, DV: (B, Hkv, Lk, D); any strides.
     Lse, Delta: (B, Hq, Lq) float32, contiguous. dK = scale * dS^T Q, dV = P^T dO.
+    ``GRADS`` is what this launch computes and stores: "dkdv" (both), "dk" or "dv" (the other
+    output is not written); a split pass recomputes P = exp2(K Q^T * qk_scale - lse).
     Query blocks are walked in two ranges: those on the causal diagonal (masked), then those
     whose every row sees the whole key block (unmasked); blocks above the diagonal are skipped.
     """
@@ -146,16 +156,20 @@ def attention_backward_dkdv_kernel(
         seqlen_k_visible = tl.load(KvLens + b)
 
     start_n = pid_n * BLOCK_N
-    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    key_ok = offs_n < seqlen_k
-    d_ok = offs_d < HEAD_DIM
-    kv_mask = key_ok[:, None] & d_ok[None, :]
-
-    k = tl.load(K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-                + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-    v = tl.load(V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-                + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    # The key block's rows are addressed from per-tile base pointers and tile-relative indices:
+    # what the store needs after the loops is then two pointers and the thread index, not
+    # per-row offsets (at head dim 256 the loops need every register; long-lived values spill).
+    rows = tl.arange(0, BLOCK_N)
+    kv_mask = (rows < seqlen_k - start_n)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tile = b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n.to(tl.int64) * stride_kn
+    k = tl.load(K + tile + rows[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
+    tile = b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n.to(tl.int64) * stride_vn
+    v = tl.load(V + tile + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    dk_tile = (DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
+               + start_n.to(tl.int64) * stride_dkn)
+    dv_tile = (DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
+               + start_n.to(tl.int64) * stride_dvn)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -186,25 +200,28 @@ def attention_backward_dkdv_kernel(
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
-            offs_n, offs_d, lo, mid, seqlen_q, causal_shift, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+            rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
-            offs_n, offs_d, mid, hi, seqlen_q, causal_shift, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+            rows, offs_d, mid, hi, seqlen_q, causal_shift - start_n, qk_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
-    visible = (offs_n < seqlen_k_visible)[:, None]
-    dk = tl.where(visible, dk * softmax_scale, 0.0)
-    dv = tl.where(visible, dv, 0.0)
-    tl.store(DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
-             + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
-             to_output(dk, DK.dtype.element_ty, UPCAST), mask=kv_mask)
-    tl.store(DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
-             + offs_n[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-             to_output(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
+    visible = (rows < seqlen_k_visible - start_n)[:, None]
+    # Written as a different expression from kv_mask on purpose: CSE would otherwise keep the
+    # load's mask alive across the loops (spilled at head dim 256).
+    store_mask = (rows + start_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    if GRADS != "dv":
+        dk = tl.where(visible, dk * softmax_scale, 0.0)
+        tl.store(dk_tile + rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+                 to_output(dk, DK.dtype.element_ty, UPCAST), mask=store_mask)
+    if GRADS != "dk":
+        dv = tl.where(visible, dv, 0.0)
+        tl.store(dv_tile + rows[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
+                 to_output(dv, DV.dtype.element_ty, UPCAST), mask=store_mask)
 
 
 @triton.jit

@@ -8,7 +8,9 @@ cubin: "REG", and "LOCAL"/"STACK" which on these kernels are register spills), d
 memory (``metadata.shared``), and whether the PTX uses Hopper's ``wgmma`` instructions.
 
 A specialization is what the dispatcher (``flash_attention.py``) can launch: a kernel, a
-head dim, a dtype, causal or not, and one configuration of ``configs.configs_for``. Strides of
+head dim, a dtype, causal or not, and one configuration of ``configs.configs_for``. Where the
+dK/dV kernel is launched once per gradient (``configs.dkdv_passes``: head dims above 128)
+each launch is its own row, named "backward_dk" and "backward_dv". Strides of
 the head axis are 1 and pointers/other strides 16-divisible, as the JIT specializes them for
 contiguous torch tensors. Works with triton 3.6 and 3.9 (same API).
 """
@@ -32,7 +34,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .flash_attention import FLOAT32_DOT_PRECISION
-from .configs import KERNEL_NAMES, KernelConfig, configs_for, padded_head_dim
+from .configs import DKDV_LAUNCHES, KERNEL_NAMES, KernelConfig, configs_for, dkdv_passes, padded_head_dim
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
 HOPPER_SHARED_MEMORY_LIMIT = 232448  # bytes of dynamic shared memory per block on sm_90
@@ -47,6 +49,8 @@ _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _KERNEL_SYMBOLS = {
     "forward": ("attention_forward", "attention_forward_kernel"),
     "backward_dkdv": ("attention_backward", "attention_backward_dkdv_kernel"),
+    "backward_dk": ("attention_backward", "attention_backward_dkdv_kernel"),
+    "backward_dv": ("attention_backward", "attention_backward_dkdv_kernel"),
     "backward_dq": ("attention_backward", "attention_backward_dq_kernel"),
     "backward_delta": ("attention_backward", "attention_backward_delta_kernel"),
 }
@@ -100,6 +104,17 @@ class Specialization:
     config: KernelConfig
 
 
+def launch_names(kernel: str, head_dim: int) -> tuple[str, ...]:
+    """The gate's names for the launches ``kernel`` makes at ``head_dim``: the dK/dV kernel is
+    "backward_dk" + "backward_dv" where it runs once per gradient, any other kernel itself.
+    Asked for one pass by name ("backward_dk"), it is empty at head dims that have no such pass."""
+    if kernel not in DKDV_LAUNCHES:
+        return (kernel,)
+    names = tuple(name for grads in dkdv_passes(head_dim)
+                  for name, g in DKDV_LAUNCHES.items() if g == grads)
+    return names if kernel == "backward_dkdv" else tuple(n for n in names if n == kernel)
+
+
 def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False, True),
                     kernels=KERNEL_NAMES + ("backward_delta",)) -> list[Specialization]:
     """Every (kernel, head dim, dtype, causal, config) the dispatcher can launch, for the given
@@ -109,8 +124,8 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
         if kernel == "backward_delta":
             specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG))
             continue
-        for c, config in product(causal, configs_for(kernel, d, getattr(torch, dt))):
-            specs.append(Specialization(kernel, d, dt, c, config))
+        for name, c, config in product(launch_names(kernel, d), causal, configs_for(kernel, d, getattr(torch, dt))):
+            specs.append(Specialization(name, d, dt, c, config))
     return specs
 
 
@@ -127,6 +142,8 @@ def _signature(fn, spec: Specialization):
         constexprs.update(
             BLOCK_N=spec.config.block_n, CAUSAL=spec.causal, HAS_KV_LENS=False, UPCAST=False,
             DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
+    if spec.kernel in DKDV_LAUNCHES:
+        constexprs["GRADS"] = DKDV_LAUNCHES[spec.kernel]
     signature, attrs = {}, {}
     for index, name in enumerate(fn.arg_names):
         if name in constexprs:

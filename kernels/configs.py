@@ -22,6 +22,9 @@ import torch
 import triton
 
 KERNEL_NAMES = ("forward", "backward_dkdv", "backward_dq")
+# The dK/dV kernel's launches by what they accumulate (its ``GRADS`` constexpr). A split pass
+# ("backward_dk", "backward_dv") uses the dK/dV kernel's table.
+DKDV_LAUNCHES = {"backward_dkdv": "dkdv", "backward_dk": "dk", "backward_dv": "dv"}
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,9 @@ _SIXTEEN_BIT_UP_TO_128 = {
 }
 _SIXTEEN_BIT_256 = {
     "forward": (_C(64, 32, 8, 2), _C(64, 64, 8, 1)),
-    # Known gap: every dK/dV tile tried at head dim 256 spills (two float32 BLOCK_N x 256
-    # accumulators plus resident K, V); this one spills least (docs/kernels.md).
-    "backward_dkdv": (_C(16, 64, 8, 1),),
+    # Launched twice, dK then dV (dkdv_passes): with both float32 BLOCK_N x 256 accumulators
+    # every tile tried spilled; one accumulator per pass fits with a two-stage pipeline.
+    "backward_dkdv": (_C(16, 64, 8, 2),),
     "backward_dq": (_C(64, 32, 8, 2),),
 }
 # float32 is a correctness path (FlashAttention has none): exact float32 dots on small tiles.
@@ -78,8 +81,21 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
+def dkdv_passes(head_dim: int) -> tuple[str, ...]:
+    """What each launch of the dK/dV kernel accumulates (its ``GRADS``), in launch order.
+
+    Up to a padded head dim of 128 one launch holds both float32 ``BLOCK_N x D`` accumulators.
+    At 256 they and the resident K, V tiles spill on sm_90 and sm_80 at every tile tried, so
+    the kernel runs twice, dK then dV, each pass recomputing P (one more ``K Q^T`` product).
+    """
+    return ("dkdv",) if padded_head_dim(head_dim) <= 128 else ("dk", "dv")
+
+
 def configs_for(kernel: str, head_dim: int, dtype: torch.dtype) -> tuple[KernelConfig, ...]:
-    """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype."""
+    """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
+    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``)."""
+    if kernel in DKDV_LAUNCHES:
+        kernel = "backward_dkdv"
     if kernel not in KERNEL_NAMES:
         raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
     if dtype not in SUPPORTED_DTYPES:

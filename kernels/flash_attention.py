@@ -30,6 +30,7 @@ from .configs import (
     KernelConfig,
     all_triton_configs,
     config_pruner,
+    dkdv_passes,
     padded_head_dim,
 )
 
@@ -77,10 +78,10 @@ def _new_buffer(like: torch.Tensor, *, shape=None, dtype=None) -> torch.Tensor:
     return buf
 
 
-def _autotuned(kernel, name):
+def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
-        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS"],
+        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS", *extra_key],
         prune_configs_by={"early_config_prune": config_pruner(name)},
     )(kernel)
 
@@ -89,7 +90,8 @@ def _autotuned(kernel, name):
 # only made when compiling for a GPU.
 if not INTERPRETED:
     _FORWARD = _autotuned(attention_forward_kernel, "forward")
-    _DKDV = _autotuned(attention_backward_dkdv_kernel, "backward_dkdv")
+    # Each dK/dV pass (GRADS) is tuned on its own: a dV pass costs less than a dK pass.
+    _DKDV = _autotuned(attention_backward_dkdv_kernel, "backward_dkdv", extra_key=("GRADS",))
     _DQ = _autotuned(attention_backward_dq_kernel, "backward_dq")
 
 
@@ -209,14 +211,18 @@ def _backward(q, k, v, out, lse, dout, causal, shift, scale, kv_lens):
                  heads_q, heads_kv, seqlen_q, seqlen_k, shift, scale * LOG2E, scale)
     dq_args = (q, k, v, dout, lse, delta, dq, kv_lens, *qkv_strides, *_strides(dq),
                heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, shift, scale * LOG2E, scale)
+    # One dK/dV launch, or at head dims above 128 one per gradient (configs.dkdv_passes).
     if INTERPRETED:
         c = INTERPRETER_CONFIG
-        attention_backward_dkdv_kernel[(triton.cdiv(seqlen_k, c.block_n), batch * heads_kv)](
-            *dkdv_args, **meta, **_fixed(c))
+        for grads in dkdv_passes(head_dim):
+            attention_backward_dkdv_kernel[(triton.cdiv(seqlen_k, c.block_n), batch * heads_kv)](
+                *dkdv_args, **meta, **_fixed(c), GRADS=grads)
         attention_backward_dq_kernel[(triton.cdiv(seqlen_q, c.block_m), batch * heads_q)](
             *dq_args, **meta, **_fixed(c))
     else:
-        _DKDV[lambda m: (triton.cdiv(seqlen_k, m["BLOCK_N"]), batch * heads_kv)](*dkdv_args, **meta)
+        for grads in dkdv_passes(head_dim):
+            _DKDV[lambda m: (triton.cdiv(seqlen_k, m["BLOCK_N"]), batch * heads_kv)](
+                *dkdv_args, **meta, GRADS=grads)
         _DQ[lambda m: (triton.cdiv(seqlen_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)
     return dq, dk, dv
 

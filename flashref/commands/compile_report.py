@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the default launch config of each kernel, bfloat16, head dims 64,128,256")
     p.add_argument("--kernel", type=comma_list(str), default=None,
-                   help="only these kernels (forward, backward_dkdv, backward_dq, backward_delta)")
+                   help="only these kernels (forward, backward_dkdv, backward_dq, backward_delta; at head dims "
+                        "above 128 backward_dkdv is two launches, backward_dk and backward_dv)")
     p.add_argument("--head-dim", type=comma_list(int), default=None, help="only these head dims, e.g. 64,128")
     p.add_argument("--dtype", type=comma_list(str, ("float16", "bfloat16", "float32")), default=None,
                    help="only these dtypes")
