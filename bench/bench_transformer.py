@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashref.reference.data import ReverseTaskConfig, make_reverse_task
+from flashref.workflow.data import ReverseTaskConfig, make_reverse_task
 from flashref.reference.optim import Adam
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 

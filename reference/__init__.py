@@ -1,6 +1,6 @@
 """flashref.reference: the NumPy oracles (attention, Transformer). Never imports torch/triton."""
 
-# --- attention oracle (issue 3) -------------------------------------------------------
+# --- attention oracle -------------------------------------------------------------------
 from .attention import attention_backward, attention_forward
 from .attention_inputs import CAUSAL_ALIGNMENTS, AttentionInputs, attention_mask
 from .explain import AttentionTrace, TraceStep, explain_attention
@@ -26,7 +26,7 @@ __all__ = [
 ]
 # --- end attention oracle -------------------------------------------------------------
 
-# --- NumPy Transformer, training, decoding, checkpoints (issue 4) ----------------------
+# --- NumPy Transformer, its layers and optimizers ---------------------------------------
 from .module import Module, ModuleList
 from .layers import Dropout, Embedding, LayerNorm, Linear, PositionalEncoding
 from .transformer import (
@@ -41,10 +41,6 @@ from .transformer import (
 )
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel
 from .optim import SGD, Adam, AdamW, WarmupCosine, WarmupInverseSqrt, clip_grad_norm
-from .data import ReverseTask, ReverseTaskConfig, make_reverse_task
-from .training import TrainConfig, evaluate, train
-from .decoding import beam_search, greedy_decode
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ += [
     "Module", "ModuleList", "Dropout", "Embedding", "LayerNorm", "Linear", "PositionalEncoding",
@@ -52,9 +48,5 @@ __all__ += [
     "TransformerEncoder", "TransformerEncoderLayer", "generate_square_subsequent_mask", "set_attention_fn",
     "Seq2SeqConfig", "Seq2SeqModel",
     "SGD", "Adam", "AdamW", "WarmupCosine", "WarmupInverseSqrt", "clip_grad_norm",
-    "ReverseTask", "ReverseTaskConfig", "make_reverse_task",
-    "TrainConfig", "evaluate", "train",
-    "beam_search", "greedy_decode",
-    "CheckpointError", "load_checkpoint", "save_checkpoint",
 ]
 # --- end NumPy Transformer --------------------------------------------------------------

@@ -19,9 +19,9 @@ def run(args) -> int:
     from flashref.commands.train import single_threaded_blas
 
     single_threaded_blas()
-    from flashref.reference.checkpoint import CheckpointError, load_checkpoint
-    from flashref.reference.data import ReverseTaskConfig, make_reverse_task
-    from flashref.reference.training import evaluate
+    from flashref.workflow.checkpoint import CheckpointError, load_checkpoint
+    from flashref.workflow.data import ReverseTaskConfig, make_reverse_task
+    from flashref.workflow.training import evaluate
 
     try:
         checkpoint = load_checkpoint(args.checkpoint)

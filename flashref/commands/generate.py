@@ -23,9 +23,9 @@ def run(args) -> int:
     single_threaded_blas()
     import numpy as np
 
-    from flashref.reference.checkpoint import CheckpointError, load_checkpoint
-    from flashref.reference.data import decode_tokens, encode_digits, source_ids
-    from flashref.reference.decoding import beam_search, greedy_decode
+    from flashref.workflow.checkpoint import CheckpointError, load_checkpoint
+    from flashref.workflow.data import decode_tokens, encode_digits, source_ids
+    from flashref.workflow.decoding import beam_search, greedy_decode
 
     try:
         src = np.array(source_ids(encode_digits(args.input)), dtype=np.int64)  # (S,)

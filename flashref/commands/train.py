@@ -59,10 +59,10 @@ def run(args) -> int:
 
     import numpy as np
 
-    from flashref.reference.checkpoint import save_checkpoint
-    from flashref.reference.data import ReverseTaskConfig, make_reverse_task
+    from flashref.workflow.checkpoint import save_checkpoint
+    from flashref.workflow.data import ReverseTaskConfig, make_reverse_task
     from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
-    from flashref.reference.training import TrainConfig, evaluate, plot_history, train
+    from flashref.workflow.training import TrainConfig, evaluate, plot_history, train
 
     try:
         task_config = ReverseTaskConfig(max_len=args.max_digits, num_train=args.num_train, seed=args.seed)

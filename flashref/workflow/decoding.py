@@ -15,7 +15,7 @@ import numpy as np
 from flashref.autograd import Tensor, no_grad
 
 from .data import BOS, EOS
-from .seq2seq import Seq2SeqModel
+from flashref.reference.seq2seq import Seq2SeqModel
 
 
 @contextmanager

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flashref.reference import training
-from flashref.reference.data import EOS, ReverseTaskConfig, make_reverse_task, target_ids
+from flashref.workflow import training
+from flashref.workflow.data import EOS, ReverseTaskConfig, make_reverse_task, target_ids
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
-from flashref.reference.training import TrainConfig, evaluate, plot_history, train
+from flashref.workflow.training import TrainConfig, evaluate, plot_history, train
 
 from transformer_cases import fresh_seed
 

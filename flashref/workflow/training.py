@@ -18,10 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import optim
+from flashref.reference import optim
 from .data import ReverseTask, Split, target_ids
 from .decoding import greedy_decode, inference
-from .seq2seq import Seq2SeqModel
+from flashref.reference.seq2seq import Seq2SeqModel
 
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 OPTIMIZERS = ("adam", "adamw")

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from flashref.reference.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from flashref.workflow.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from flashref.reference.optim import SGD, Adam, AdamW
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 

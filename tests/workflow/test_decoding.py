@@ -11,8 +11,8 @@ import itertools
 import numpy as np
 import pytest
 
-from flashref.reference.data import BOS, EOS
-from flashref.reference.decoding import beam_search, greedy_decode, log_softmax
+from flashref.workflow.data import BOS, EOS
+from flashref.workflow.decoding import beam_search, greedy_decode, log_softmax
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 
 from transformer_cases import fresh_seed

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import optim
-from .seq2seq import Seq2SeqConfig, Seq2SeqModel
+from flashref.reference import optim
+from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 
 FORMAT = "flashref.seq2seq"
 FORMAT_VERSION = "1"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flashref.reference.data import (
+from flashref.workflow.data import (
     BOS,
     EOS,
     MEMORISABLE_BELOW_LEN,
@@ -46,7 +46,7 @@ def test_encode_digits_rejects_unknown_tokens(text, message):
 @given(st.lists(st.lists(st.integers(0, 9), min_size=1, max_size=12), min_size=1, max_size=6))
 def test_batch_is_teacher_forcing_of_the_reversal(digit_lists):
     """tgt_out is tgt_in shifted by one; labels are the reversed digits then EOS; PAD masks."""
-    from flashref.reference.data import Split
+    from flashref.workflow.data import Split
 
     split = Split("t", [[d + 3 for d in ds] for ds in digit_lists])
     batch = split.batch(range(len(split)))
