@@ -1,0 +1,263 @@
+r"""Ring attention against the float64 oracle, on N local processes.
+
+``run_ring_check(cases, world_size)`` spawns ``world_size`` processes
+(``torch.multiprocessing``, start method "spawn"; gloo and Triton's interpreter on the CPU,
+nccl and one GPU per process on CUDA), each joins a process group over TCP on a free local
+port, and for every case draws the full sequence (``flashref.equivalence.make_inputs``, the
+same seeded inputs on every rank), takes its shard (``shard_sequence``), runs
+``ring_attention`` forward and backward with the kernels' outputs NaN-poisoned, and
+all-gathers out, dq, dk, dv (``gather_sequence``). The parent judges the gathered tensors
+exactly as ``flashref verify`` judges the single-device kernels: against the float64 oracle
+on the whole sequence, with the same-dtype plain attention on the whole sequence as the
+baseline (``flashref.equivalence``'s rule).
+
+A run can also exercise bad input across ranks (``BAD_INPUT_SCENARIOS``): every rank must
+raise, none may hang. Process-group timeouts and a deadline on the whole run turn a hang into
+an error.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flashref import equivalence as eq
+
+from .layout import LAYOUTS, chunks_per_sequence
+
+#: Seconds a process-group operation may wait before it fails (gloo and nccl).
+GROUP_TIMEOUT_S = 300
+#: Seconds the whole spawned run may take before its processes are killed.
+RUN_DEADLINE_S = 1800
+
+#: Bad input every rank must reject with an error (never a hang): name -> what the test expects in the message.
+BAD_INPUT_SCENARIOS = {
+    "dtype_differs": "dtype must be the same on every rank",
+    "length_differs": "q shape must be the same on every rank",
+    "zigzag_odd_length": "cannot be split by the 'zigzag' layout",
+    "one_rank_bad_head_dim": "rejected its inputs",
+}
+
+
+@dataclass(frozen=True)
+class RingCase:
+    """One check: the full-sequence ``case`` (self-attention: seqlen_q == seqlen_k, no
+    kv_lens, top-left alignment) sharded over ``world_size`` ranks in ``layout``."""
+
+    world_size: int
+    layout: str
+    case: eq.Case
+
+    _NAME = re.compile(r"ring(\d+)-(zigzag|contiguous)-(.+)")
+
+    def __post_init__(self):
+        c = self.case
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if c.seqlen_q != c.seqlen_k or c.kv_lens or c.causal_alignment != "top_left":
+            raise ValueError(f"a ring case is self-attention (lq == lk, dense, top_left), got {c.name}")
+        n = chunks_per_sequence(self.layout, self.world_size)
+        if c.seqlen_q % n:
+            raise ValueError(f"sequence length {c.seqlen_q} cannot be split by the {self.layout!r} layout over "
+                             f"{self.world_size} ranks (needs a multiple of {n})")
+
+    @property
+    def seed(self) -> int:
+        return self.case.seed
+
+    @property
+    def name(self) -> str:
+        """e.g. ``ring2-zigzag-b1-hq2-hkv1-lq36-lk36-d16-float16-causal_top_left-dense``."""
+        return f"ring{self.world_size}-{self.layout}-{self.case.name}"
+
+    @classmethod
+    def from_name(cls, name: str, seed: int = 0) -> "RingCase":
+        m = cls._NAME.fullmatch(name.strip())
+        if m is None:
+            raise ValueError(f"ring case name must look like 'ring2-zigzag-b1-hq2-hkv1-lq36-lk36-d16-float16-"
+                             f"causal_top_left-dense', got {name!r}")
+        return cls(int(m.group(1)), m.group(2), eq.Case.from_name(m.group(3), seed=seed))
+
+    def replay_command(self) -> str:
+        return f'flashref verify --distributed {self.world_size} --case "{self.name}" --seed {self.seed}'
+
+
+# (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim): both layouts with and
+# without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd per-rank lengths).
+_SPECS = (
+    ("zigzag", True, 9, (1, 2, 1), 16),
+    ("contiguous", True, 17, (1, 2, 2), 32),
+    ("zigzag", False, 5, (2, 2, 2), 16),
+    ("contiguous", False, 13, (1, 4, 2), 24),
+)
+
+
+def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> list[RingCase]:
+    """A covering design over layout x causal x GQA x odd lengths, dtypes cycling
+    (restricted to ``dtypes`` / ``causal`` when given). Case i has seed ``seed + i``."""
+    dtypes = tuple(dtypes) if dtypes is not None else eq.DTYPES
+    cases = []
+    for index, (layout, is_causal, chunk, (b, hq, hkv), d) in enumerate(_SPECS):
+        if causal is not None and is_causal != causal:
+            continue
+        seqlen = chunk * chunks_per_sequence(layout, world_size)
+        dtype = dtypes[index % len(dtypes)]
+        cases.append(RingCase(world_size, layout, eq.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
+                                                          "top_left", False, seed + len(cases))))
+    return cases
+
+
+# --------------------------------------------------------------------------- the spawned side
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bad_inputs(scenario: str, rank: int, device):
+    """(q, k, v, layout) for one bad-input scenario, as rank ``rank`` would pass them."""
+    dtype = torch.float32 if scenario == "dtype_differs" and rank == 1 else torch.float16
+    seqlen = 5 if scenario == "zigzag_odd_length" else (6 if scenario == "length_differs" and rank == 1 else 4)
+    q = torch.randn(1, 2, seqlen, 16, dtype=dtype, device=device)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    if scenario == "one_rank_bad_head_dim" and rank == 0:
+        v = torch.randn(1, 2, seqlen, 8, dtype=dtype, device=device)
+    return q, k, v, "zigzag"
+
+
+def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scenarios, outdir: str) -> None:
+    """One rank: join the group, run every case and scenario, write rank{rank}.pt to ``outdir``."""
+    if device_kind == "cpu":
+        # Read by triton when the kernels are decorated: before flashref.kernels is imported.
+        os.environ["TRITON_INTERPRET"] = "1"
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+    else:
+        torch.cuda.set_device(rank)
+        device = torch.device("cuda", rank)
+    import torch.distributed as dist
+
+    from flashref.kernels import poisoned_outputs
+
+    from .layout import gather_sequence, shard_sequence
+    from .ring import ring_attention
+
+    dist.init_process_group("gloo" if device_kind == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=GROUP_TIMEOUT_S))
+    results = {"cases": [], "scenarios": {}}
+    try:
+        for rc in cases:
+            inputs = eq.make_inputs(rc.case, device)
+            q, k, v, dout = (shard_sequence(t, world_size, rank, layout=rc.layout)
+                             for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
+            q, k, v = (t.requires_grad_() for t in (q, k, v))
+            try:
+                start = time.perf_counter()
+                with poisoned_outputs():
+                    out = ring_attention(q, k, v, causal=rc.case.causal, layout=rc.layout)
+                    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+            except (TypeError, ValueError, RuntimeError) as err:  # raised on every rank: recorded, next case
+                results["cases"].append({"name": rc.name, "error": f"{type(err).__name__}: {err}"})
+                continue
+            full = [gather_sequence(t.detach(), layout=rc.layout).cpu() for t in (out, dq, dk, dv)]
+            results["cases"].append({"name": rc.name, "tensors": full if rank == 0 else None, "seconds": seconds})
+        for scenario in scenarios:
+            q, k, v, layout = _bad_inputs(scenario, rank, device)
+            try:
+                ring_attention(q, k, v, causal=True, layout=layout)
+                results["scenarios"][scenario] = None
+            except (TypeError, ValueError) as err:
+                results["scenarios"][scenario] = f"{type(err).__name__}: {err}"
+        # Every rank reaches this point with no message left in flight: the group still works.
+        check = torch.full((1,), float(rank + 1), device=device)
+        dist.all_reduce(check, group=None)
+        results["group_alive"] = float(check.item()) == world_size * (world_size + 1) / 2
+    finally:
+        torch.save(results, Path(outdir) / f"rank{rank}.pt")
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- the parent side
+
+
+@dataclass
+class RingRun:
+    """What one spawned run produced: per-case results (judged), per-rank scenario errors,
+    whether the group was still usable at the end, and the wall time of the run."""
+
+    results: list
+    scenarios: list[dict]
+    group_alive: list[bool]
+    seconds: float
+    rank_seconds: list[dict]
+
+
+def _spawn(world_size: int, device_kind: str, cases, scenarios, deadline_s: float) -> tuple[list[dict], float]:
+    import torch.multiprocessing as mp
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flashref-ring-") as outdir:
+        context = mp.start_processes(_worker, args=(world_size, _free_port(), device_kind, list(cases),
+                                                    list(scenarios), outdir),
+                                     nprocs=world_size, join=False, start_method="spawn")
+        while not context.join(timeout=5):
+            if time.perf_counter() - start > deadline_s:
+                for p in context.processes:
+                    if p.is_alive():
+                        p.kill()
+                raise TimeoutError(f"ring check on {world_size} processes did not finish in {deadline_s:.0f} s")
+        per_rank = [torch.load(Path(outdir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
+    return per_rank, time.perf_counter() - start
+
+
+def judge_ring_case(rc: RingCase, tensors, seconds: float) -> eq.CaseResult:
+    """The project's rule on the gathered (out, dq, dk, dv) of ``rc``: oracle and baseline on
+    the whole sequence, drawn from the same seeded inputs the ranks sharded."""
+    inputs = eq.make_inputs(rc.case, "cpu")
+    ref = eq.oracle_attention(rc.case, inputs)
+    base = eq.baseline_attention(rc.case, inputs)
+    errors = {}
+    for key, r, b, x in zip(eq.ERROR_KEYS, ref, base, tensors):
+        factor = eq.OUT_FACTOR if key == "out" else eq.GRAD_FACTOR
+        errors[key] = eq.judge(eq.max_abs_error(x, r), eq.max_abs_error(b, r), factor)
+    return eq.CaseResult(rc, errors, all(e.passed for e in errors.values()), seconds)
+
+
+def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
+                   deadline_s: float = RUN_DEADLINE_S) -> RingRun:
+    """Spawn ``world_size`` processes on ``device`` ("cpu": gloo + interpreter; "cuda": nccl,
+    one GPU each), run ``cases`` (RingCases of that world size) and ``scenarios`` (names in
+    BAD_INPUT_SCENARIOS) and judge the cases. A case whose ring raised is a result with
+    ``errors == {}`` and ``passed`` False, its exception text in ``result.exception``."""
+    cases = list(cases)
+    for rc in cases:
+        if rc.world_size != world_size:
+            raise ValueError(f"case {rc.name} is for {rc.world_size} ranks, this run has {world_size}")
+    if device == "cuda" and torch.cuda.device_count() < world_size:
+        raise ValueError(f"world_size {world_size} needs {world_size} GPUs, torch sees {torch.cuda.device_count()}")
+    per_rank, seconds = _spawn(world_size, device, cases, scenarios, deadline_s)
+    results = []
+    for i, rc in enumerate(cases):
+        entry = per_rank[0]["cases"][i]
+        if "error" in entry:
+            result = eq.CaseResult(rc, {}, False, 0.0)
+            result.exception = entry["error"]
+        else:
+            result = judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank))
+        results.append(result)
+    return RingRun(results, [p["scenarios"] for p in per_rank], [p.get("group_alive", False) for p in per_rank],
+                   seconds, [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])

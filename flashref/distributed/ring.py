@@ -1,0 +1,318 @@
+r"""Ring attention (context parallelism) over torch.distributed, forward and backward.
+
+Each of the ``W`` ranks of a process group holds a shard of one sequence (``layout.py``):
+its queries ``q: (B, Hq, n, D)`` and the keys and values of the same positions
+``k, v: (B, Hkv, n, D)``, ``n = L / W``. Attention over the whole sequence is computed
+without any rank holding it:
+
+**Forward.** At step ``s = 0 .. W-1`` rank ``r`` holds the K/V block of rank
+``src = (r - s) mod W``. It posts the exchange of that block (send to ``r + 1``, receive the
+next one from ``r - 1``, ``torch.distributed.batch_isend_irecv``), runs the fused kernel of
+its queries against the block it holds *while the transfer is in flight*, merges the
+partial ``(out_s, lse_s)`` into float32 accumulators by log-sum-exp (``merge.py``: the
+formula of ``flashref.reference.merge_attention``), then waits for the transfer. Since the
+key sets of the W blocks are disjoint and cover the sequence, the merged result is exactly
+attention over the whole sequence; ``lse`` is the global log-sum-exp.
+
+**Backward.** FlashAttention-2's backward recomputes ``P = exp(S - lse)`` from the lse it is
+given, and its ``delta = rowsum(dO * O)`` from the O it is given. Given the *global* O and
+lse, the kernel's backward on one K/V block returns exactly that block's share:
+``dQ = sum_blocks dQ_s``, and ``dK_s, dV_s`` are the complete gradients of block ``s`` from
+this rank's queries. So the backward runs the same ring: K/V travel as in the forward, dQ
+accumulates locally, and a float32 ``(dK, dV)`` accumulator travels with each K/V block,
+each rank adding its share; after ``W`` steps one more hop delivers each block's summed
+gradient back to the rank that owns it. Messages per step: K/V onward (steps 0..W-2), the
+accumulated dK/dV of the previous step onward (steps 1..W-1), then the final hop.
+
+**Causal masking.** Both layouts keep a rank's positions increasing, so the block of rank
+``src`` seen from rank ``r`` (``block_plan``) is one of: the diagonal block ``src == r``
+(same positions on both sides: top-left causal attention, the kernel's causal flag with no
+shift), a fully visible block (no mask), an invisible block (skipped), or, in the zigzag
+layout, half a block: for ``src < r`` all queries see the first chunk of ``src`` and none
+sees its second; for ``src > r`` only the second chunk of queries sees anything, and sees all
+of the block. Every non-diagonal zigzag step is therefore half a block of work on every rank.
+
+Nothing here knows the backend: gloo on CPU tensors (the kernels under Triton's
+interpreter), nccl on CUDA tensors. The kernels are called through one adapter,
+``_attention_block``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.autograd.function import once_differentiable
+
+from .layout import LAYOUTS
+from .merge import merge_attention_
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+ALL_ROWS = slice(None)
+
+
+def _attention_block(q, k, v, causal: bool, scale: float, grad=None):
+    """THE adapter to flashref.kernels (the only place this module calls them).
+
+    Forward (``grad`` None): attention of q (B, Hq, m, D) over k, v (B, Hkv, n, D), top-left
+    causal when ``causal``; returns ``out`` (q's dtype) and ``lse`` (B, Hq, m) float32.
+    Backward (``grad = (out, lse, dout)``, out/lse the GLOBAL merged ones for these query
+    rows): returns ``(dq, dk, dv)`` of this block, in q's / k's / v's dtypes.
+    """
+    from flashref.kernels.flash_attention import _backward, _forward
+
+    if grad is None:
+        return _forward(q, k, v, causal, 0, scale, None)
+    out, lse, dout = grad
+    # The kernels index lse as a dense (B, Hq, m) array: a row slice of the global lse is a
+    # strided view, so it is made contiguous here.
+    return _backward(q, k, v, out, lse.contiguous(), dout, causal, 0, scale, None)
+
+
+def block_plan(layout: str, causal: bool, rank: int, src: int, seqlen_local: int):
+    """Which part of (rank's queries) x (rank src's keys) is visible, as ``(q_rows, kv_rows,
+    causal)``: row slices of the local query and key blocks and whether the kernel applies
+    top-left causal masking on that sub-block; ``None`` if no query sees any key (skip).
+
+    Everything outside ``q_rows x kv_rows`` is invisible; inside it everything is visible
+    (``causal`` False) or exactly the lower triangle (``causal`` True, only on the diagonal).
+    """
+    if not causal:
+        return ALL_ROWS, ALL_ROWS, False
+    if src == rank:
+        return ALL_ROWS, ALL_ROWS, True
+    if layout == "contiguous":
+        return (ALL_ROWS, ALL_ROWS, False) if src < rank else None
+    half = seqlen_local // 2
+    if src < rank:  # chunk src < chunk r < chunk 2W-1-r < chunk 2W-1-src
+        return ALL_ROWS, slice(0, half), False
+    # chunk r < chunk src < chunk 2W-1-src < chunk 2W-1-r
+    return slice(half, None), ALL_ROWS, False
+
+
+@dataclass(frozen=True)
+class _Ring:
+    """One process group seen as a ring: this rank, the world size, the global ranks of the
+    previous and next members (P2POp peers are global ranks)."""
+
+    group: object
+    rank: int
+    world: int
+    prev_peer: int
+    next_peer: int
+
+    @classmethod
+    def of(cls, group) -> "_Ring":
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+
+        def global_rank(r):
+            return r if group is None else dist.get_global_rank(group, r)
+
+        return cls(group, rank, world, global_rank((rank - 1) % world), global_rank((rank + 1) % world))
+
+    def exchange(self, sends, recvs):
+        """Post: each tensor of ``sends`` to the next rank, each of ``recvs`` from the previous
+        one, as one batch (every rank posts the same list in the same order, so the k-th send
+        of a rank meets the k-th receive of its successor). Returns the requests to wait on."""
+        if self.world == 1 or not (sends or recvs):
+            return []
+        ops = [dist.P2POp(dist.isend, t, self.next_peer, self.group) for t in sends]
+        ops += [dist.P2POp(dist.irecv, t, self.prev_peer, self.group) for t in recvs]
+        return dist.batch_isend_irecv(ops)
+
+
+def _wait(requests) -> None:
+    for req in requests:
+        req.wait()
+
+
+def _ring_forward(ring: _Ring, q, k, v, causal: bool, scale: float, layout: str):
+    """out (B, Hq, n, D) in q's dtype and the global lse (B, Hq, n) float32."""
+    batch, heads_q, seqlen, head_dim = q.shape
+    out_acc = torch.zeros(batch, heads_q, seqlen, head_dim, dtype=torch.float32, device=q.device)
+    lse_acc = torch.full((batch, heads_q, seqlen), float("-inf"), dtype=torch.float32, device=q.device)
+    kv = (k.contiguous(), v.contiguous())
+    for step in range(ring.world):
+        src = (ring.rank - step) % ring.world
+        last = step == ring.world - 1
+        kv_next = () if last else tuple(torch.empty_like(t) for t in kv)
+        requests = ring.exchange(sends=() if last else kv, recvs=kv_next)  # overlaps the kernel below
+        plan = block_plan(layout, causal, ring.rank, src, seqlen)
+        if plan is not None:
+            rows, cols, diagonal = plan
+            out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, scale)
+            merge_attention_(out_acc[:, :, rows], lse_acc[:, :, rows], out_s, lse_s)
+        _wait(requests)
+        kv = kv_next
+    return out_acc.to(q.dtype), lse_acc
+
+
+def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, causal: bool, scale: float, layout: str):
+    """dq, dk, dv (q's, k's, v's shapes and dtypes; float32 accumulation across the ring)."""
+    seqlen = q.shape[2]
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    kv = (k.contiguous(), v.contiguous())
+    dkv_acc = ()  # float32 (dK, dV) of the block held at the previous step, all ranks' shares so far
+    for step in range(ring.world):
+        src = (ring.rank - step) % ring.world
+        last = step == ring.world - 1
+        kv_next = () if last else tuple(torch.empty_like(t) for t in kv)
+        dkv_in = tuple(torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in kv) if step else ()
+        # The accumulator finished at step s-1 goes to the next rank, which holds that block now.
+        requests = ring.exchange(sends=(*dkv_acc, *(() if last else kv)), recvs=(*dkv_in, *kv_next))
+        plan = block_plan(layout, causal, ring.rank, src, seqlen)
+        share = None
+        if plan is not None:
+            rows, cols, diagonal = plan
+            dq_s, dk_s, dv_s = _attention_block(
+                q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, scale,
+                grad=(out[:, :, rows], lse[:, :, rows], dout[:, :, rows]))
+            dq_acc[:, :, rows] += dq_s
+            share = (cols, dk_s, dv_s)
+        _wait(requests)
+        # dkv_in is ours once received; the buffer just sent is left alone.
+        dkv_acc = dkv_in if step else tuple(torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in kv)
+        if share is not None:
+            cols, dk_s, dv_s = share
+            dkv_acc[0][:, :, cols] += dk_s
+            dkv_acc[1][:, :, cols] += dv_s
+        kv = kv_next
+    if ring.world > 1:  # the last hop: rank r - 1 holds the finished gradient of rank r's block
+        finished = tuple(torch.empty_like(t) for t in dkv_acc)
+        _wait(ring.exchange(sends=dkv_acc, recvs=finished))
+        dkv_acc = finished
+    return dq_acc.to(q.dtype), dkv_acc[0].to(k.dtype), dkv_acc[1].to(v.dtype)
+
+
+class RingAttentionFunction(torch.autograd.Function):
+    """torch.autograd wiring: forward saves (q, k, v, out, lse); backward runs the dK/dV ring."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, ring, causal, scale, layout):
+        out, lse = _ring_forward(ring, q, k, v, causal, scale, layout)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.ring, ctx.causal, ctx.scale, ctx.layout = ring, causal, scale, layout
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.causal, ctx.scale, ctx.layout)
+        return dq, dk, dv, None, None, None, None
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _check_local(q, k, v, causal, softmax_scale, layout) -> None:
+    """This rank's own inputs: TypeError / ValueError naming the argument."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, seqlen_local, head_dim), got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    batch, heads_q, seqlen, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[2] != seqlen or k.shape[3] != head_dim:
+        raise ValueError(f"k and v must hold the same positions as q: shape ({batch}, Hkv, {seqlen}, {head_dim}), "
+                         f"got {tuple(k.shape)}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be between 1 and {MAX_HEAD_DIM}, got {head_dim}")
+    heads_kv = k.shape[1]
+    if heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(f"q's heads ({heads_q}) must be a multiple of k's and v's heads ({heads_kv}) (GQA/MQA)")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "zigzag" and seqlen % 2:
+        raise ValueError(f"q's local sequence length {seqlen} cannot be split by the 'zigzag' layout: each rank "
+                         f"holds two equal chunks, so it must be even (shard_sequence needs a multiple of 2 x world)")
+    if q.device.type == "cpu":
+        from flashref.kernels import INTERPRETED
+
+        if not INTERPRETED:
+            raise ValueError("q is a CPU tensor but the Triton kernels were compiled for a GPU; set TRITON_INTERPRET=1 "
+                             "in each process's environment before flashref.kernels is imported")
+
+
+def _agree(ring: _Ring, local_error: BaseException | None, meta: dict | None) -> None:
+    """All-gather every rank's verdict on its own inputs and their metadata; raise the same
+    way on every rank if any rank's inputs are bad or the ranks disagree. One collective: no
+    rank launches a transfer that another rank would never match (which would hang)."""
+    mine = (None if local_error is None else (type(local_error).__name__, str(local_error)), meta)
+    everyone = [None] * ring.world
+    dist.all_gather_object(everyone, mine, group=ring.group)
+    bad = [(r, err) for r, (err, _) in enumerate(everyone) if err is not None]
+    if bad:
+        listing = "; ".join(f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad)
+        if local_error is not None:
+            raise type(local_error)(f"{local_error} [ring_attention, rank {ring.rank} of {ring.world}; "
+                                    f"bad input on {len(bad)} rank(s): {listing}]") from None
+        raise ValueError(f"ring_attention: another rank of the group rejected its inputs ({listing}); "
+                         f"this rank ({ring.rank}) stops too")
+    for key in meta:
+        values = [m[key] for _, m in everyone]
+        if any(value != values[0] for value in values):
+            listing = ", ".join(f"rank {r}: {value}" for r, value in enumerate(values))
+            raise ValueError(f"ring_attention: {key} must be the same on every rank of the group, got {listing}")
+
+
+def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, layout="zigzag", return_lse=False):
+    """Attention over a sequence sharded across the ranks of ``group`` (ring / context parallel).
+
+    Every rank of ``group`` (a torch.distributed process group; the default one when None)
+    calls this with its shard: ``q: (B, Hq, n, D)``, ``k, v: (B, Hkv, n, D)`` holding the
+    positions ``shard_positions(L, W, rank, layout=layout)`` of a sequence of ``L = n * W``
+    tokens (``shard_sequence`` cuts them). ``Hq % Hkv == 0`` (GQA/MQA), float16 / bfloat16 /
+    float32, ``1 <= D <= 256``. Returns this rank's rows of
+
+        out = softmax(softmax_scale * q k_all^T, masked) v_all       (B, Hq, n, D), q's dtype
+
+    (``softmax_scale`` defaults to ``1/sqrt(D)``; with ``causal`` a query sees the keys at
+    global positions up to its own) and, with ``return_lse``, the global log-sum-exp
+    ``lse: (B, Hq, n)`` float32 (not differentiable). Differentiable in q, k and v; the
+    gradients of k and v come back to the rank that holds them.
+
+    ``layout``: ``"zigzag"`` (rank r holds chunks r and 2W-1-r of 2W: balanced causal work; n
+    must be even) or ``"contiguous"`` (chunk r of W). Shapes, dtype, device type, causal,
+    scale and layout must agree on every rank: they are all-gathered and checked first, and
+    bad input on any rank raises on every rank (no rank is left waiting on a transfer).
+
+    Raises RuntimeError when torch.distributed has no initialised process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("ring_attention needs an initialised torch.distributed process group: call "
+                           "torch.distributed.init_process_group(...) first (torchrun sets up its environment)")
+    if group is not None and dist.get_rank(group) < 0:
+        raise ValueError("group: this process is not a member of the given process group")
+    ring = _Ring.of(group)
+    local_error, meta = None, None
+    try:
+        _check_local(q, k, v, causal, softmax_scale, layout)
+        meta = {"q shape": tuple(q.shape), "k shape": tuple(k.shape), "dtype": str(q.dtype).removeprefix("torch."),
+                "device type": q.device.type, "causal": causal, "layout": layout, "softmax_scale": softmax_scale}
+    except (TypeError, ValueError) as err:
+        local_error = err
+    _agree(ring, local_error, meta)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
+    out, lse = RingAttentionFunction.apply(q, k, v, ring, causal, scale, layout)
+    return (out, lse) if return_lse else out
