@@ -8,7 +8,7 @@ increasing order of position, concatenated along the sequence axis:
   ``r`` and ``2 * world - 1 - r``. With causal attention a query in chunk ``c`` sees the keys
   of chunks ``0..c``, so rank ``r``'s work is ``(r + 1) + (2 * world - r)`` chunk pairs: the
   same ``2 * world + 1`` on every rank, where the contiguous layout gives rank ``world - 1``
-  ``world`` times the work of rank 0 (docs/distributed.md).
+  about ``2 * world - 1`` times the visible (query, key) pairs of rank 0 (docs/distributed.md).
 
 Both layouts keep each rank's positions increasing, which is what lets a block of queries
 against a block of keys from the same rank be ordinary top-left causal attention.

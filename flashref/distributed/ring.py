@@ -263,10 +263,13 @@ def _agree(ring: _Ring, local_error: BaseException | None, meta: dict | None) ->
     dist.all_gather_object(everyone, mine, group=ring.group)
     bad = [(r, err) for r, (err, _) in enumerate(everyone) if err is not None]
     if bad:
-        listing = "; ".join(f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad)
         if local_error is not None:
-            raise type(local_error)(f"{local_error} [ring_attention, rank {ring.rank} of {ring.world}; "
-                                    f"bad input on {len(bad)} rank(s): {listing}]") from None
+            others = [f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad if msg != str(local_error)]
+            same = [str(r) for r, (_, msg) in bad if msg == str(local_error)]
+            raise type(local_error)(
+                f"{local_error} [ring_attention: rank(s) {', '.join(same)} of {ring.world}"
+                + (f"; also {'; '.join(others)}" if others else "") + "]") from None
+        listing = "; ".join(f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad)
         raise ValueError(f"ring_attention: another rank of the group rejected its inputs ({listing}); "
                          f"this rank ({ring.rank}) stops too")
     for key in meta:
