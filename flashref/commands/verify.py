@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", type=str, default=None, metavar="PATH", help="write a JSON report here")
     p.add_argument("--junit", type=str, default=None, metavar="PATH", help="write a JUnit XML report here")
     p.add_argument("--failures-only", action="store_true", help="table shows only the failing configurations")
+    p.add_argument("--distributed", type=int, default=None, metavar="N",
+                   help="check ring attention (flashref.distributed) on N local processes instead: gloo on the "
+                        "CPU, nccl with one GPU each on CUDA (docs/distributed.md)")
     p.set_defaults(func=run)
 
 
@@ -89,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=max(console.width, 140))
     device = _choose_device(args.device)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+
+    if args.distributed is not None:  # ring attention on N processes (flashref.distributed.check)
+        from flashref.distributed.check import verify_command
+
+        return verify_command(args, console, device, seed)
 
     from flashref import equivalence as eq
     from flashref.reporting import (describe_device, environment, verify_report, verify_table, write_json,

@@ -261,3 +261,60 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
         results.append(result)
     return RingRun(results, [p["scenarios"] for p in per_rank], [p.get("group_alive", False) for p in per_rank],
                    seconds, [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])
+
+
+# --------------------------------------------------------------------------- flashref verify --distributed N
+
+
+def verify_command(args, console, device: str, seed: int) -> int:
+    """``flashref verify --distributed N``: the ring sweep (or ``--case`` names) on N local
+    processes, the usual table, exit status 0 only if every configuration passed."""
+    from rich.markup import escape
+
+    from flashref.reporting import CaseOutcome, verify_table
+
+    world = args.distributed
+    if world < 1:
+        console.print(f"[red]flashref verify: --distributed needs at least 1 process, got {world}[/]")
+        return 2
+    causal = {"on": True, "off": False, "both": None}[args.causal]
+    try:
+        if args.case:
+            cases = [RingCase.from_name(name, seed=seed) for name in args.case]
+            if any(c.world_size != world for c in cases):
+                raise ValueError(f"--case names a different number of processes than --distributed {world}")
+        else:
+            cases = ring_sweep(world, dtypes=args.dtype, causal=causal, seed=seed)
+    except ValueError as err:
+        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
+        return 2
+    if not cases:
+        console.print("[red]flashref verify: no configuration matches these filters[/]")
+        return 2
+    where = (f"{world} processes, gloo, CPU with Triton's interpreter" if device == "cpu"
+             else f"{world} processes, nccl, one GPU each")
+    console.print(f"flashref verify --distributed {world}: ring attention, {len(cases)} configurations on {where}, "
+                  f"seed {seed} (case i uses seed {seed} + i)")
+    try:
+        run = run_ring_check(cases, world, device=device)
+    except (TimeoutError, ValueError) as err:
+        console.print(f"[bold red]FAIL[/]: {escape(str(err))}")
+        return 1
+    outcomes = []
+    for result in run.results:
+        if getattr(result, "exception", None):
+            outcomes.append(CaseOutcome.from_exception(result.case, RuntimeError(result.exception), 0.0))
+        else:
+            outcomes.append(CaseOutcome.from_result(result))
+    console.print(verify_table(outcomes))
+    failed = [o for o in outcomes if not o.passed]
+    if not failed:
+        console.print(f"[bold green]PASS[/]: {len(outcomes)}/{len(outcomes)} configurations within bounds; "
+                      f"{run.seconds:.1f} s wall for {world} processes (spawn, import, ring forward + backward).")
+        return 0
+    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(outcomes)} configurations out of bounds (seed {seed}). "
+                  "Replay:")
+    for o in failed:
+        console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)
+        print(f"  {o.replay}", flush=True)
+    return 1
