@@ -267,7 +267,7 @@ def _agree(ring: _Ring, local_error: BaseException | None, meta: dict | None) ->
             others = [f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad if msg != str(local_error)]
             same = [str(r) for r, (_, msg) in bad if msg == str(local_error)]
             raise type(local_error)(
-                f"{local_error} [ring_attention: rank(s) {', '.join(same)} of {ring.world}"
+                f"{local_error} [ring_attention: raised on rank(s) {', '.join(same)} of {ring.world}"
                 + (f"; also {'; '.join(others)}" if others else "") + "]") from None
         listing = "; ".join(f"rank {r}: {kind}: {msg}" for r, (kind, msg) in bad)
         raise ValueError(f"ring_attention: another rank of the group rejected its inputs ({listing}); "
@@ -312,7 +312,9 @@ def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, lay
     try:
         _check_local(q, k, v, causal, softmax_scale, layout)
         meta = {"q shape": tuple(q.shape), "k shape": tuple(k.shape), "dtype": str(q.dtype).removeprefix("torch."),
-                "device type": q.device.type, "causal": causal, "layout": layout, "softmax_scale": softmax_scale}
+                "device type": q.device.type, "causal": causal, "layout": layout, "softmax_scale": softmax_scale,
+                # A rank that records no graph would skip the backward ring the others wait in.
+                "requires grad": torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))}
     except (TypeError, ValueError) as err:
         local_error = err
     _agree(ring, local_error, meta)
