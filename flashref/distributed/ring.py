@@ -297,7 +297,7 @@ def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, lay
 
     ``layout``: ``"zigzag"`` (rank r holds chunks r and 2W-1-r of 2W: balanced causal work; n
     must be even) or ``"contiguous"`` (chunk r of W). Shapes, dtype, device type, causal,
-    scale and layout must agree on every rank: they are all-gathered and checked first, and
+    scale, layout and whether a gradient is recorded must agree on every rank: they are all-gathered and checked first, and
     bad input on any rank raises on every rank (no rank is left waiting on a transfer).
 
     Raises RuntimeError when torch.distributed has no initialised process group.
