@@ -1,0 +1,38 @@
+"""A ring of one process (an in-process gloo group, no spawn): ring attention is exactly the
+single-device kernel, forward and backward, bit for bit: the same kernel calls, a merge into
+an empty (-inf) accumulator and a float32 dK/dV accumulator that starts at zero are exact."""
+
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from flashref.distributed import ring_attention
+from flashref.distributed.check import _free_port
+from flashref.kernels import flash_attention
+
+
+@pytest.fixture
+def group_of_one():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        yield dist.new_group([0])
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.interp
+@pytest.mark.parametrize("causal, dtype, layout", [(True, torch.bfloat16, "zigzag"), (False, torch.float16, "contiguous")])
+def test_a_ring_of_one_is_the_kernel_bit_for_bit(group_of_one, causal, dtype, layout):
+    q = torch.randn(1, 4, 18, 16).to(dtype).requires_grad_()
+    k, v = (torch.randn(1, 2, 18, 16).to(dtype).requires_grad_() for _ in range(2))
+    dout = torch.randn(1, 4, 18, 16).to(dtype)
+    out, lse = ring_attention(q, k, v, group=group_of_one, causal=causal, layout=layout, return_lse=True)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref_out, ref_lse = flash_attention(q, k, v, causal=causal, return_lse=True)
+    ref_grads = torch.autograd.grad(ref_out, (q, k, v), dout)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert torch.equal(g, r), f"d{name} differs"
