@@ -196,10 +196,13 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
 
 @dataclass
 class RingRun:
-    """What one spawned run produced: per-case results (judged), per-rank scenario errors,
-    whether the group was still usable at the end, and the wall time of the run."""
+    """What one spawned run produced: per-case results (judged; a case whose ring raised has
+    no errors, does not pass, and its exception text is in ``exceptions[case name]``), per-rank
+    scenario errors, whether each rank's group was still usable at the end, the wall time of
+    the run and each rank's ring seconds per case."""
 
     results: list
+    exceptions: dict[str, str]
     scenarios: list[dict]
     group_alive: list[bool]
     seconds: float
@@ -250,17 +253,17 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
     if device == "cuda" and torch.cuda.device_count() < world_size:
         raise ValueError(f"world_size {world_size} needs {world_size} GPUs, torch sees {torch.cuda.device_count()}")
     per_rank, seconds = _spawn(world_size, device, cases, scenarios, deadline_s)
-    results = []
+    results, exceptions = [], {}
     for i, rc in enumerate(cases):
         entry = per_rank[0]["cases"][i]
         if "error" in entry:
-            result = eq.CaseResult(rc, {}, False, 0.0)
-            result.exception = entry["error"]
+            exceptions[rc.name] = entry["error"]
+            results.append(eq.CaseResult(rc, {}, False, 0.0))
         else:
-            result = judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank))
-        results.append(result)
-    return RingRun(results, [p["scenarios"] for p in per_rank], [p.get("group_alive", False) for p in per_rank],
-                   seconds, [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])
+            results.append(judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank)))
+    return RingRun(results, exceptions, [p["scenarios"] for p in per_rank],
+                   [p.get("group_alive", False) for p in per_rank], seconds,
+                   [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])
 
 
 # --------------------------------------------------------------------------- flashref verify --distributed N
@@ -306,8 +309,8 @@ def verify_command(args, console, device: str, seed: int) -> int:
         return 1
     outcomes = []
     for result in run.results:
-        if getattr(result, "exception", None):
-            outcomes.append(CaseOutcome.from_exception(result.case, RuntimeError(result.exception), 0.0))
+        if result.case.name in run.exceptions:
+            outcomes.append(CaseOutcome.from_exception(result.case, RuntimeError(run.exceptions[result.case.name]), 0.0))
         else:
             outcomes.append(CaseOutcome.from_result(result))
     console.print(verify_table(outcomes))

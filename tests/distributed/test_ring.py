@@ -25,8 +25,9 @@ print(f"tests/distributed/test_ring.py: base seed {BASE_SEED} (replay: FLASHREF_
 CI_CASES = ring_sweep(2, seed=BASE_SEED)
 
 
-def assert_all_passed(results):
-    lines = [r.summary() if not getattr(r, "exception", None) else f"ERROR {r.case.name}: {r.exception}"
+def assert_all_passed(run):
+    results = run.results
+    lines = [f"ERROR {r.case.name}: {run.exceptions[r.case.name]}" if r.case.name in run.exceptions else r.summary()
              for r in results]
     print("\n".join(lines))
     failed = [f"{line}\n  replay: {r.case.replay_command()}" for r, line in zip(results, lines) if not r.passed]
@@ -59,7 +60,7 @@ def test_two_processes_meet_the_rule_and_reject_bad_input_on_every_rank():
     triton, which costs more than a case (and one test keeps pytest-xdist from spawning twice)."""
     run = run_ring_check(CI_CASES, 2, scenarios=list(BAD_INPUT_SCENARIOS), deadline_s=600)
     print(f"2 processes: {run.seconds:.1f} s wall; per-rank ring seconds {run.rank_seconds}")
-    assert_all_passed(run.results)
+    assert_all_passed(run)
     assert_bad_input_rejected_everywhere(run)
 
 
@@ -89,5 +90,5 @@ def test_more_processes_meet_the_rule_and_reject_bad_input_on_every_rank(world):
     cases = ring_sweep(world, dtypes=("bfloat16", "float32", "float16"), seed=BASE_SEED + 100 * world)
     run = run_ring_check(cases, world, scenarios=list(BAD_INPUT_SCENARIOS), deadline_s=1800)
     print(f"{world} processes: {run.seconds:.1f} s wall; per-rank ring seconds {run.rank_seconds}")
-    assert_all_passed(run.results)
+    assert_all_passed(run)
     assert_bad_input_rejected_everywhere(run)

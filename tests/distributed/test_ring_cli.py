@@ -25,7 +25,7 @@ def fake_run(factor):
             ref = eq.oracle_attention(rc.case, eq.make_inputs(rc.case))
             off = [r + factor * (b.double().numpy() - r) for r, b in zip(ref, base)]
             results.append(check.judge_ring_case(rc, off, 0.0))
-        return check.RingRun(results, [], [True], 0.0, [])
+        return check.RingRun(results, {}, [], [True], 0.0, [])
 
     return run
 
@@ -57,3 +57,14 @@ def test_failing_run_prints_the_replay_line_and_exits_1(monkeypatch, capsys):
 def test_bad_arguments_exit_2(argv, message, capsys):
     assert main(["verify", *argv, "--device", "cpu"]) == 2
     assert message in capsys.readouterr().out
+
+
+def test_a_case_whose_ring_raised_is_an_error_row_and_exits_1(monkeypatch, capsys):
+    def run(cases, world_size, **_):
+        return check.RingRun([eq.CaseResult(rc, {}, False, 0.0) for rc in cases],
+                             {rc.name: "RuntimeError: gloo timed out" for rc in cases}, [], [True], 0.0, [])
+
+    monkeypatch.setattr(check, "run_ring_check", run)
+    assert main(["verify", "--distributed", "2", "--causal", "off", "--seed", "1", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "ERROR" in out and "gloo timed out" in out
