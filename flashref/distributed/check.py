@@ -89,6 +89,11 @@ class RingCase:
     def replay_command(self) -> str:
         return f'flashref verify --distributed {self.world_size} --case "{self.name}" --seed {self.seed}'
 
+    @property
+    def config(self) -> dict:
+        """The case's fields as plain data (for reports)."""
+        return {"world_size": self.world_size, "layout": self.layout, **self.case.config}
+
 
 # (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim): both layouts with and
 # without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd per-rank lengths).
@@ -196,13 +201,12 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
 
 @dataclass
 class RingRun:
-    """What one spawned run produced: per-case results (judged; a case whose ring raised has
-    no errors, does not pass, and its exception text is in ``exceptions[case name]``), per-rank
-    scenario errors, whether each rank's group was still usable at the end, the wall time of
-    the run and each rank's ring seconds per case."""
+    """What one spawned run produced: per-case ``flashref.equivalence.CaseResult``s (a case
+    whose ring raised carries the exception and does not pass), per-rank scenario errors,
+    whether each rank's group was still usable at the end, the wall time of the run and each
+    rank's ring seconds per case."""
 
     results: list
-    exceptions: dict[str, str]
     scenarios: list[dict]
     group_alive: list[bool]
     seconds: float
@@ -228,24 +232,22 @@ def _spawn(world_size: int, device_kind: str, cases, scenarios, deadline_s: floa
 
 
 def judge_ring_case(rc: RingCase, tensors, seconds: float) -> eq.CaseResult:
-    """The project's rule on the gathered (out, dq, dk, dv) of ``rc``: oracle and baseline on
-    the whole sequence, drawn from the same seeded inputs the ranks sharded."""
+    """The project's rule (``flashref.equivalence.judge_all``) on the gathered
+    ``tensors = (out, dq, dk, dv)`` of ``rc``: oracle and baseline on the whole sequence,
+    drawn from the same seeded inputs the ranks sharded."""
     inputs = eq.make_inputs(rc.case, "cpu")
     ref = eq.oracle_attention(rc.case, inputs)
     base = eq.baseline_attention(rc.case, inputs)
-    errors = {}
-    for key, r, b, x in zip(eq.ERROR_KEYS, ref, base, tensors):
-        factor = eq.OUT_FACTOR if key == "out" else eq.GRAD_FACTOR
-        errors[key] = eq.judge(eq.max_abs_error(x, r), eq.max_abs_error(b, r), factor)
-    return eq.CaseResult(rc, errors, all(e.passed for e in errors.values()), seconds)
+    errors = eq.judge_all(rc.case, inputs, ref, base, dict(zip(eq.TENSORS, tensors)))
+    return eq.CaseResult(rc, errors, seconds)
 
 
 def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
                    deadline_s: float = RUN_DEADLINE_S) -> RingRun:
     """Spawn ``world_size`` processes on ``device`` ("cpu": gloo + interpreter; "cuda": nccl,
     one GPU each), run ``cases`` (RingCases of that world size) and ``scenarios`` (names in
-    BAD_INPUT_SCENARIOS) and judge the cases. A case whose ring raised is a result with
-    ``errors == {}`` and ``passed`` False, its exception text in ``result.exception``."""
+    BAD_INPUT_SCENARIOS) and judge the cases. A case whose ring raised (on every rank, as bad
+    input does) is a result with its ``exception`` text; it does not pass."""
     cases = list(cases)
     for rc in cases:
         if rc.world_size != world_size:
@@ -253,15 +255,14 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
     if device == "cuda" and torch.cuda.device_count() < world_size:
         raise ValueError(f"world_size {world_size} needs {world_size} GPUs, torch sees {torch.cuda.device_count()}")
     per_rank, seconds = _spawn(world_size, device, cases, scenarios, deadline_s)
-    results, exceptions = [], {}
+    results = []
     for i, rc in enumerate(cases):
         entry = per_rank[0]["cases"][i]
         if "error" in entry:
-            exceptions[rc.name] = entry["error"]
-            results.append(eq.CaseResult(rc, {}, False, 0.0))
+            results.append(eq.CaseResult(rc, {}, 0.0, entry["error"]))
         else:
             results.append(judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank)))
-    return RingRun(results, exceptions, [p["scenarios"] for p in per_rank],
+    return RingRun(results, [p["scenarios"] for p in per_rank],
                    [p.get("group_alive", False) for p in per_rank], seconds,
                    [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])
 
@@ -274,7 +275,7 @@ def verify_command(args, console, device: str, seed: int) -> int:
     processes, the usual table, exit status 0 only if every configuration passed."""
     from rich.markup import escape
 
-    from flashref.reporting import CaseOutcome, verify_table
+    from flashref.reporting import verify_table
 
     world = args.distributed
     if world < 1:
@@ -307,13 +308,20 @@ def verify_command(args, console, device: str, seed: int) -> int:
     except TimeoutError as err:
         console.print(f"[bold red]FAIL[/]: {escape(str(err))}")
         return 1
-    outcomes = []
-    for result in run.results:
-        if result.case.name in run.exceptions:
-            outcomes.append(CaseOutcome.from_exception(result.case, RuntimeError(run.exceptions[result.case.name]), 0.0))
-        else:
-            outcomes.append(CaseOutcome.from_result(result))
+    outcomes = run.results
     console.print(verify_table(outcomes))
+    if args.json or args.junit:
+        from flashref.reporting import environment, verify_report, write_json, write_junit
+
+        env = environment()
+        settings = {"distributed": world, "seed": seed, "device": device, "dtypes": args.dtype,
+                    "causal": args.causal, "cases": args.case}
+        if args.json:
+            path = write_json(args.json, verify_report(outcomes, settings=settings, env=env, seconds=run.seconds))
+            console.print(f"JSON report: {path}")
+        if args.junit:
+            path = write_junit(args.junit, outcomes, env=env, suite="flashref.verify.distributed", seconds=run.seconds)
+            console.print(f"JUnit report: {path}")
     failed = [o for o in outcomes if not o.passed]
     if not failed:
         console.print(f"[bold green]PASS[/]: {len(outcomes)}/{len(outcomes)} configurations within bounds; "

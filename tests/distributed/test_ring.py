@@ -5,32 +5,27 @@ project's rule (baseline: plain attention in the same dtype on the whole sequenc
 
 CI: 2 processes, a covering design (both layouts x causal or not, MHA / GQA, odd lengths,
 float16 / bfloat16 / float32) plus bad input on every rank, in one spawn. ``slow``: 4 and 3
-processes. Fresh seeds each run (printed; FLASHREF_SEED=<n> replays), each failure prints
-its replay command.
+processes. Fresh seeds each run (the session seed of tests/seeding.py, printed in pytest's
+header; FLASHREF_SEED=<n> replays), each failure prints its replay command.
 """
-
-import os
-import secrets
 
 import pytest
 import torch
+from seeding import derived_seed
 
 from flashref import equivalence as eq
 from flashref.distributed import ring_attention, unshard_sequence
 from flashref.distributed.check import BAD_INPUT_SCENARIOS, RingCase, judge_ring_case, ring_sweep, run_ring_check
 
-BASE_SEED = int(os.environ.get("FLASHREF_SEED", secrets.randbits(31) // 1000 * 1000))
-print(f"tests/distributed/test_ring.py: base seed {BASE_SEED} (replay: FLASHREF_SEED={BASE_SEED})")
-
-CI_CASES = ring_sweep(2, seed=BASE_SEED)
+# Case seeds are fixed at collection from the session seed, so the ids and the replay lines agree.
+CI_CASES = ring_sweep(2, seed=derived_seed("tests/distributed/test_ring.py::two processes"))
 
 
 def assert_all_passed(run):
-    results = run.results
-    lines = [f"ERROR {r.case.name}: {run.exceptions[r.case.name]}" if r.case.name in run.exceptions else r.summary()
-             for r in results]
+    lines = [r.summary() if r.exception is None else f"ERROR {r.name}: {r.exception}  replay: {r.replay}"
+             for r in run.results]
     print("\n".join(lines))
-    failed = [f"{line}\n  replay: {r.case.replay_command()}" for r, line in zip(results, lines) if not r.passed]
+    failed = [line for r, line in zip(run.results, lines) if not r.passed]
     assert not failed, "\n".join(failed)
 
 
@@ -70,24 +65,26 @@ def test_without_a_process_group_ring_attention_says_so():
         ring_attention(q, q, q)
 
 
-def test_the_checker_can_fail():
+def test_the_checker_can_fail(seed):
     """A gathered dk whose second half (the zigzag chunks of one rank) is missing fails the rule."""
-    rc = RingCase(2, "zigzag", eq.Case(1, 2, 1, 12, 12, 16, "float32", True, "top_left", False, BASE_SEED))
+    rc = RingCase(2, "zigzag", eq.Case(1, 2, 1, 12, 12, 16, "float32", True, "top_left", False, seed))
     inputs = eq.make_inputs(rc.case)
     base = eq.baseline_attention(rc.case, inputs)
-    assert judge_ring_case(rc, base, 0.0).passed  # the baseline itself is within its own bound
-    shards = [t.clone() for t in base[2].chunk(2, dim=2)]
+    tensors = [base[t] for t in eq.TENSORS]
+    assert judge_ring_case(rc, tensors, 0.0).passed  # the baseline itself is within its own bound
+    shards = [t.clone() for t in base["dk"].chunk(2, dim=2)]
     shards[1].zero_()
-    broken = (*base[:2], unshard_sequence(shards, layout="contiguous"), base[3])
-    result = judge_ring_case(rc, broken, 0.0)
+    tensors[2] = unshard_sequence(shards, layout="contiguous")
+    result = judge_ring_case(rc, tensors, 0.0)
     assert not result.passed and not result.errors["dk"].passed and result.errors["out"].passed
+    assert "flashref verify --distributed 2 --case" in result.summary()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("world", [4, 3])
-def test_more_processes_meet_the_rule_and_reject_bad_input_on_every_rank(world):
+def test_more_processes_meet_the_rule_and_reject_bad_input_on_every_rank(world, seed):
     # dtypes rotated against the CI design, so every spec meets another dtype.
-    cases = ring_sweep(world, dtypes=("bfloat16", "float32", "float16"), seed=BASE_SEED + 100 * world)
+    cases = ring_sweep(world, dtypes=("bfloat16", "float32", "float16"), seed=seed)
     run = run_ring_check(cases, world, scenarios=list(BAD_INPUT_SCENARIOS), deadline_s=1800)
     print(f"{world} processes: {run.seconds:.1f} s wall; per-rank ring seconds {run.rank_seconds}")
     assert_all_passed(run)

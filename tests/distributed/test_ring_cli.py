@@ -2,6 +2,8 @@
 stood in for (the real 2-process run is tests/distributed/test_ring.py's; its output is in the
 README)."""
 
+import json
+
 import pytest
 
 import flashref.distributed.check as check
@@ -23,19 +25,25 @@ def fake_run(factor):
         for rc in cases:
             base = eq.baseline_attention(rc.case, eq.make_inputs(rc.case))
             ref = eq.oracle_attention(rc.case, eq.make_inputs(rc.case))
-            off = [r + factor * (b.double().numpy() - r) for r, b in zip(ref, base)]
+            off = [ref[t] + factor * (base[t].double().numpy() - ref[t]) for t in eq.TENSORS]
             results.append(check.judge_ring_case(rc, off, 0.0))
-        return check.RingRun(results, {}, [], [True], 0.0, [])
+        return check.RingRun(results, [], [True], 0.0, [])
 
     return run
 
 
-def test_passing_run_prints_the_table_and_exits_0(monkeypatch, capsys):
+def test_passing_run_prints_the_table_writes_reports_and_exits_0(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(check, "run_ring_check", fake_run(1.0))
-    assert main(["verify", "--distributed", "2", "--seed", "5", "--device", "cpu", "--causal", "on"]) == 0
+    argv = ["verify", "--distributed", "2", "--seed", "5", "--device", "cpu", "--causal", "on",
+            "--json", str(tmp_path / "r.json"), "--junit", str(tmp_path / "r.xml")]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ring attention, 2 configurations on 2 processes" in out and "PASS: 2/2" in out
     assert "ring2-zigzag-" in out and "ring2-contiguous-" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["all_passed"] and report["settings"]["distributed"] == 2
+    assert {c["config"]["layout"] for c in report["cases"]} == {"zigzag", "contiguous"}
+    assert "ring2-zigzag-" in (tmp_path / "r.xml").read_text()
 
 
 def test_failing_run_prints_the_replay_line_and_exits_1(monkeypatch, capsys):
@@ -61,8 +69,8 @@ def test_bad_arguments_exit_2(argv, message, capsys):
 
 def test_a_case_whose_ring_raised_is_an_error_row_and_exits_1(monkeypatch, capsys):
     def run(cases, world_size, **_):
-        return check.RingRun([eq.CaseResult(rc, {}, False, 0.0) for rc in cases],
-                             {rc.name: "RuntimeError: gloo timed out" for rc in cases}, [], [True], 0.0, [])
+        return check.RingRun([eq.CaseResult(rc, {}, 0.0, "RuntimeError: gloo timed out") for rc in cases],
+                             [], [True], 0.0, [])
 
     monkeypatch.setattr(check, "run_ring_check", run)
     assert main(["verify", "--distributed", "2", "--causal", "off", "--seed", "1", "--device", "cpu"]) == 1
