@@ -84,8 +84,9 @@ def test_multi_head_trace_matches_the_oracle_per_head_and_after_projection():
 def test_empty_row_and_padding_in_the_trace():
     trace = explain_attention(np.ones((3, 2)), np.ones((2, 2)), np.ones((2, 2)),
                               causal=True, causal_alignment="bottom_right", kv_len=1)
-    assert np.array_equal(trace["mask"], [[0, 0], [1, 0], [1, 0]])
-    assert np.all(trace["weights"][0] == 0) and np.all(trace["out"][0] == 0)
+    # bottom_right aligns to the sequence's own length (1): query i sits at i + 1 - 3.
+    assert np.array_equal(trace["mask"], [[0, 0], [0, 0], [1, 0]])
+    assert np.all(trace["weights"][:2] == 0) and np.all(trace["out"][:2] == 0)
     assert trace.to_dict()["masked_scores"][0] == [-math.inf, -math.inf]
 
 
