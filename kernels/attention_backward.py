@@ -51,7 +51,7 @@ from .rounding import to_dot_operand, to_output
 
 @triton.jit
 def attention_backward_delta_kernel(
-    Out, DOut, Delta, Lse, Sinks, DSinksPartial,
+    Out, DOut, Delta, Lse, Sinks, DSinks,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     heads_q, seqlen_q,
@@ -62,7 +62,7 @@ def attention_backward_delta_kernel(
     Out, DOut: (B, Hq, Lq, D), any strides (dO may be an expanded, stride-0 view).
     Delta: (B, Hq, Lq) float32, contiguous.
     ``SINKS``: also the program's share of ``dsinks[h] = -sum_{b,i} exp(sinks[h] - lse) *
-    delta``, stored (unnegated) at ``DSinksPartial[b * Hq + h, pid_m]`` (float32, contiguous
+    delta``, stored (unnegated) at ``DSinks[b * Hq + h, pid_m]`` (float32, contiguous
     (B * Hq, cdiv(Lq, BLOCK_M))): the host sums it over b and the blocks in a fixed order, so
     dsinks is deterministic (no atomics).
     """
@@ -85,7 +85,7 @@ def attention_backward_delta_kernel(
         lse = tl.load(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, mask=row_ok, other=0.0)
         sink = tl.load(Sinks + h)
         p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * _LOG2E_K), 0.0)
-        tl.store(DSinksPartial + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
+        tl.store(DSinks + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
 
 
 @triton.jit

@@ -45,7 +45,7 @@ VARIANTS_OFF = dict(SHIFT_KV_LEN=False, WINDOW=False, SOFTCAP=False, ALIBI=False
 SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
                 "dropout_scale": "fp32", "seed": "i64"}
 #: Pointer arguments to float32 data whatever the input dtype.
-FLOAT32_POINTERS = ("Lse", "Delta", "Alibi", "Sinks", "DSinksPartial")
+FLOAT32_POINTERS = ("Lse", "Delta", "Alibi", "Sinks", "DSinks")
 DROPOUT_SEED_LIMIT = 2**63
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
 # baseline the rule compares against. "tf32x3" (three tensor-core products) spilled registers
