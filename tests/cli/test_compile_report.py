@@ -19,6 +19,7 @@ import pytest
 from flashref.cli import main
 from flashref.commands import compile_report
 from flashref.commands.compile_report import row_problems
+from flashref.kernels import compile_gate as real_gate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,8 @@ def fake_gate(monkeypatch):
             return types.SimpleNamespace(**row_for(spec, arch, **fault))
 
         gate = types.SimpleNamespace(specializations=specializations, compile_specialization=compile_specialization,
-                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER))
+                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER),
+                                     problems=real_gate.problems, VARIANT_BY_NAME=real_gate.VARIANT_BY_NAME)
         monkeypatch.setattr(compile_report, "_gate", lambda: gate)
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # restored after the test
         return calls
@@ -86,21 +88,22 @@ def fake_gate(monkeypatch):
     [
         ({}, "sm_90", []),
         ({"spills": 64}, "sm_90", ["spills 64 B"]),
+        ({"spills": 8, "dtype": "float32", "uses_wgmma": False}, "sm_80", ["spills 8 B"]),  # no excuse
         ({"uses_wgmma": False}, "sm_90", ["no wgmma"]),
         ({"uses_wgmma": False}, "sm_80", []),  # Ampere has no wgmma
         ({"uses_wgmma": False, "dtype": "float32"}, "sm_90", []),  # exact fp32 dots use no MMA
         ({"uses_wgmma": False, "kernel": "backward_delta"}, "sm_90", []),  # no matrix product at all
-        ({"shared_memory": 200000}, "sm_80", ["smem > 166912 B"]),
+        ({"shared_memory": 200000}, "sm_80", ["smem 200000 > 166912 B"]),
         ({"spills": 8, "uses_wgmma": False}, "sm_90", ["spills 8 B", "no wgmma"]),
     ],
 )
 def test_gate_verdicts(changes, arch, problems):
     spec = Spec("forward", 128, "bfloat16", True, DEFAULT)
-    assert row_problems(row_for(spec, arch, **changes), arch) == problems
+    assert row_problems(row_for(spec, arch, **changes)) == problems
 
 
 def test_a_row_that_did_not_compile_fails():
-    assert row_problems({"kernel": "forward", "error": "RuntimeError: ptxas fatal\nmore"}, "sm_90") == [
+    assert row_problems({"kernel": "forward", "arch": "sm_90", "error": "RuntimeError: ptxas fatal\nmore"}) == [
         "does not compile"]
 
 
@@ -121,7 +124,7 @@ def test_clean_rows_print_a_table_and_exit_0(fake_gate, capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, axes, count",
     [
-        (["--quick"], dict(head_dims=(64, 128, 256), dtypes=("bfloat16",)), 2 * 3 * 1 * 2),
+        (["--quick"], dict(head_dims=(64, 128, 256), dtypes=("bfloat16",), variants=("plain",)), 2 * 3 * 1 * 2),
         (["--kernel", "forward", "--head-dim", "64", "--dtype", "float16", "--causal", "on"],
          dict(kernels=("forward",), head_dims=(64,), dtypes=("float16",), causal=(True,)), 1 * 1 * 1 * 1 * 2),
     ],
@@ -164,3 +167,17 @@ def test_one_real_specialization_compiles_for_hopper(tmp_path):
     assert (row["kernel"], row["head_dim"], row["dtype"], row["arch"]) == ("backward_delta", 64, "bfloat16", "sm_90")
     assert row["registers"] > 0 and row["shared_memory"] >= 0
     assert proc.returncode == (0 if not row["problems"] else 1), proc.stdout + proc.stderr
+
+
+def test_the_command_and_pytest_share_one_verdict(monkeypatch):
+    """`compile-report` asks compile_gate.problems (what `pytest -m compile` asserts on)."""
+    seen = []
+    monkeypatch.setattr(real_gate, "problems", lambda row: seen.append(row) or ["judged by the gate"])
+    row = {"kernel": "forward", "arch": "sm_90", "spills": 0}
+    assert row_problems(row) == ["judged by the gate"] and seen == [row]
+
+
+def test_unknown_variant_is_rejected(fake_gate, capsys):
+    fake_gate()
+    assert main(["compile-report", "--jobs", "1", "--variant", "nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().out
