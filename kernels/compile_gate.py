@@ -35,7 +35,19 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .flash_attention import FLOAT32_DOT_PRECISION
-from .configs import DKDV_LAUNCHES, KERNEL_NAMES, KernelConfig, configs_for, dkdv_passes, padded_head_dim
+from .configs import (
+    BUCKETS,
+    DKDV_LAUNCHES,
+    KERNEL_NAMES,
+    REGISTERS_PER_THREAD,
+    TABLE_SCHEMA,
+    KernelConfig,
+    accumulator_registers,
+    candidate_configs,
+    configs_for,
+    dkdv_passes,
+    padded_head_dim,
+)
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
 # Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block.
@@ -283,6 +295,73 @@ def _signature(fn, spec: Specialization):
         else:
             signature[name] = SCALAR_TYPES.get(name, "i32")
     return signature, constexprs, attrs
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time pruning of the tuning candidates (configs.CANDIDATE_SPACE) into a per-arch table.
+#
+# Each candidate is compiled at the widest head dim of its bucket, bfloat16 (float16 compiles
+# to the same tiles), causal (the masked loop with the causal compare is the heavier one), plain
+# variant; it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
+# exceed the register file (``configs.accumulator_registers``) are rejected without compiling.
+# A tuned winner is then compiled again at every head dim, dtype and causal flag by the full
+# ``compile-report`` (it becomes a specialization the dispatcher can pick).
+PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
+
+
+def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]:
+    """The table's groups: (launch name, bucket), the dK/dV kernel as its launches there."""
+    return [(name, bucket) for kernel in kernels for bucket in buckets for name in launch_names(kernel, bucket)]
+
+
+def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict]]:
+    """(the candidates of ``group`` to compile, the ones rejected by the register bound)."""
+    name, bucket = group
+    to_compile, rejected = [], []
+    for config in candidate_configs(name):
+        need = accumulator_registers(name, config, bucket)
+        if need > REGISTERS_PER_THREAD:
+            rejected.append({"config": dataclasses.asdict(config),
+                             "problems": [f"needs >= {need} registers/thread (float32 tiles alone; not compiled)"]})
+        else:
+            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config))
+    return to_compile, rejected
+
+
+def build_table(arch: str, rows: list[Mapping[str, Any]], rejected: Mapping[str, list[dict]],
+                existing: Mapping[str, Any] | None = None) -> dict:
+    """The table file's content: per group "name/bucket", the passing configs (best-first is
+    the tuner's job: here fewest registers first) and the rejected ones with the gate's reasons.
+    Groups of ``existing`` not recompiled now are kept (the pruning is resumable)."""
+    tables = dict(existing["tables"]) if existing else {}
+    rejects = dict(existing.get("rejected", {})) if existing else {}
+    fresh: dict[str, list] = {}
+    for key, entries in rejected.items():
+        fresh.setdefault(key, [])
+        rejects[key] = list(entries)
+    for row in rows:
+        key = f"{row['kernel']}/{row['head_dim']}"
+        fresh.setdefault(key, [])
+        config = {"block_m": row["BLOCK_M"], "block_n": row["BLOCK_N"],
+                  "num_warps": row["num_warps"], "num_stages": row["num_stages"]}
+        found = problems(row)
+        if found:
+            rejects.setdefault(key, []).append({"config": config, "problems": found})
+        else:
+            fresh[key].append({"config": config, "registers": row["registers"],
+                               "shared_memory": row["shared_memory"]})
+    for key, entries in fresh.items():
+        tables[key] = sorted(entries, key=lambda e: (e["registers"], e["shared_memory"]))
+    return {
+        "schema": TABLE_SCHEMA,
+        "arch": arch,
+        "triton": triton.__version__,
+        "command": f"flashref compile-report --arch {arch} --prune-table",
+        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": "plain",
+                      "head_dim": "the bucket's widest (64, 128, 256)"},
+        "tables": dict(sorted(tables.items())),
+        "rejected": dict(sorted(rejects.items())),
+    }
 
 
 def _cuobjdump() -> str:

@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="parallel compile processes (default: the number of CPUs)")
     p.add_argument("--json", type=str, default=None, metavar="PATH", help="write the rows as JSON here")
+    p.add_argument("--prune-table", nargs="?", const="", default=None, metavar="PATH",
+                   help="instead of the report: compile the tuning candidates (configs.CANDIDATE_SPACE) and "
+                        "write those the gate passes as the arch's tile table (default "
+                        "kernels/tables/ARCH.json); groups already in the file are kept unless --kernel or "
+                        "--head-dim name them (resumable)")
     p.set_defaults(func=run)
 
 
@@ -135,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "0"
 
+    if args.prune_table is not None:
+        return prune_table(args, console)
     try:
         specs = select(args)
     except (ValueError, KeyError) as err:
@@ -149,6 +156,52 @@ def run(args: argparse.Namespace) -> int:
     rows = _compile_all(specs, args.arch, jobs, console)
     seconds = time.perf_counter() - t0
     return _report(rows, args, seconds, console)
+
+
+def prune_table(args: argparse.Namespace, console) -> int:
+    """``--prune-table``: compile every tuning candidate of the selected groups for ``--arch``
+    and write the gate-pruned tile table (compile_gate.build_table). Exit 0 once written."""
+    import json
+    from pathlib import Path
+
+    gate = _gate()
+    from flashref.kernels import configs
+
+    path = Path(args.prune_table or configs.TABLES_DIR / f"{args.arch}.json")
+    existing = json.loads(path.read_text()) if path.exists() else None
+    if existing and existing.get("arch") != args.arch:
+        console.print(f"[red]flashref compile-report: {path} is the table of {existing.get('arch')}, "
+                      f"not {args.arch}[/]")
+        return 2
+    kernels = [k for k in (args.kernel or configs.KERNEL_NAMES) if k != "backward_delta"]
+    unknown = sorted(set(kernels) - set(configs.KERNEL_NAMES) - set(configs.DKDV_LAUNCHES))
+    if unknown:
+        console.print(f"[red]flashref compile-report: --kernel: unknown {unknown}[/]")
+        return 2
+    buckets = [b for b in configs.BUCKETS if not args.head_dim or b in args.head_dim]
+    groups = [g for g in gate.table_groups(tuple(dict.fromkeys(
+        "backward_dkdv" if k in configs.DKDV_LAUNCHES else k for k in kernels)), buckets)
+        if g[0] in kernels or g[0] in configs.DKDV_LAUNCHES and "backward_dkdv" in kernels]
+    if existing and not (args.kernel or args.head_dim):  # resume: skip the groups done
+        groups = [g for g in groups if f"{g[0]}/{g[1]}" not in existing["tables"]]
+    specs, rejected = [], {}
+    for group in groups:
+        todo, bounced = gate.prune_specs(group)
+        specs += todo
+        rejected[f"{group[0]}/{group[1]}"] = bounced
+    jobs = max(1, args.jobs or os.cpu_count() or 1)
+    console.print(f"pruning {len(groups)} group(s) for {args.arch}: {len(specs)} candidates to compile, "
+                  f"{sum(map(len, rejected.values()))} over the register file (not compiled); {jobs} process(es)")
+    t0 = time.perf_counter()
+    rows = _compile_all(specs, args.arch, jobs, console) if specs else []
+    table = gate.build_table(args.arch, rows, rejected, existing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    for key in (f"{g[0]}/{g[1]}" for g in groups):
+        kept = table["tables"].get(key, [])
+        console.print(f"{key}: {len(kept)} pass, {len(table['rejected'].get(key, []))} rejected", highlight=False)
+    console.print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
+    return 0
 
 
 def _expected_cost(spec: Any) -> tuple:

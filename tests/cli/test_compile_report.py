@@ -181,3 +181,48 @@ def test_unknown_variant_is_rejected(fake_gate, capsys):
     fake_gate()
     assert main(["compile-report", "--jobs", "1", "--variant", "nope"]) == 2
     assert "unknown ['nope']" in capsys.readouterr().out
+
+
+def test_prune_table_keeps_what_the_gate_passes_and_resumes(monkeypatch, tmp_path, capsys):
+    """`--prune-table` compiles each candidate of a group once and writes those the gate
+    passes; a rerun skips the groups already in the file."""
+    compiled = []
+
+    def fake_compile_one(spec, arch):  # a 128-row tile spills, the rest is clean
+        compiled.append(spec)
+        c = spec.config
+        return dict(kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.causal,
+                    variant="plain", BLOCK_M=c.block_m, BLOCK_N=c.block_n, num_warps=c.num_warps,
+                    num_stages=c.num_stages, registers=100 + c.block_n, shared_memory=1000 * c.num_stages,
+                    spills=64 if c.block_m == 128 else 0, uses_wgmma=True, compile_seconds=0.1)
+
+    monkeypatch.setattr(compile_report, "compile_one", fake_compile_one)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    path = tmp_path / "sm_90.json"
+    argv = ["compile-report", "--arch", "sm_90", "--jobs", "1", "--prune-table", str(path)]
+    assert main([*argv, "--kernel", "backward_dq", "--head-dim", "64"]) == 0
+    table = json.loads(path.read_text())
+    assert table["schema"] == "flashref.tile-table/1" and table["arch"] == "sm_90"
+    assert list(table["tables"]) == ["backward_dq/64"]
+    kept = [e["config"] for e in table["tables"]["backward_dq/64"]]
+    assert kept and all(c["block_m"] == 64 for c in kept)
+    assert all(r["problems"] == ["spills 64 B"] for r in table["rejected"]["backward_dq/64"])
+    assert {(s.dtype, s.causal, s.head_dim) for s in compiled} == {("bfloat16", True, 64)}
+    assert len(kept) + len(table["rejected"]["backward_dq/64"]) == len(compiled) == 16
+
+    # resume over every group: backward_dq/64 is not compiled again
+    compiled.clear()
+    assert main(argv) == 0
+    table = json.loads(path.read_text())
+    assert "backward_dq/64" in table["tables"] and "backward_dk/256" in table["tables"]
+    assert not any((s.kernel, s.head_dim) == ("backward_dq", 64) for s in compiled)
+    # a candidate whose float32 tiles alone overflow the register file is never compiled
+    assert any("not compiled" in p for r in table["rejected"]["forward/256"] for p in r["problems"])
+
+
+def test_prune_table_refuses_another_archs_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"schema": "flashref.tile-table/1", "arch": "sm_80", "tables": {}}))
+    assert main(["compile-report", "--arch", "sm_90", "--prune-table", str(path)]) == 2
+    assert "table of sm_80" in capsys.readouterr().out
