@@ -37,15 +37,6 @@ from .configs import (
 )
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
-#: The variant constexprs of the forward and backward kernels with every variant off: the
-#: kernels then compile to what they were before the variants existed. ``SINKS`` is the
-#: forward's and the delta kernel's only (the dK/dV and dQ kernels do not need it).
-VARIANTS_OFF = dict(SHIFT_KV_LEN=False, WINDOW=False, SOFTCAP=False, ALIBI=False, SINKS=False, DROPOUT=False)
-#: Kernel scalar arguments that are not int32 (the compile gate types its signature with it).
-SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
-                "dropout_scale": "fp32", "seed": "i64"}
-#: Pointer arguments to float32 data whatever the input dtype.
-FLOAT32_POINTERS = ("Lse", "Delta", "Alibi", "Sinks", "DSinks")
 DROPOUT_SEED_LIMIT = 2**63
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
 # baseline the rule compares against. "tf32x3" (three tensor-core products) spilled registers
