@@ -355,3 +355,17 @@ def test_a_seed_without_dropout_draws_nothing():
     plain = attention_forward(q, q[:, :1], q[:, :1])
     seeded = attention_forward(q, q[:, :1], q[:, :1], dropout_seed=5, return_dropout_mask=True)
     assert seeded[2] is None and all(np.array_equal(a, b) for a, b in zip(plain, seeded))
+
+
+def test_the_audit_gradcheck_attention_case_is_the_oracles_attention():
+    """`flashref audit gradcheck` checks a variant attention composed in autograd ops; it must
+    be the oracle's function, or the audit checks something else."""
+    from flashref.autograd.opcheck import _attention_variants
+
+    rng = fresh_rng()
+    q, k, v = rng.standard_normal((1, 2, 3, 4)), rng.standard_normal((1, 2, 5, 4)), rng.standard_normal((1, 2, 5, 3))
+    sinks = rng.standard_normal(2)
+    audit = _attention_variants(Tensor(q), Tensor(k), Tensor(v), Tensor(sinks)).data
+    out, _ = attention_forward(q, k, v, softmax_scale=0.5, softcap=1.5, alibi_slopes=np.array([0.5, 0.25]),
+                               window_size=(1, 0), causal_alignment="bottom_right", sinks=sinks)  # fmt: skip
+    assert max_abs_diff(audit, out) <= TOL
