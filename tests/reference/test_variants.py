@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from attention_cases import fresh_rng, max_abs_diff, random_attention
+from attention_cases import fresh_rng, max_abs_diff, plain_visible, random_attention
 from flashref.autograd import Tensor
 from flashref.reference import (
     attention_backward,
@@ -25,25 +25,6 @@ from flashref.reference import (
 )
 
 TOL = 1e-12
-
-
-def plain_visible(batch, q_len, kv_len, *, causal=False, causal_alignment="top_left",
-                  kv_lens=None, window_size=(-1, -1)):  # fmt: skip
-    """The visibility rule of docs/attention.md, one (b, i, j) at a time: bool (B, Lq, Lk)."""
-    left, right = window_size
-    visible = np.zeros((batch, q_len, kv_len), dtype=bool)
-    for b in range(batch):
-        length = kv_len if kv_lens is None else int(kv_lens[b])
-        shift = 0 if causal_alignment == "top_left" else length - q_len
-        for i in range(q_len):
-            for j in range(kv_len):
-                visible[b, i, j] = (
-                    j < length
-                    and (not causal or j <= i + shift)
-                    and (left < 0 or j >= i + shift - left)
-                    and (right < 0 or j <= i + shift + right)
-                )
-    return visible
 
 
 def torch_variant_attention(q, k, v, dout, *, softmax_scale=None, causal=False,

@@ -7,11 +7,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attention_cases import max_abs_diff, random_attention
+from attention_cases import max_abs_diff, plain_visible, random_attention
 from flashref.autograd import Tensor
 from flashref.reference import (
     attention_backward,
     attention_forward,
+    attention_mask,
     blocked_attention_backward,
     blocked_attention_forward,
     merge_attention,
@@ -105,3 +106,19 @@ def test_causal_is_the_windows_right_edge_zero(problem):
     causal = attention_forward(q, k, v, **{**kwargs, "causal": True})
     windowed = attention_forward(q, k, v, **{**kwargs, "causal": False, "window_size": (left, 0)})
     assert all(max_abs_diff(a, b) <= TOL for a, b in zip(causal, windowed))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q_len=st.integers(1, 9), kv_len=st.integers(1, 9), causal=st.booleans(),
+    alignment=st.sampled_from(["top_left", "bottom_right"]),
+    window=st.tuples(st.integers(-1, 5), st.integers(-1, 5)), data=st.data(),
+)  # fmt: skip
+def test_mask_equals_the_rule_written_as_loops(q_len, kv_len, causal, alignment, window, data):
+    lens = data.draw(st.none() | st.lists(st.integers(0, kv_len), min_size=1, max_size=3))
+    batch = 2 if lens is None else len(lens)
+    mask = attention_mask(q_len, kv_len, causal=causal, causal_alignment=alignment,
+                          kv_lens=lens, batch=batch, window_size=window)  # fmt: skip
+    expected = plain_visible(batch, q_len, kv_len, causal=causal, causal_alignment=alignment,
+                             kv_lens=lens, window_size=window)  # fmt: skip
+    assert np.array_equal(mask[:, 0], expected)
