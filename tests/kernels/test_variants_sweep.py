@@ -1,6 +1,6 @@
 """The larger variant sweep (``-m slow``): every variant alone and in combinations, over the
 three dtypes, head dims up to 256, GQA/MQA and lengths that miss every block size (1, 17,
-113, 239 ...), each judged by the rule against the oracle as in tests/kernels/test_variants.py
+113, 239 ...), each judged by the rule against the oracle as in tests/kernels/test_variants_kernels.py
 (same fresh-seed replay: ``FLASHREF_SEED=<n>``).
 
 Run: ``OPENBLAS_NUM_THREADS=1 python -m pytest -m slow tests/kernels/test_variants_sweep.py``.
@@ -10,7 +10,7 @@ from itertools import cycle
 
 import pytest
 
-from test_variants import BASE_SEED, VariantCase, case_params, check
+from test_variants_kernels import BASE_SEED, VariantCase, case_params, check
 
 DTYPES = ("float16", "bfloat16", "float32")
 # (Lq, Lk, kv_lens) — the lengths of the equivalence sweep's CI shapes, kv_lens below Lq too.
