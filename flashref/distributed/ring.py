@@ -62,14 +62,17 @@ def _attention_block(q, k, v, causal: bool, scale: float, grad=None):
     Backward (``grad = (out, lse, dout)``, out/lse the GLOBAL merged ones for these query
     rows): returns ``(dq, dk, dv)`` of this block, in q's / k's / v's dtypes.
     """
-    from flashref.kernels.flash_attention import _backward, _forward
+    from flashref.kernels.flash_attention import _backward, _forward, _resolve
 
+    # Top-left alignment, no kv_lens, no window / softcap / dropout: plain (causal) attention.
+    params = _resolve(q, k, causal, "top_left", scale, None, (-1, -1), 0.0, 0.0, 0)
     if grad is None:
-        return _forward(q, k, v, causal, 0, scale, None)
+        return _forward(q, k, v, params, None, None, None)
     out, lse, dout = grad
     # The kernels index lse as a dense (B, Hq, m) array: a row slice of the global lse is a
     # strided view, so it is made contiguous here.
-    return _backward(q, k, v, out, lse.contiguous(), dout, causal, 0, scale, None)
+    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, None, None, None)
+    return dq, dk, dv
 
 
 def block_plan(layout: str, causal: bool, rank: int, src: int, seqlen_local: int):
