@@ -18,6 +18,7 @@ an error.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -47,6 +48,12 @@ BAD_INPUT_SCENARIOS = {
 }
 
 
+#: The tensors ring attention returns and the rule judges (no sinks: no dsinks).
+RING_TENSORS = ("out", "dq", "dk", "dv")
+# Case fields of the attention variants, which ring_attention does not take (docs/distributed.md).
+_VARIANT_FIELDS = ("window", "softcap", "alibi", "sinks", "dropout_p")
+
+
 @dataclass(frozen=True)
 class RingCase:
     """One check: the full-sequence ``case`` (self-attention: seqlen_q == seqlen_k, no
@@ -62,8 +69,11 @@ class RingCase:
         c = self.case
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
-        if c.seqlen_q != c.seqlen_k or c.kv_lens or c.causal_alignment != "top_left":
-            raise ValueError(f"a ring case is self-attention (lq == lk, dense, top_left), got {c.name}")
+        variants = [f.name for f in dataclasses.fields(c)
+                    if f.name in _VARIANT_FIELDS and getattr(c, f.name) != f.default]
+        if c.seqlen_q != c.seqlen_k or c.kv_lens or c.causal_alignment != "top_left" or variants:
+            raise ValueError(f"a ring case is plain self-attention (lq == lk, dense, top_left, no "
+                             f"{'/'.join(_VARIANT_FIELDS)}), got {c.name}")
         n = chunks_per_sequence(self.layout, self.world_size)
         if c.seqlen_q % n:
             raise ValueError(f"sequence length {c.seqlen_q} cannot be split by the {self.layout!r} layout over "
@@ -238,7 +248,7 @@ def judge_ring_case(rc: RingCase, tensors, seconds: float) -> eq.CaseResult:
     inputs = eq.make_inputs(rc.case, "cpu")
     ref = eq.oracle_attention(rc.case, inputs)
     base = eq.baseline_attention(rc.case, inputs)
-    errors = eq.judge_all(rc.case, inputs, ref, base, dict(zip(eq.TENSORS, tensors)))
+    errors = eq.judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
     return eq.CaseResult(rc, errors, seconds)
 
 

@@ -15,7 +15,8 @@ from seeding import derived_seed
 
 from flashref import equivalence as eq
 from flashref.distributed import ring_attention, unshard_sequence
-from flashref.distributed.check import BAD_INPUT_SCENARIOS, RingCase, judge_ring_case, ring_sweep, run_ring_check
+from flashref.distributed.check import (BAD_INPUT_SCENARIOS, RING_TENSORS, RingCase, judge_ring_case, ring_sweep,
+                                        run_ring_check)
 
 # Case seeds are fixed at collection from the session seed, so the ids and the replay lines agree.
 CI_CASES = ring_sweep(2, seed=derived_seed("tests/distributed/test_ring.py::two processes"))
@@ -70,7 +71,7 @@ def test_the_checker_can_fail(seed):
     rc = RingCase(2, "zigzag", eq.Case(1, 2, 1, 12, 12, 16, "float32", True, "top_left", False, seed))
     inputs = eq.make_inputs(rc.case)
     base = eq.baseline_attention(rc.case, inputs)
-    tensors = [base[t] for t in eq.TENSORS]
+    tensors = [base[t] for t in RING_TENSORS]
     assert judge_ring_case(rc, tensors, 0.0).passed  # the baseline itself is within its own bound
     shards = [t.clone() for t in base["dk"].chunk(2, dim=2)]
     shards[1].zero_()
@@ -78,6 +79,14 @@ def test_the_checker_can_fail(seed):
     result = judge_ring_case(rc, tensors, 0.0)
     assert not result.passed and not result.errors["dk"].passed and result.errors["out"].passed
     assert "flashref verify --distributed 2 --case" in result.summary()
+
+
+def test_a_ring_case_is_plain_self_attention():
+    for bad in (dict(seqlen_k=10), dict(kv_lens=True), dict(softcap=5.0), dict(window=(3, 0))):
+        fields = dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=12, seqlen_k=12, head_dim=16, dtype="float16",
+                      causal=True, causal_alignment="top_left", kv_lens=False) | bad
+        with pytest.raises(ValueError, match="plain self-attention"):
+            RingCase(2, "zigzag", eq.Case(**fields))
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def fake_run(factor):
         for rc in cases:
             base = eq.baseline_attention(rc.case, eq.make_inputs(rc.case))
             ref = eq.oracle_attention(rc.case, eq.make_inputs(rc.case))
-            off = [ref[t] + factor * (base[t].double().numpy() - ref[t]) for t in eq.TENSORS]
+            off = [ref[t] + factor * (base[t].double().numpy() - ref[t]) for t in check.RING_TENSORS]
             results.append(check.judge_ring_case(rc, off, 0.0))
         return check.RingRun(results, [], [True], 0.0, [])
 

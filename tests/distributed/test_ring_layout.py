@@ -61,3 +61,4 @@ def test_bad_arguments():
         shard_sequence(torch.zeros(1, 1, 4, 4), 2, 2, layout="contiguous")
     with pytest.raises(ValueError, match="same shape"):
         unshard_sequence([torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 4)], layout="contiguous")
+
