@@ -108,7 +108,7 @@ def select(args: argparse.Namespace) -> list:
         axes["variants"] = args.variant
     if args.causal != "both":
         axes["causal"] = (args.causal == "on",)
-    specs = gate.specializations(**axes)
+    specs = gate.specializations(arch=args.arch, **axes)
     if args.quick:  # the untuned default: the first config of each table row
         import torch
 

@@ -60,6 +60,7 @@ def fake_gate(monkeypatch):
         calls = {"axes": [], "compiled": []}
 
         def specializations(**axes):
+            axes.pop("arch")
             calls["axes"].append(axes)
             axes = dict(dict(head_dims=(64, 128), dtypes=("bfloat16", "float32"), causal=(False, True),
                              kernels=("forward", "backward_dq")), **axes)
