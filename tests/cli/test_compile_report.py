@@ -120,6 +120,8 @@ def test_clean_rows_print_a_table_and_exit_0(fake_gate, capsys, tmp_path):
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["arch"] == "sm_80" and len(report["rows"]) == 32
     assert report["rows"][0]["registers"] == 168 and report["rows"][0]["problems"] == []
+    streamed = (tmp_path / "c.json.rows.jsonl").read_text().splitlines()  # kept if a run is cut short
+    assert len(streamed) == 32 and json.loads(streamed[0])["arch"] == "sm_80"
 
 
 @pytest.mark.parametrize(
