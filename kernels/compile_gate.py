@@ -88,9 +88,22 @@ CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
     "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False,
 }
+_KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
 VARIANTS = (
     Variant("plain", head_dims=GATE_HEAD_DIMS),
     Variant("kv_lens", (("HAS_KV_LENS", True),)),
+    # The attention variants (issues 10, 14; docs/kernels.md): each alone, then combinations.
+    Variant("kv_lens_bottom_right", _KV_BOTTOM_RIGHT),
+    Variant("window", (("WINDOW", True),)),
+    Variant("softcap", (("SOFTCAP", True),)),
+    Variant("alibi", (("ALIBI", True),)),
+    Variant("sinks", (("SINKS", True),)),  # forward and delta only: the other kernels need no switch
+    Variant("dropout", (("DROPOUT", True),)),
+    Variant("window_softcap_alibi_kv_lens", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True))),
+    Variant("all_variants", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+                                                ("DROPOUT", True))),
+    Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+                                                      ("DROPOUT", True), ("SINKS", True))),  # the forward
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
@@ -240,8 +253,9 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             if d not in variant.head_dims:
                 continue
             if kernel == "backward_delta":
-                if variant.name == "plain":
-                    specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG))
+                # Its one switch is SINKS (the dsinks partial sums); plain or the sinks row.
+                if variant.name == "plain" or variant.name == "sinks":
+                    specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG, variant.name))
                 continue
             if not variant_applies(variant, kernel):
                 continue
