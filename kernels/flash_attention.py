@@ -399,7 +399,7 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks):
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = _meta(q, params, kv_lens, alibi)
+    meta = dict(_meta(q, params, kv_lens, alibi), TMA=_tma_ok(q, k, v, dout))
     qkv_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout))
     tail = (*_variant_scalars(params),)
     dkdv_args = (q, k, v, dout, lse, delta, dk, dv, kv_lens, alibi, *qkv_strides, *_strides(dk), *_strides(dv),
