@@ -336,12 +336,14 @@ def _signature(fn, spec: Specialization):
 # Ahead-of-time pruning of the tuning candidates (configs.CANDIDATE_SPACE) into a per-arch table.
 #
 # Each candidate is compiled at the widest head dim of its bucket, bfloat16 (float16 compiles
-# to the same tiles), causal (the masked loop with the causal compare is the heavier one), plain
-# variant; it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
+# to the same tiles), causal (the masked loop with the causal compare is the heavier one), as
+# the variant a 16-bit launch runs on the arch (the Hopper "tma" path on sm_90, "plain" on sm_80); it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
 # exceed the register file (``configs.accumulator_registers``) are rejected without compiling.
 # A tuned winner is then compiled again at every head dim, dtype and causal flag by the full
 # ``compile-report`` (it becomes a specialization the dispatcher can pick).
 PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
+# What a 16-bit launch runs on each arch: the Hopper path (tensor descriptors) on sm_90.
+PRUNE_VARIANT = {"sm_90": "tma", "sm_80": "plain"}
 
 
 def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]:
@@ -349,8 +351,9 @@ def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]
     return [(name, bucket) for kernel in kernels for bucket in buckets for name in launch_names(kernel, bucket)]
 
 
-def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict]]:
-    """(the candidates of ``group`` to compile, the ones rejected by the register bound)."""
+def prune_specs(group: tuple[str, int], arch: str = "sm_90") -> tuple[list[Specialization], list[dict]]:
+    """(the candidates of ``group`` to compile on ``arch``, the ones rejected by the register
+    bound). They compile as the variant the dispatcher launches there (``PRUNE_VARIANT``)."""
     name, bucket = group
     to_compile, rejected = [], []
     for config in candidate_configs(name):
@@ -359,7 +362,7 @@ def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict
             rejected.append({"config": dataclasses.asdict(config),
                              "problems": [f"needs >= {need} registers/thread (float32 tiles alone; not compiled)"]})
         else:
-            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config))
+            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config, PRUNE_VARIANT[arch]))
     return to_compile, rejected
 
 
@@ -392,7 +395,7 @@ def build_table(arch: str, rows: list[Mapping[str, Any]], rejected: Mapping[str,
         "arch": arch,
         "triton": triton.__version__,
         "command": f"flashref compile-report --arch {arch} --prune-table",
-        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": "plain",
+        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": PRUNE_VARIANT[arch],
                       "head_dim": "the bucket's widest (64, 128, 256)"},
         "tables": dict(sorted(tables.items())),
         "rejected": dict(sorted(rejects.items())),

@@ -189,7 +189,7 @@ def prune_table(args: argparse.Namespace, console) -> int:
         groups = [g for g in groups if f"{g[0]}/{g[1]}" not in existing["tables"]]
     specs, rejected = [], {}
     for group in groups:
-        todo, bounced = gate.prune_specs(group)
+        todo, bounced = gate.prune_specs(group, args.arch)
         specs += todo
         rejected[f"{group[0]}/{group[1]}"] = bounced
     jobs = max(1, args.jobs or os.cpu_count() or 1)
