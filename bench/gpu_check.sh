@@ -5,6 +5,7 @@
 #   bench/gpu_check.sh [--dry-run] [OUT_DIR]      OUT_DIR default: $OUT, else runs/gpu-check-<UTC>
 #
 #   1. environment, editable install (no downloads: pip install --no-deps --no-build-isolation -e .)
+#   1b. gate-prune the tile-table groups the committed table lacks (compile-report --prune-table)
 #   2. GPU tests: the equivalence sweep on CUDA, bitwise-deterministic reruns and races
 #      (pytest -m gpu tests/kernels), large logits on CUDA
 #   3. flashref tune (time-boxed): this device's tuned table, written where the dispatcher reads
@@ -12,8 +13,9 @@
 #   4. flashref bench --quick with the tuned table, beside torch SDPA's flash / efficient / cuDNN
 #      backends and the measured matmul ceiling: JSON, Markdown, PNG
 #
-# Files: gpu_check.log (every step's output), the tuned table (*.json), bench/bench.json,
-# bench/bench.jsonl, bench/results.md, bench/attention_tflops_bfloat16.png: 6.
+# Files: gpu_check.log (every step's output), the tile table (sm_90.json) and the tuned table
+# (*.json), bench/bench.json, bench/bench.jsonl, bench/results.md,
+# bench/attention_tflops_bfloat16.png: 7.
 #
 # --dry-run (any machine, no GPU): checks the plan — the step budgets fit, the tuner's plan
 # and the GPU test selection resolve (pytest --collect-only), the commands parse — and writes
@@ -34,8 +36,9 @@ PY=${PYTHON:-python3}
 OUT_DIR=${1:-${OUT:-runs/gpu-check-$(date -u +%Y%m%dT%H%M%SZ)}}
 BUDGET=${FLASHREF_GPU_BUDGET_S:-480}
 # Step caps in seconds (each also bounded by what is left); the rest goes to the bench sweep.
-INSTALL_CAP=60
-TESTS_CAP=110
+INSTALL_CAP=40
+PRUNE_CAP=45        # gate-prune the tile-table groups the committed kernels/tables/ARCH.json lacks
+TESTS_CAP=100
 TUNE_CAP=150        # flashref tune --time-budget; a compile in flight may overrun it by ~20 s
 TUNE_SLACK=30
 TAIL=40             # kept for the bench's matmul ceiling, plots and the file listing
@@ -50,7 +53,7 @@ exec > >(tee -a "$OUT_DIR/gpu_check.log") 2>&1
 step() { echo; echo "== [$(elapsed)s] $*"; }
 fail() { echo "!! $*"; status=1; }
 
-if [ $(( INSTALL_CAP + TESTS_CAP + TUNE_CAP + TUNE_SLACK + MIN_BENCH + TAIL )) -gt "$BUDGET" ]; then
+if [ $(( INSTALL_CAP + PRUNE_CAP + TESTS_CAP + TUNE_CAP + TUNE_SLACK + MIN_BENCH + TAIL )) -gt "$BUDGET" ]; then
     fail "the step caps do not fit the budget of $BUDGET s"
 fi
 
@@ -87,7 +90,7 @@ if [ $DRY = 1 ]; then
     echo "$text" | head -n 4
     step "dry run: flashref bench arguments"
     $PY -m flashref bench --help >/dev/null && echo "flashref bench ${BENCH_ARGS[*]} --time-budget N" || fail "bench args"
-    step "dry run: budget: install $INSTALL_CAP + tests $TESTS_CAP + tune $TUNE_CAP(+$TUNE_SLACK) + bench >= $MIN_BENCH + tail $TAIL <= $BUDGET s"
+    step "dry run: budget: install $INSTALL_CAP + prune $PRUNE_CAP + tests $TESTS_CAP + tune $TUNE_CAP(+$TUNE_SLACK) + bench >= $MIN_BENCH + tail $TAIL <= $BUDGET s"
     step "done (dry run) in $(elapsed) s, status $status"
     exit $status
 fi
@@ -99,6 +102,16 @@ elif ! timeout -k 5 "$(cap $INSTALL_CAP)" $PY -m pip install -q --no-deps --no-b
     fail "pip install failed"
 fi
 $PY -c "import flashref, flashref.kernels; print('flashref', flashref.__version__, 'imports')" || fail "flashref does not import"
+
+# The tile table is gate-pruned ahead of time (committed); groups it lacks are pruned here on
+# the machine's CPUs (resumable, written after each group) so that tune has them.
+ARCH=$($PY -c "import torch; print({9: 'sm_90', 8: 'sm_80'}.get(torch.cuda.get_device_capability()[0], ''))")
+if [ -n "$ARCH" ]; then
+    step "gate-prune missing tile-table groups for $ARCH (cap $PRUNE_CAP s, $(nproc) processes)"
+    timeout -k 5 "$(cap $PRUNE_CAP)" $PY -m flashref compile-report --arch "$ARCH" --prune-table --jobs "$(nproc)"
+    echo "prune exit $? (124: cut at the cap; finished groups are kept)"
+    cp "kernels/tables/$ARCH.json" "$OUT_DIR/" 2>/dev/null || echo "no tile table"
+fi
 
 # The repo's addopts name pytest-benchmark's flag; they are replaced by what this step needs.
 step "GPU tests: equivalence on CUDA, determinism (bitwise reruns), races; large logits (cap $TESTS_CAP s)"

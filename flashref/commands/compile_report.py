@@ -187,22 +187,20 @@ def prune_table(args: argparse.Namespace, console) -> int:
         if g[0] in kernels or g[0] in configs.DKDV_LAUNCHES and "backward_dkdv" in kernels]
     if existing and not (args.kernel or args.head_dim):  # resume: skip the groups done
         groups = [g for g in groups if f"{g[0]}/{g[1]}" not in existing["tables"]]
-    specs, rejected = [], {}
-    for group in groups:
-        todo, bounced = gate.prune_specs(group, args.arch)
-        specs += todo
-        rejected[f"{group[0]}/{group[1]}"] = bounced
     jobs = max(1, args.jobs or os.cpu_count() or 1)
-    console.print(f"pruning {len(groups)} group(s) for {args.arch}: {len(specs)} candidates to compile, "
-                  f"{sum(map(len, rejected.values()))} over the register file (not compiled); {jobs} process(es)")
+    console.print(f"pruning {len(groups)} group(s) for {args.arch} into {path}; {jobs} process(es)")
     t0 = time.perf_counter()
-    rows = _compile_all(specs, args.arch, jobs, console) if specs else []
-    table = gate.build_table(args.arch, rows, rejected, existing)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(table, indent=1) + "\n")
-    for key in (f"{g[0]}/{g[1]}" for g in groups):
-        kept = table["tables"].get(key, [])
-        console.print(f"{key}: {len(kept)} pass, {len(table['rejected'].get(key, []))} rejected", highlight=False)
+    table = existing
+    for group in groups:  # the file is written after each group: a run cut short keeps them
+        key = f"{group[0]}/{group[1]}"
+        todo, bounced = gate.prune_specs(group, args.arch)
+        rows = _compile_all(todo, args.arch, jobs, console) if todo else []
+        table = gate.build_table(args.arch, rows, {key: bounced}, table)
+        path.write_text(json.dumps(table, indent=1) + "\n")
+        console.print(f"{key}: {len(table['tables'].get(key, []))} pass, {len(table['rejected'].get(key, []))} "
+                      f"rejected ({len(bounced)} over the register file, not compiled); "
+                      f"{time.perf_counter() - t0:.0f} s", highlight=False)
     console.print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -201,7 +201,8 @@ def run_gpu_check(tmp_path, *args, cuda=True, budget=None):
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "python3"
     fake.write_text('#!/bin/bash\necho "$*" >> "$CALLS"\n'
-                    'if [ "$1" = "-" ]; then cat >/dev/null; exit "$FAKE_CUDA_RC"; fi\nexit 0\n')
+                    'if [ "$1" = "-" ]; then cat >/dev/null; exit "$FAKE_CUDA_RC"; fi\n'
+                    'case "$*" in *get_device_capability*) echo sm_90;; esac\nexit 0\n')
     fake.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "CALLS": str(calls), "FAKE_CUDA_RC": "0" if cuda else "3",
            "PYTHON": str(fake), "HOME": str(tmp_path)}
@@ -220,10 +221,12 @@ def test_gpu_check_runs_tests_then_tune_then_bench_within_8_minutes(tmp_path):
     assert calls[0] == "-"  # the CUDA probe
     assert calls[1] == "-m pip install -q --no-deps --no-build-isolation -e ."
     steps = [c.split()[1] + (" " + c.split()[2] if c.startswith("-m flashref") else "") for c in calls[2:]]
-    assert steps == ["import", "pytest", "pytest", "flashref tune", "flashref bench"], calls
-    assert "tests/kernels -m gpu" in calls[3] and "large_logits" in calls[4]
-    tune_budget = int(calls[5].split("--time-budget ")[1].split()[0])
-    bench = calls[6]
+    assert steps == ["import", "import", "flashref compile-report", "pytest", "pytest", "flashref tune",
+                     "flashref bench"], calls
+    assert "--prune-table" in calls[4]
+    assert "tests/kernels -m gpu" in calls[5] and "large_logits" in calls[6]
+    tune_budget = int(calls[7].split("--time-budget ")[1].split()[0])
+    bench = calls[8]
     assert "--impl flashref,sdpa_flash,sdpa_efficient,sdpa_cudnn" in bench and f"--out {out}/bench" in bench
     bench_budget = int(bench.split("--time-budget ")[1].split()[0])
     # the tuner gets its cap, the sweep what is left after the tail kept for plots and listing
