@@ -57,8 +57,8 @@ INTERPRETED = isinstance(attention_forward_kernel, InterpretedFunction)
 
 #: The Hopper path (kernels/tile_loads.py): "auto" takes it where ``_tma_ok`` allows (compiled
 #: kernels on a capability-9 device), "on" also under the interpreter (tests check its numerics
-#: there), "off" never.
-_tma_mode = contextvars.ContextVar("flashref_tma_mode", default="auto")
+#: there), "off" never. The environment variable FLASHREF_TMA sets the process default.
+_tma_mode = contextvars.ContextVar("flashref_tma_mode", default=os.environ.get("FLASHREF_TMA", "auto"))
 
 
 @contextlib.contextmanager
