@@ -64,12 +64,19 @@ _SIXTEEN_BIT_256 = {
     "backward_dq": (_C(64, 32, 8, 2),),
 }
 # float32 is a correctness path (FlashAttention has none): exact ("ieee") float32 FMA dots on
-# 16x32 tiles. Exact FMA dots keep their operands and the accumulator in registers spread over
-# the program's threads: with 4 warps the forward spilled at head dims 80-256 (48 B to 7.6 KB)
-# and dQ up to 1.9 KB; 8 warps halve each thread's share and compile clean on sm_90 and sm_80.
-# The dK/dV kernel's 4-warp tile is clean. Same dots, same tiles: the float32 numerics do not
-# change with the warp count.
-_FLOAT32 = {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 32, 8, 1),)}
+# small tiles. Exact FMA dots keep operands and accumulators in registers spread over the
+# program's threads, so the warp count sets each thread's share. With 16x32 tiles on 4 warps the
+# forward spilled at head dims 80-256 (48 B to 7.6 KB) and dQ up to 1.9 KB; what compiles clean
+# on sm_90 and sm_80 (the compile gate, every head dim, causal or not): the forward on 8 warps
+# above head dim 64 (4 below: 8 left an 8-byte stack frame at 16 and 40), dQ on a 16x16 tile
+# with 8 warps (16x32 on 8 left 16 B at 80-112 on sm_90 and 160-192 on sm_80), dK/dV on 8 warps
+# up to 64 (4 left 8 B on sm_80 at 40 and 64) and 4 above. Same dots: the float32 numerics do
+# not depend on the warp count; the tile only changes the order of the float32 sums.
+_FLOAT32_BY_BUCKET = {
+    64: {"forward": (_C(16, 32, 4, 1),), "backward_dkdv": (_C(16, 32, 8, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+    128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+    256: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+}
 _TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {}
 # dK/dV at padded head dim 64: 32x64 w8 s2 spills 24 bytes on sm_80 with triton 3.6 (not 3.9);
 # a 16-row query block with one stage is clean on sm_80/sm_90 under both.
@@ -79,7 +86,7 @@ for _kernel in KERNEL_NAMES:
     _TABLE[(_kernel, 128, False)] = _SIXTEEN_BIT_UP_TO_128[_kernel]
     _TABLE[(_kernel, 256, False)] = _SIXTEEN_BIT_256[_kernel]
     for _bucket in (64, 128, 256):
-        _TABLE[(_kernel, _bucket, True)] = _FLOAT32[_kernel]
+        _TABLE[(_kernel, _bucket, True)] = _FLOAT32_BY_BUCKET[_bucket][_kernel]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
