@@ -5,12 +5,10 @@ give bit-for-bit the pointer path's out and lse (same math; the copy engine's ze
 pointer path's ``other=0.0``), with ragged lengths, kv_lens, a padded head dim and variants. The
 compile gate (tests/kernels/test_compile_gate.py, marker ``compile``) checks its sm_90 rows
 for ``cp.async.bulk.tensor``, ``wgmma`` and no spills. Seeds come from the fresh-seed fixture
-and are in the assertion messages.
+(the ``seed`` fixture) and are in the assertion messages.
 """
 
 from __future__ import annotations
-
-import secrets
 
 import pytest
 import torch
@@ -34,8 +32,7 @@ def inputs(seed, b, hq, hkv, lq, lk, d, dtype):
     ((2, 2, 2, 33, 17, 32), dict(kv_lens=torch.tensor([17, 5]), causal=True, causal_alignment="bottom_right")),
     ((1, 1, 1, 20, 50, 16), dict(window_size=(7, 3), softcap=5.0)),
 ])
-def test_descriptor_loads_match_the_pointer_path_bit_for_bit(shape, kwargs, dtype):
-    seed = secrets.randbelow(2**31)  # fresh each run, printed on failure
+def test_descriptor_loads_match_the_pointer_path_bit_for_bit(shape, kwargs, dtype, seed):
     q, k, v = inputs(seed, *shape, dtype)
     with fa.tensor_descriptors("off"):
         ref_out, ref_lse = flash_attention(q, k, v, return_lse=True, **kwargs)
@@ -66,8 +63,7 @@ def test_the_dispatcher_takes_descriptors_only_where_tma_can_load():
     ((1, 2, 1, 37, 45, 40), dict(causal=True)),
     ((2, 2, 2, 33, 17, 32), dict(kv_lens=torch.tensor([17, 5]), window_size=(6, -1))),
 ])
-def test_backward_through_descriptors_matches_the_pointer_path_bit_for_bit(shape, kwargs):
-    seed = secrets.randbelow(2**31)
+def test_backward_through_descriptors_matches_the_pointer_path_bit_for_bit(shape, kwargs, seed):
     q, k, v = inputs(seed, *shape, torch.bfloat16)
     dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(seed + 1)).to(q.dtype)
     grads = {}
