@@ -116,6 +116,8 @@ VARIANTS = (
 VARIANTS += (
     Variant("tma", (("TMA", True),), head_dims=GATE_HEAD_DIMS, archs=("sm_90",), dtypes=WGMMA_DTYPES),
     Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+    Variant("tma_all_variants", (("TMA", True),) + _KV_BOTTOM_RIGHT + (
+        ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
