@@ -68,12 +68,13 @@ _SIXTEEN_BIT_256 = {
 # program's threads, so the warp count sets each thread's share. With 16x32 tiles on 4 warps the
 # forward spilled at head dims 80-256 (48 B to 7.6 KB) and dQ up to 1.9 KB; what compiles clean
 # on sm_90 and sm_80 (the compile gate, every head dim, causal or not): the forward on 8 warps
-# above head dim 64 (4 below: 8 left an 8-byte stack frame at 16 and 40), dQ on a 16x16 tile
-# with 8 warps (16x32 on 8 left 16 B at 80-112 on sm_90 and 160-192 on sm_80), dK/dV on 8 warps
-# up to 64 (4 left 8 B on sm_80 at 40 and 64) and 4 above. Same dots: the float32 numerics do
-# not depend on the warp count; the tile only changes the order of the float32 sums.
+# above head dim 64; dQ on a 16x16 tile with 8 warps (16x32 on 8 left 16 B at 80-112 on sm_90
+# and 160-192 on sm_80); dK/dV on 4 warps above 64. Up to head dim 64 the forward and dK/dV
+# take 16x16 tiles on 4 warps: 16x32 left an 8-byte stack frame at 64 registers on 4 or 8 warps
+# (forward at 16 and 40, dK/dV at 40 and 64, sm_80 and sm_90). Same dots: the float32 numerics
+# do not depend on the warp count; the tile only changes the order of the float32 sums.
 _FLOAT32_BY_BUCKET = {
-    64: {"forward": (_C(16, 32, 4, 1),), "backward_dkdv": (_C(16, 32, 8, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+    64: {"forward": (_C(16, 16, 4, 1),), "backward_dkdv": (_C(16, 16, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
     128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
     256: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
 }
