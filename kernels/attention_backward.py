@@ -47,6 +47,7 @@ from .attention_forward import (
     window_key_ranges,
 )
 from .rounding import to_dot_operand, to_output
+from .tile_loads import load_rows, rows_descriptor
 
 
 @triton.jit
@@ -106,7 +107,7 @@ def _dkdv_query_blocks(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
     GRADS: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
     (``GRADS``: "dkdv", "dk" or "dv"; the other accumulator is returned untouched).
@@ -124,10 +125,14 @@ def _dkdv_query_blocks(
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
         # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D).
-        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
-        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
-        qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if TMA:  # q_base, do_base are tensor descriptors: zero past Lq and HEAD_DIM
+            qt = tl.trans(load_rows(q_base, start_m))
+            do = load_rows(do_base, start_m)
+        else:
+            qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
+            do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
+            qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if UPCAST:
@@ -186,7 +191,7 @@ def attention_backward_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
@@ -265,6 +270,9 @@ def attention_backward_dkdv_kernel(
         h = h_kv * group_size + g
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        if TMA:  # this head's Q and dO through tensor descriptors (kernels/tile_loads.py)
+            q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+            do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
         row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
         alibi_slope = 0.0
         if ALIBI:
@@ -277,7 +285,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
@@ -285,7 +293,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         if WINDOW:
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
@@ -294,7 +302,7 @@ def attention_backward_dkdv_kernel(
                 window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
                 seqlen_k, dropout_p, dropout_scale,
                 HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -321,24 +329,30 @@ def _dq_key_blocks(
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
-    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K."""
+    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K.
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n_base
-        kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
-        if MASKED:
-            key_ok = keys < seqlen_k_visible
-            kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            kt = tl.load(kt_ptrs)
-            vt = tl.load(vt_ptrs)
+        if TMA:  # bulk copies, zero past kv_len and HEAD_DIM
+            kt = tl.trans(load_rows(k_base, start_n))
+            vt = tl.trans(load_rows(v_base, start_n))
         else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+            kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
+            vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
+            if MASKED:
+                key_ok = keys < seqlen_k_visible
+                kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+            elif HEAD_DIM == BLOCK_D:
+                kt = tl.load(kt_ptrs)
+                vt = tl.load(vt_ptrs)
+            else:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -384,7 +398,7 @@ def attention_backward_dq_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
     DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
@@ -412,10 +426,15 @@ def attention_backward_dq_kernel(
     row_ok = offs_m < seqlen_q
     tile_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
-    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask, other=0.0)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
+        q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
+        do = load_rows(rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
+    else:
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask,
+                     other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -425,6 +444,9 @@ def attention_backward_dq_kernel(
 
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    if TMA:
+        k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
     lo = 0
@@ -435,20 +457,20 @@ def attention_backward_dq_kernel(
             offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
             window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         lo = a
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
              + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,

@@ -45,6 +45,7 @@ from .configs import (
     accumulator_registers,
     candidate_configs,
     configs_for,
+    dispatcher_configs,
     dkdv_passes,
     padded_head_dim,
 )
@@ -78,6 +79,16 @@ class Variant:
     name: str
     constexprs: tuple[tuple[str, Any], ...] = ()
     head_dims: tuple[int, ...] = BUCKET_HEAD_DIMS
+    archs: tuple[str, ...] = tuple(ARCHS)  # where the dispatcher can pick it
+    dtypes: tuple[str, ...] = GATE_DTYPES
+    # Every config of each table, or the default (first) one only: a switch changes the code,
+    # a config the tiles; the plain and Hopper rows cover every tile, the other switches ride
+    # on the default tile (keeps the full report a few hundred rows, not thousands).
+    all_configs: bool = False
+
+    @property
+    def uses_tma(self) -> bool:
+        return ("TMA", True) in self.constexprs
 
 
 # The value each feature switch takes in the plain kernel. A kernel constexpr that is neither
@@ -85,11 +96,11 @@ class Variant:
 # never compile a kernel with a switch it does not know about.
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
-    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False,
+    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "TMA": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
 VARIANTS = (
-    Variant("plain", head_dims=GATE_HEAD_DIMS),
+    Variant("plain", head_dims=GATE_HEAD_DIMS, all_configs=True),
     Variant("kv_lens", (("HAS_KV_LENS", True),)),
     # The attention variants (issues 10, 14; docs/kernels.md): each alone, then combinations.
     Variant("kv_lens_bottom_right", _KV_BOTTOM_RIGHT),
@@ -103,6 +114,15 @@ VARIANTS = (
                                                 ("DROPOUT", True))),
     Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
                                                       ("DROPOUT", True), ("SINKS", True))),  # the forward
+)
+# The Hopper path (kernels/tile_loads.py): tiles through tensor descriptors. The dispatcher
+# takes it on sm_90 for 16-bit inputs only; its rows must show TMA bulk copies and wgmma.
+VARIANTS += (
+    Variant("tma", (("TMA", True),), head_dims=GATE_HEAD_DIMS, archs=("sm_90",), dtypes=WGMMA_DTYPES,
+            all_configs=True),
+    Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+    Variant("tma_all_variants", (("TMA", True),) + _KV_BOTTOM_RIGHT + (
+        ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
@@ -174,7 +194,9 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
       is a correctness path, not an excused one;
     - "smem N > LIMIT B": more dynamic shared memory than one program may have on the arch;
     - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
-      warpgroup MMA (it would run on the slower mma.sync path).
+      warpgroup MMA (it would run on the slower mma.sync path);
+    - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 whose PTX has no
+      ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads).
     """
     row = row.as_dict() if isinstance(row, CompileRow) else row
     if row.get("error"):
@@ -189,6 +211,9 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
             and not row.get("uses_wgmma")):
         found.append("no wgmma")
+    variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
+    if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
+        found.append("no TMA")
     return found
 
 
@@ -237,18 +262,21 @@ def variant_applies(variant: Variant, kernel: str) -> bool:
 
 def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False, True),
                     kernels=KERNEL_NAMES + ("backward_delta",), variants=None,
-                    configs=None) -> list[Specialization]:
+                    configs=None, arch="sm_90") -> list[Specialization]:
     """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
     the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
     own head dims (intersected with ``head_dims``); ``configs``: a function
-    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.configs_for``, the
-    dispatcher's tables). The delta kernel has no causal or variant form and one config."""
-    configs = configs or configs_for
+    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.dispatcher_configs`` on
+    ``arch``: the default tables and the committed tuned winners for that arch). The delta
+    kernel has no causal or variant form and one config."""
+    configs = configs or (lambda kernel, d, dtype: dispatcher_configs(kernel, d, dtype, arch))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
+        if arch not in variant.archs:
+            continue
         for kernel, d, dt in product(kernels, head_dims, dtypes):
-            if d not in variant.head_dims:
+            if d not in variant.head_dims or dt not in variant.dtypes:
                 continue
             if kernel == "backward_delta":
                 # Its one switch is SINKS (the dsinks partial sums); plain or the sinks row.
@@ -258,7 +286,8 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             if not variant_applies(variant, kernel):
                 continue
             for name, c in product(launch_names(kernel, d), causal):
-                for config in configs(name, d, getattr(torch, dt)):
+                chosen_configs = configs(name, d, getattr(torch, dt))
+                for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
                     specs.append(Specialization(name, d, dt, c, config, variant.name))
     return specs
 
@@ -315,12 +344,14 @@ def _signature(fn, spec: Specialization):
 # Ahead-of-time pruning of the tuning candidates (configs.CANDIDATE_SPACE) into a per-arch table.
 #
 # Each candidate is compiled at the widest head dim of its bucket, bfloat16 (float16 compiles
-# to the same tiles), causal (the masked loop with the causal compare is the heavier one), plain
-# variant; it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
+# to the same tiles), causal (the masked loop with the causal compare is the heavier one), as
+# the variant a 16-bit launch runs on the arch (the Hopper "tma" path on sm_90, "plain" on sm_80); it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
 # exceed the register file (``configs.accumulator_registers``) are rejected without compiling.
 # A tuned winner is then compiled again at every head dim, dtype and causal flag by the full
 # ``compile-report`` (it becomes a specialization the dispatcher can pick).
 PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
+# What a 16-bit launch runs on each arch: the Hopper path (tensor descriptors) on sm_90.
+PRUNE_VARIANT = {"sm_90": "tma", "sm_80": "plain"}
 
 
 def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]:
@@ -328,8 +359,9 @@ def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]
     return [(name, bucket) for kernel in kernels for bucket in buckets for name in launch_names(kernel, bucket)]
 
 
-def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict]]:
-    """(the candidates of ``group`` to compile, the ones rejected by the register bound)."""
+def prune_specs(group: tuple[str, int], arch: str = "sm_90") -> tuple[list[Specialization], list[dict]]:
+    """(the candidates of ``group`` to compile on ``arch``, the ones rejected by the register
+    bound). They compile as the variant the dispatcher launches there (``PRUNE_VARIANT``)."""
     name, bucket = group
     to_compile, rejected = [], []
     for config in candidate_configs(name):
@@ -338,7 +370,7 @@ def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict
             rejected.append({"config": dataclasses.asdict(config),
                              "problems": [f"needs >= {need} registers/thread (float32 tiles alone; not compiled)"]})
         else:
-            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config))
+            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config, PRUNE_VARIANT[arch]))
     return to_compile, rejected
 
 
@@ -371,7 +403,7 @@ def build_table(arch: str, rows: list[Mapping[str, Any]], rejected: Mapping[str,
         "arch": arch,
         "triton": triton.__version__,
         "command": f"flashref compile-report --arch {arch} --prune-table",
-        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": "plain",
+        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": PRUNE_VARIANT[arch],
                       "head_dim": "the bucket's widest (64, 128, 256)"},
         "tables": dict(sorted(tables.items())),
         "rejected": dict(sorted(rejects.items())),
@@ -427,7 +459,7 @@ def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:
     subprocess when this process runs Triton's interpreter)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
-    specs = specializations(**axes)
+    specs = specializations(arch=arch, **axes)
     if triton_is_interpreting():
         return _compile_in_subprocess(specs, arch)
     return [compile_specialization(spec, arch) for spec in specs]

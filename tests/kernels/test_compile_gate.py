@@ -148,7 +148,28 @@ def test_variant_rows_are_enumerated_at_their_head_dims():
     by_variant = {}
     for spec in specs:
         by_variant.setdefault(spec.variant, set()).add(spec.head_dim)
-    assert by_variant == {"plain": {40, 128}, **{v.name: {128} for v in VARIANTS if v.name != "plain"}}
+    # plain and the Hopper path (sm_90, the default arch) at every head dim; the rest at 128
+    assert by_variant == {**{v.name: {128} for v in VARIANTS}, "plain": {40, 128}, "tma": {40, 128}}
     specs = specializations(head_dims=(128,), dtypes=("bfloat16",), causal=(True,), kernels=("forward",),
                             variants=("kv_lens",))
     assert {s.variant for s in specs} == {"kv_lens"}
+
+
+@pytest.mark.compile
+def test_the_hopper_path_uses_tma_and_wgmma_without_spills():
+    """Every kernel with tensor-descriptor loads compiles for sm_90 to cp.async.bulk.tensor +
+    wgmma, no spills (the default configs at head dim 96 -> 128, bfloat16, causal)."""
+    rows = compile_specializations("sm_90", head_dims=(96,), dtypes=("bfloat16",), causal=(True,),
+                                   kernels=KERNEL_NAMES, variants=("tma",))
+    assert {r.kernel for r in rows} == set(KERNEL_NAMES) and all(r.variant == "tma" for r in rows)
+    assert all(r.uses_tma and r.uses_wgmma for r in rows)
+    assert_clean(rows)
+
+
+def test_tma_rows_exist_only_where_the_dispatcher_takes_the_path():
+    on_hopper = specializations(head_dims=(128,), variants=("tma",), arch="sm_90")
+    assert on_hopper and {s.dtype for s in on_hopper} == {"float16", "bfloat16"}
+    assert specializations(head_dims=(128,), variants=("tma",), arch="sm_80") == []
+    row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 160, 131072, 0, True, 1.0,
+                     variant="tma", uses_tma=False)
+    assert problems(row) == ["no TMA"]
