@@ -13,8 +13,8 @@ Broadcasting is undone in exactly one place, :func:`unbroadcast`.
 
 The fused composites (softmax, log_softmax, logsumexp, layer_norm, cross_entropy) are
 registered here too, so there is one table; their derivations are in ``docs/autograd.md``.
-:mod:`flashref.autograd.functional` also builds each of them from the elementary
-primitives, and the tests check the two agree.
+tests/autograd/autograd_composed.py builds each of them from the elementary primitives,
+and the tests check the two agree.
 """
 
 from __future__ import annotations
@@ -119,7 +119,11 @@ class Add(Primitive):
     @staticmethod
     def backward(ctx, grad):
         sa, sb = ctx.shapes
-        return unbroadcast(grad, sa), unbroadcast(grad, sb)
+        need_a, need_b = ctx.needs_input_grad
+        return (
+            unbroadcast(grad, sa) if need_a else None,
+            unbroadcast(grad, sb) if need_b else None,
+        )
 
 
 @register("sub")
@@ -556,7 +560,8 @@ class Concatenate(Primitive):
 
     @staticmethod
     def backward(ctx, grad):
-        return tuple(np.split(grad, ctx.splits, axis=ctx.axis))
+        parts = np.split(grad, ctx.splits, axis=ctx.axis)
+        return tuple(part if need else None for part, need in zip(parts, ctx.needs_input_grad))
 
 
 @register("stack")
@@ -576,7 +581,7 @@ class Stack(Primitive):
     @staticmethod
     def backward(ctx, grad):
         lead = (slice(None),) * ctx.axis
-        return tuple(grad[lead + (k,)] for k in range(ctx.count))
+        return tuple(grad[lead + (k,)] if need else None for k, need in enumerate(ctx.needs_input_grad))
 
 
 # --------------------------------------------------------------------------- selection
@@ -635,7 +640,7 @@ class MaskedFill(Primitive):
 
 
 # --------------------------------------------------------------------------- fused composites
-# Derivations: docs/autograd.md. Composed twins: flashref.autograd.functional.*_composed.
+# Derivations: docs/autograd.md. Composed twins (the check): tests/autograd/autograd_composed.py.
 
 
 def _shifted_exp(x: Array, axis: int) -> tuple[Array, Array, Array]:
@@ -725,32 +730,38 @@ class LayerNorm(Primitive):
     """torch's layer norm over the last ``k`` axes (``k = normalized_ndim``).
 
     Shapes: ``x: (*lead, *N)``, ``weight, bias: N`` (each optional: ``has_weight``/``has_bias``).
-    ``mu = mean(x)``, ``var = mean((x - mu)^2)`` (biased), ``rstd = 1/sqrt(var + eps)``,
-    ``xhat = (x - mu) * rstd``, ``y = xhat * weight + bias``.
-    Backward (docs/autograd.md#layer_norm), with ``h = g * weight`` and means over ``N``:
-    ``dx = rstd * (h - mean(h) - xhat * mean(h * xhat))``, ``dweight = sum_lead(g * xhat)``,
-    ``dbias = sum_lead(g)``.
+    Forward, means over the ``N`` axes::
+
+        mu   = mean(x)
+        var  = mean((x - mu)^2)            biased, as torch
+        rstd = 1 / sqrt(var + eps)         eps inside the root
+        xhat = (x - mu) * rstd
+        y    = xhat * weight + bias
+
+    Backward (derived in docs/autograd.md#layer_norm), ``g = dL/dy``::
+
+        dxhat   = g * weight
+        dx      = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        dweight = sum_lead(g * xhat),   dbias = sum_lead(g)
     """
 
     @staticmethod
     def forward(ctx, x, *params, normalized_ndim, eps, has_weight, has_bias):
         axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-        xhat = x - np.mean(x, axis=axes, keepdims=True)  # centred, normalised in place below
-        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+        mu = np.mean(x, axis=axes, keepdims=True)
+        var = np.mean(np.square(x - mu), axis=axes, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
-        xhat *= rstd
-        weight = params[0] if has_weight else None
-        bias = params[-1] if has_bias else None
+        xhat = (x - mu) * rstd
+        y = xhat
         if has_weight:
-            y = xhat * weight
-            if has_bias:
-                y += bias
-        else:
-            y = xhat + bias if has_bias else xhat.copy()
-        ctx.xhat, ctx.rstd, ctx.weight, ctx.axes = xhat, rstd, weight, axes
+            y = y * params[0]
+        if has_bias:
+            y = y + params[-1]
+        ctx.xhat, ctx.rstd, ctx.axes = xhat, rstd, axes
+        ctx.weight = params[0] if has_weight else None
         ctx.lead = tuple(range(x.ndim - normalized_ndim))
         ctx.has_weight, ctx.has_bias = has_weight, has_bias
-        return y
+        return y if y is not xhat else xhat.copy()  # the output never aliases what backward reads
 
     @staticmethod
     def backward(ctx, grad):
@@ -758,15 +769,10 @@ class LayerNorm(Primitive):
         needs = ctx.needs_input_grad
         grads: list[Array | None] = []
         if needs[0]:
-            h = grad * ctx.weight if ctx.has_weight else grad.copy()
-            scratch = h * xhat
-            mean_hx = np.mean(scratch, axis=axes, keepdims=True)
-            mean_h = np.mean(h, axis=axes, keepdims=True)
-            # dx = rstd * (h - mean_h - xhat * mean_hx), built in h's buffer
-            h -= np.multiply(xhat, mean_hx, out=scratch)
-            h -= mean_h
-            h *= rstd
-            grads.append(h)
+            dxhat = grad * ctx.weight if ctx.has_weight else grad
+            mean_dxhat = np.mean(dxhat, axis=axes, keepdims=True)
+            mean_dxhat_xhat = np.mean(dxhat * xhat, axis=axes, keepdims=True)
+            grads.append(rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat))
         else:
             grads.append(None)
         if ctx.has_weight:
