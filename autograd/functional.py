@@ -5,7 +5,8 @@ fused primitives (one forward, one hand-derived backward: docs/autograd.md), bec
 composed graphs store many intermediates and lose precision or produce NaN on rows that
 are entirely ``-inf``. The tests rebuild each from elementary primitives
 (tests/autograd/autograd_composed.py) and check that the two agree in value and gradient.
-``gelu``, ``dropout``, ``linear`` and ``embedding`` are plain compositions.
+``linear`` is one primitive too (``x @ weight^T + bias`` and its three gradients, in
+primitives.py); ``gelu``, ``dropout`` and ``embedding`` are plain compositions.
 """
 
 from __future__ import annotations
@@ -148,12 +149,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     _check_tensor(weight, "linear: weight")
     if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"linear: x.shape={x.shape} needs weight of shape (out, {x.shape[-1:]}), got {weight.shape}")
-    y = x @ weight.T
-    if bias is not None:
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(f"linear: bias.shape={bias.shape} must be ({weight.shape[0]},)")
-        y = y + bias
-    return y
+    if bias is None:
+        return apply("linear", x, weight, has_bias=False)
+    _check_tensor(bias, "linear: bias")
+    if bias.shape != weight.shape[:1]:
+        raise ValueError(f"linear: bias.shape={bias.shape} must be ({weight.shape[0]},)")
+    return apply("linear", x, weight, bias, has_bias=True)
 
 
 def embedding(indices: Any, weight: Tensor) -> Tensor:

@@ -382,6 +382,39 @@ class Matmul(Primitive):
         return da, db
 
 
+@register("linear")
+class Linear(Primitive):
+    """``out = x @ weight^T + bias``, torch's layout; ``bias`` optional (``has_bias``).
+
+    Shapes: ``x: (..., in)``, ``weight: (out, in)``, ``bias: (out,)`` -> ``out: (..., out)``.
+    With the leading axes flattened (``x2: (M, in)``, ``g2: (M, out)``)::
+
+        dx = g @ weight,   dweight = g2^T @ x2,   dbias = sum over M of g2
+
+    One primitive rather than a matmul, a transpose and a broadcast add: the same
+    formulas with one output array instead of two, and each gradient one 2-D BLAS call.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, *bias, has_bias):
+        out = _matmul(x, weight.T)
+        if has_bias:
+            out += bias[0]
+        ctx.x, ctx.weight = x, weight
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.x, ctx.weight
+        need_x, need_w, *need_b = ctx.needs_input_grad
+        g2 = grad.reshape(-1, weight.shape[0])  # (M, out)
+        dx = _matmul(grad, weight) if need_x else None
+        dw = g2.T @ x.reshape(-1, weight.shape[1]) if need_w else None
+        if not need_b:
+            return dx, dw
+        return dx, dw, (g2.sum(axis=0) if need_b[0] else None)
+
+
 # --------------------------------------------------------------------------- reductions
 
 
