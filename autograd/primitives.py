@@ -683,7 +683,8 @@ def _shifted_exp(x: Array, axis: int) -> tuple[Array, Array, Array]:
     """
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), np.zeros((), dtype=x.dtype), m)
-    e = np.exp(x - m)
+    e = x - m
+    np.exp(e, out=e)  # in place: e is a fresh array
     return e, np.sum(e, axis=axis, keepdims=True), m
 
 
@@ -697,7 +698,7 @@ class Softmax(Primitive):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
         e, s, _ = _shifted_exp(x, axis)
-        y = e / np.where(s > 0, s, np.ones((), dtype=x.dtype))
+        y = np.divide(e, np.where(s > 0, s, np.ones((), dtype=x.dtype)), out=e)  # e is ours: reuse it
         ctx.y, ctx.axis = y, axis
         return y
 
@@ -781,15 +782,15 @@ class LayerNorm(Primitive):
     @staticmethod
     def forward(ctx, x, *params, normalized_ndim, eps, has_weight, has_bias):
         axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-        mu = np.mean(x, axis=axes, keepdims=True)
-        var = np.mean(np.square(x - mu), axis=axes, keepdims=True)
+        xhat = x - np.mean(x, axis=axes, keepdims=True)  # x - mu; scaled to xhat in place below
+        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
-        xhat = (x - mu) * rstd
+        xhat *= rstd
         y = xhat
         if has_weight:
             y = y * params[0]
         if has_bias:
-            y = y + params[-1]
+            y = y + params[-1] if y is xhat else np.add(y, params[-1], out=y)
         ctx.xhat, ctx.rstd, ctx.axes = xhat, rstd, axes
         ctx.weight = params[0] if has_weight else None
         ctx.lead = tuple(range(x.ndim - normalized_ndim))
