@@ -3,9 +3,10 @@
 ``softmax``, ``log_softmax``, ``logsumexp``, ``layer_norm`` and ``cross_entropy`` run as
 fused primitives (one forward, one hand-derived backward: docs/autograd.md), because the
 composed graphs store many intermediates and lose precision or produce NaN on rows that
-are entirely ``-inf``. Each has a ``*_composed`` twin built only from elementary
-primitives; the tests check that the two agree in value and gradient. ``gelu``,
-``dropout``, ``linear`` and ``embedding`` are plain compositions.
+are entirely ``-inf``. The tests rebuild each from elementary primitives
+(tests/autograd/autograd_composed.py) and check that the two agree in value and gradient.
+``linear`` is one primitive too (``x @ weight^T + bias`` and its three gradients, in
+primitives.py); ``gelu``, ``dropout`` and ``embedding`` are plain compositions.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tensor import Tensor, _index_array, apply, masked_fill, take
+from .tensor import Tensor, _index_array, apply, take
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -45,27 +46,6 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 def logsumexp(x: Tensor, axis: int | tuple[int, ...] | None = -1, keepdims: bool = False) -> Tensor:
     """``log(sum(exp(x), axis))``, max-shifted; an all ``-inf`` group gives ``-inf`` with zero gradient."""
     return apply("logsumexp", _check_tensor(x, "logsumexp: x"), axis=axis, keepdims=keepdims)
-
-
-def softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
-    """:func:`softmax` from elementary primitives (finite inputs only): the fused one's check."""
-    shifted = x - x.max(axis=axis, keepdims=True).detach()
-    e = shifted.exp()
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def logsumexp_composed(x: Tensor, axis: int | tuple[int, ...] | None = -1, keepdims: bool = False) -> Tensor:
-    """:func:`logsumexp` from elementary primitives (finite inputs only)."""
-    m = x.max(axis=axis, keepdims=True).detach()
-    out = (x - m).exp().sum(axis=axis, keepdims=True).log() + m
-    if keepdims:
-        return out
-    return out.reshape(np.squeeze(out.data, axis=axis).shape)
-
-
-def log_softmax_composed(x: Tensor, axis: int = -1) -> Tensor:
-    """:func:`log_softmax` from elementary primitives (finite inputs only)."""
-    return x - logsumexp_composed(x, axis=axis, keepdims=True)
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -108,26 +88,6 @@ def layer_norm(
         normalized_ndim=len(shape), eps=float(eps),
         has_weight=weight is not None, has_bias=bias is not None,
     )
-
-
-def layer_norm_composed(
-    x: Tensor,
-    normalized_shape: int | Sequence[int],
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    eps: float = 1e-5,
-) -> Tensor:
-    """:func:`layer_norm` from elementary primitives: the fused one's check."""
-    shape = _normalized_shape(x, normalized_shape)
-    axes = tuple(range(x.ndim - len(shape), x.ndim))
-    centred = x - x.mean(axis=axes, keepdims=True)
-    var = (centred * centred).mean(axis=axes, keepdims=True)
-    y = centred / (var + eps).sqrt()
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
 
 
 # --------------------------------------------------------------------------- activations
@@ -189,12 +149,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     _check_tensor(weight, "linear: weight")
     if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"linear: x.shape={x.shape} needs weight of shape (out, {x.shape[-1:]}), got {weight.shape}")
-    y = x @ weight.T
-    if bias is not None:
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(f"linear: bias.shape={bias.shape} must be ({weight.shape[0]},)")
-        y = y + bias
-    return y
+    if bias is None:
+        return apply("linear", x, weight, has_bias=False)
+    _check_tensor(bias, "linear: bias")
+    if bias.shape != weight.shape[:1]:
+        raise ValueError(f"linear: bias.shape={bias.shape} must be ({weight.shape[0]},)")
+    return apply("linear", x, weight, bias, has_bias=True)
 
 
 def embedding(indices: Any, weight: Tensor) -> Tensor:
@@ -280,29 +240,3 @@ def cross_entropy(
         label_smoothing=float(label_smoothing), reduction=reduction,
     )
     return loss.reshape(target_shape) if reduction == "none" else loss
-
-
-def cross_entropy_composed(
-    logits: Tensor,
-    target: Any,
-    ignore_index: int = -100,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> Tensor:
-    """:func:`cross_entropy` from elementary primitives (the fused one's check)."""
-    target, target_shape = _flatten_classes(logits, target, "cross_entropy")
-    rows = _rows_by_class(logits)
-    flat = target.reshape(-1)
-    classes = rows.shape[1]
-    kept = flat != ignore_index
-    log_p = log_softmax_composed(rows, axis=-1)
-    picked = log_p[np.arange(len(flat)), np.where(kept, flat, 0)]
-    loss = picked * -(1.0 - label_smoothing)
-    if label_smoothing:
-        loss = loss - log_p.sum(axis=-1) * (label_smoothing / classes)
-    loss = masked_fill(loss, ~kept, 0.0)
-    if reduction == "none":
-        return loss.reshape(target_shape)
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / max(int(kept.sum()), 1)

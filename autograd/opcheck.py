@@ -153,6 +153,7 @@ OP_CASES: tuple[OpCase, ...] = (
     OpCase("F.relu", lambda a: F.relu(a), inputs(off_zero(3, 4))),
     OpCase("F.dropout", _dropout_fixed_mask, inputs(normal(4, 5))),
     OpCase("F.linear", lambda x, w, b: F.linear(x, w, b), inputs(normal(2, 3, 4), normal(5, 4), normal(5))),
+    OpCase("F.linear[no bias, 1-D x]", lambda x, w: F.linear(x, w), inputs(normal(4), normal(5, 4))),
     OpCase("F.embedding", lambda w: F.embedding(_IDS, w), inputs(normal(4, 3))),
     OpCase("F.cross_entropy", lambda z: F.cross_entropy(z, _TARGETS, label_smoothing=0.1), inputs(normal(6, 5))),
     OpCase("F.cross_entropy[sum,3d]", lambda z: F.cross_entropy(z, _TARGETS_3D, reduction="sum"), inputs(normal(2, 4, 3))),

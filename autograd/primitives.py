@@ -13,8 +13,8 @@ Broadcasting is undone in exactly one place, :func:`unbroadcast`.
 
 The fused composites (softmax, log_softmax, logsumexp, layer_norm, cross_entropy) are
 registered here too, so there is one table; their derivations are in ``docs/autograd.md``.
-:mod:`flashref.autograd.functional` also builds each of them from the elementary
-primitives, and the tests check the two agree.
+tests/autograd/autograd_composed.py builds each of them from the elementary primitives,
+and the tests check the two agree.
 """
 
 from __future__ import annotations
@@ -119,7 +119,11 @@ class Add(Primitive):
     @staticmethod
     def backward(ctx, grad):
         sa, sb = ctx.shapes
-        return unbroadcast(grad, sa), unbroadcast(grad, sb)
+        need_a, need_b = ctx.needs_input_grad
+        return (
+            unbroadcast(grad, sa) if need_a else None,
+            unbroadcast(grad, sb) if need_b else None,
+        )
 
 
 @register("sub")
@@ -378,6 +382,39 @@ class Matmul(Primitive):
         return da, db
 
 
+@register("linear")
+class Linear(Primitive):
+    """``out = x @ weight^T + bias``, torch's layout; ``bias`` optional (``has_bias``).
+
+    Shapes: ``x: (..., in)``, ``weight: (out, in)``, ``bias: (out,)`` -> ``out: (..., out)``.
+    With the leading axes flattened (``x2: (M, in)``, ``g2: (M, out)``)::
+
+        dx = g @ weight,   dweight = g2^T @ x2,   dbias = sum over M of g2
+
+    One primitive rather than a matmul, a transpose and a broadcast add: the same
+    formulas with one output array instead of two, and each gradient one 2-D BLAS call.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, *bias, has_bias):
+        out = _matmul(x, weight.T)
+        if has_bias:
+            out += bias[0]
+        ctx.x, ctx.weight = x, weight
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.x, ctx.weight
+        need_x, need_w, *need_b = ctx.needs_input_grad
+        g2 = grad.reshape(-1, weight.shape[0])  # (M, out)
+        dx = _matmul(grad, weight) if need_x else None
+        dw = g2.T @ x.reshape(-1, weight.shape[1]) if need_w else None
+        if not need_b:
+            return dx, dw
+        return dx, dw, (g2.sum(axis=0) if need_b[0] else None)
+
+
 # --------------------------------------------------------------------------- reductions
 
 
@@ -556,7 +593,8 @@ class Concatenate(Primitive):
 
     @staticmethod
     def backward(ctx, grad):
-        return tuple(np.split(grad, ctx.splits, axis=ctx.axis))
+        parts = np.split(grad, ctx.splits, axis=ctx.axis)
+        return tuple(part if need else None for part, need in zip(parts, ctx.needs_input_grad))
 
 
 @register("stack")
@@ -576,7 +614,7 @@ class Stack(Primitive):
     @staticmethod
     def backward(ctx, grad):
         lead = (slice(None),) * ctx.axis
-        return tuple(grad[lead + (k,)] for k in range(ctx.count))
+        return tuple(grad[lead + (k,)] if need else None for k, need in enumerate(ctx.needs_input_grad))
 
 
 # --------------------------------------------------------------------------- selection
@@ -635,7 +673,7 @@ class MaskedFill(Primitive):
 
 
 # --------------------------------------------------------------------------- fused composites
-# Derivations: docs/autograd.md. Composed twins: flashref.autograd.functional.*_composed.
+# Derivations: docs/autograd.md. Composed twins (the check): tests/autograd/autograd_composed.py.
 
 
 def _shifted_exp(x: Array, axis: int) -> tuple[Array, Array, Array]:
@@ -645,7 +683,8 @@ def _shifted_exp(x: Array, axis: int) -> tuple[Array, Array, Array]:
     """
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isneginf(m), np.zeros((), dtype=x.dtype), m)
-    e = np.exp(x - m)
+    e = x - m
+    np.exp(e, out=e)  # in place: e is a fresh array
     return e, np.sum(e, axis=axis, keepdims=True), m
 
 
@@ -659,7 +698,7 @@ class Softmax(Primitive):
     @staticmethod
     def forward(ctx, x, *, axis=-1):
         e, s, _ = _shifted_exp(x, axis)
-        y = e / np.where(s > 0, s, np.ones((), dtype=x.dtype))
+        y = np.divide(e, np.where(s > 0, s, np.ones((), dtype=x.dtype)), out=e)  # e is ours: reuse it
         ctx.y, ctx.axis = y, axis
         return y
 
@@ -725,32 +764,38 @@ class LayerNorm(Primitive):
     """torch's layer norm over the last ``k`` axes (``k = normalized_ndim``).
 
     Shapes: ``x: (*lead, *N)``, ``weight, bias: N`` (each optional: ``has_weight``/``has_bias``).
-    ``mu = mean(x)``, ``var = mean((x - mu)^2)`` (biased), ``rstd = 1/sqrt(var + eps)``,
-    ``xhat = (x - mu) * rstd``, ``y = xhat * weight + bias``.
-    Backward (docs/autograd.md#layer_norm), with ``h = g * weight`` and means over ``N``:
-    ``dx = rstd * (h - mean(h) - xhat * mean(h * xhat))``, ``dweight = sum_lead(g * xhat)``,
-    ``dbias = sum_lead(g)``.
+    Forward, means over the ``N`` axes::
+
+        mu   = mean(x)
+        var  = mean((x - mu)^2)            biased, as torch
+        rstd = 1 / sqrt(var + eps)         eps inside the root
+        xhat = (x - mu) * rstd
+        y    = xhat * weight + bias
+
+    Backward (derived in docs/autograd.md#layer_norm), ``g = dL/dy``::
+
+        dxhat   = g * weight
+        dx      = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        dweight = sum_lead(g * xhat),   dbias = sum_lead(g)
     """
 
     @staticmethod
     def forward(ctx, x, *params, normalized_ndim, eps, has_weight, has_bias):
         axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-        xhat = x - np.mean(x, axis=axes, keepdims=True)  # centred, normalised in place below
+        xhat = x - np.mean(x, axis=axes, keepdims=True)  # x - mu; scaled to xhat in place below
         var = np.mean(np.square(xhat), axis=axes, keepdims=True)
         rstd = 1.0 / np.sqrt(var + eps)
         xhat *= rstd
-        weight = params[0] if has_weight else None
-        bias = params[-1] if has_bias else None
+        y = xhat
         if has_weight:
-            y = xhat * weight
-            if has_bias:
-                y += bias
-        else:
-            y = xhat + bias if has_bias else xhat.copy()
-        ctx.xhat, ctx.rstd, ctx.weight, ctx.axes = xhat, rstd, weight, axes
+            y = y * params[0]
+        if has_bias:
+            y = y + params[-1] if y is xhat else np.add(y, params[-1], out=y)
+        ctx.xhat, ctx.rstd, ctx.axes = xhat, rstd, axes
+        ctx.weight = params[0] if has_weight else None
         ctx.lead = tuple(range(x.ndim - normalized_ndim))
         ctx.has_weight, ctx.has_bias = has_weight, has_bias
-        return y
+        return y if y is not xhat else xhat.copy()  # the output never aliases what backward reads
 
     @staticmethod
     def backward(ctx, grad):
@@ -758,15 +803,10 @@ class LayerNorm(Primitive):
         needs = ctx.needs_input_grad
         grads: list[Array | None] = []
         if needs[0]:
-            h = grad * ctx.weight if ctx.has_weight else grad.copy()
-            scratch = h * xhat
-            mean_hx = np.mean(scratch, axis=axes, keepdims=True)
-            mean_h = np.mean(h, axis=axes, keepdims=True)
-            # dx = rstd * (h - mean_h - xhat * mean_hx), built in h's buffer
-            h -= np.multiply(xhat, mean_hx, out=scratch)
-            h -= mean_h
-            h *= rstd
-            grads.append(h)
+            dxhat = grad * ctx.weight if ctx.has_weight else grad
+            mean_dxhat = np.mean(dxhat, axis=axes, keepdims=True)
+            mean_dxhat_xhat = np.mean(dxhat * xhat, axis=axes, keepdims=True)
+            grads.append(rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat))
         else:
             grads.append(None)
         if ctx.has_weight:

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 import flashref.autograd.functional as F
-from flashref.autograd import Tensor, split
+from flashref.autograd import Tensor
 
 from .layers import Dropout, LayerNorm, Linear, default_rng, parameter, xavier_uniform_
 from .module import Module, ModuleList, to_numpy
@@ -121,35 +121,31 @@ class MultiheadAttention(Module):
         if bias:
             self.out_proj.bias.data[...] = 0.0
 
-    def _heads(self, x: Tensor) -> Tensor:
-        n, length, _ = x.shape
-        return x.reshape(n, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)  # (N, H, L, D)
+    def _project(self, x: Tensor, part: int) -> Tensor:
+        """x (L, N, E) | (N, L, E) if batch_first -> part 0/1/2 (Q/K/V) of the input
+        projection, split into heads: (N, H, L, D).
+
+        Each projection is a linear layer on its slice of in_proj_weight, computed in the
+        input's own layout (the batch axis stays where it is, as in torch), so the matmuls
+        run on contiguous rows; only the small head split transposes.
+        """
+        E, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        rows = slice(part * E, (part + 1) * E)
+        x = F.linear(x, w[rows], None if b is None else b[rows])  # (L, N, E) | (N, L, E)
+        x = x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim)  # (L, N, H, D) | (N, L, H, D)
+        return x.transpose(0, 2, 1, 3) if self.batch_first else x.transpose(1, 2, 0, 3)  # (N, H, L, D)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask=None, attn_mask=None,
                 is_causal: bool = False) -> Tensor:
         """query (L, N, E) | (N, L, E) if batch_first; key, value (S, N, E) | (N, S, E)."""
-        if not self.batch_first:  # work batch-first inside; keep "is" identities (self-attention)
-            same_kv, same_qk = key is value, query is key
-            query = query.transpose(1, 0, 2)  # (N, L, E)
-            key = query if same_qk else key.transpose(1, 0, 2)  # (N, S, E)
-            value = key if same_kv else value.transpose(1, 0, 2)  # (N, S, E)
-        n, q_len, e = query.shape
-        kv_len = key.shape[1]
+        batch_axis, length_axis = (0, 1) if self.batch_first else (1, 0)
+        n, q_len, e = query.shape[batch_axis], query.shape[length_axis], query.shape[-1]
+        kv_len = key.shape[length_axis]
         if e != self.embed_dim:
             raise ValueError(f"query: expected embedding size {self.embed_dim}, got {e}")
-        w, b, E = self.in_proj_weight, self.in_proj_bias, self.embed_dim
-        if query is key and key is value:  # self-attention: one projection, then split
-            q, k, v = split(F.linear(query, w, b), 3, axis=-1)  # 3 x (N, L, E)
-        else:
-            q = F.linear(query, w[:E], None if b is None else b[:E])  # (N, L, E)
-            if key is value:  # cross-attention on a memory: one projection for K and V
-                k, v = split(F.linear(key, w[E:], None if b is None else b[E:]), 2, axis=-1)  # (N, S, E)
-            else:
-                k = F.linear(key, w[E : 2 * E], None if b is None else b[E : 2 * E])  # (N, S, E)
-                v = F.linear(value, w[2 * E :], None if b is None else b[2 * E :])  # (N, S, E)
+        q, k, v = self._project(query, 0), self._project(key, 1), self._project(value, 2)  # (N, H, L|S, D)
         bias = attention_bias(attn_mask, key_padding_mask, batch=n, nhead=self.num_heads,
                               q_len=q_len, kv_len=kv_len, dtype=query.dtype)  # (N|1, H|1, L, S)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)  # (N, H, L|S, D)
         if q.dtype != np.float64:  # the oracle attends in float64 (its bias is float64)
             q, k, v = q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)
         out = self.attention_fn(
@@ -161,9 +157,11 @@ class MultiheadAttention(Module):
         )  # (N, H, L, D)
         if out.dtype != query.dtype:
             out = out.astype(query.dtype)
-        out = out.transpose(0, 2, 1, 3).reshape(n, q_len, E)  # (N, L, E)
-        out = self.out_proj(out)  # (N, L, E)
-        return out if self.batch_first else out.transpose(1, 0, 2)  # (L, N, E) unless batch_first
+        if self.batch_first:
+            out = out.transpose(0, 2, 1, 3).reshape(n, q_len, self.embed_dim)  # (N, L, E)
+        else:
+            out = out.transpose(2, 0, 1, 3).reshape(q_len, n, self.embed_dim)  # (L, N, E)
+        return self.out_proj(out)  # (L, N, E) | (N, L, E) if batch_first
 
 
 class TransformerEncoderLayer(Module):

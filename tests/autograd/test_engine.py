@@ -211,3 +211,32 @@ def test_backward_with_a_grad_of_the_wrong_shape_names_both_shapes():
     x = leaf([1.0, 2.0])
     with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
         (x * 2.0).backward(np.ones(3))
+
+
+# Every primitive with several inputs, with sample inputs: (name, arrays, params).
+MULTI_INPUT_PRIMITIVES = [
+    ("add", [(3, 4), (4,)], {}),
+    ("sub", [(3, 4), (4,)], {}),
+    ("mul", [(3, 4), (4,)], {}),
+    ("div", [(3, 4), (4,)], {}),
+    ("matmul", [(2, 3, 4), (4, 5)], {}),
+    ("where", [(3, 4), (4,)], {"cond": np.array([True, False, True, False])}),
+    ("concatenate", [(2, 3), (4, 3), (1, 3)], {"axis": 0}),
+    ("stack", [(2, 3), (2, 3), (2, 3)], {"axis": 1}),
+    ("layer_norm", [(3, 4), (4,), (4,)], {"normalized_ndim": 1, "eps": 1e-5, "has_weight": True, "has_bias": True}),
+]
+
+
+@pytest.mark.parametrize("name, shapes, params", MULTI_INPUT_PRIMITIVES, ids=[c[0] for c in MULTI_INPUT_PRIMITIVES])
+def test_every_primitive_returns_gradients_only_for_the_inputs_that_need_them(name, shapes, params, rng):
+    from flashref.autograd.primitives import REGISTRY, Context
+
+    primitive = REGISTRY[name]
+    arrays = [rng.standard_normal(shape) + 3.0 for shape in shapes]  # + 3: no division by ~0
+    for wanted in range(len(arrays)):
+        needs = tuple(i == wanted for i in range(len(arrays)))
+        ctx = Context(needs)
+        out = primitive.forward(ctx, *arrays, **params)
+        grads = primitive.backward(ctx, rng.standard_normal(out.shape))
+        assert [g is not None for g in grads] == list(needs), f"{name}: needs {needs}"
+        assert grads[wanted].shape == arrays[wanted].shape
