@@ -23,6 +23,7 @@ from .attention_backward import (
     attention_backward_dq_kernel,
 )
 from .attention_forward import attention_forward_kernel
+from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_forward / _backward
 from .configs import (
     INTERPRETER_CONFIG,
     MAX_HEAD_DIM,
@@ -140,7 +141,8 @@ def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
             raise ValueError(f"kv_lens must have shape ({batch},) (one length per batch), got {tuple(kv_lens.shape)}")
         if kv_lens.device != q.device:
             raise ValueError(f"kv_lens must be on q's device {q.device}, got {kv_lens.device}")
-        if batch and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > k.shape[2]):
+        # Under torch.compile a value check would break the graph; the op repeats it (library.py).
+        if batch and not torch.compiler.is_compiling() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > k.shape[2]):
             raise ValueError(f"kv_lens must lie in [0, {k.shape[2]}] (k's seqlen), got {kv_lens.tolist()}")
     if q.device.type == "cpu" and not INTERPRETED:
         raise ValueError(
@@ -227,24 +229,6 @@ def _backward(q, k, v, out, lse, dout, causal, shift, scale, kv_lens):
     return dq, dk, dv
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """torch.autograd wiring: forward saves (q, k, v, out, lse); backward recomputes P from lse."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal, shift, scale, kv_lens):
-        out, lse = _forward(q, k, v, causal, shift, scale, kv_lens)
-        ctx.save_for_backward(q, k, v, out, lse, kv_lens)
-        ctx.causal, ctx.shift, ctx.scale = causal, shift, scale
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, kv_lens = ctx.saved_tensors
-        dq, dk, dv = _backward(q, k, v, out, lse, dout, ctx.causal, ctx.shift, ctx.scale, kv_lens)
-        return dq, dk, dv, None, None, None, None
-
-
 def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softmax_scale=None,
                     kv_lens=None, return_lse=False):
     """Fused scaled-dot-product attention, differentiable in q, k and v.
@@ -263,12 +247,15 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
     ``flashref.reference.attention_forward`` / ``attention_backward``.
 
     CUDA tensors run compiled kernels; CPU tensors need ``TRITON_INTERPRET=1`` set before
-    triton is imported (Triton's interpreter).
+    triton is imported (Triton's interpreter). Works under ``torch.compile(fullgraph=True)``:
+    the launches are the ops ``torch.ops.flashref.attention_forward`` / ``attention_backward``.
     """
     _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
     shift = k.shape[2] - q.shape[2] if causal and causal_alignment == "bottom_right" else 0
     if kv_lens is not None:
         kv_lens = kv_lens.to(dtype=torch.int32).contiguous()
-    out, lse = FlashAttentionFunction.apply(q, k, v, causal, shift, scale, kv_lens)
+    # torch.ops.flashref.attention_forward (kernels/library.py): a custom op with a fake
+    # implementation and an autograd formula, so torch.compile records it without a graph break.
+    out, lse = torch.ops.flashref.attention_forward(q, k, v, causal, shift, scale, kv_lens)
     return (out, lse) if return_lse else out
