@@ -15,7 +15,10 @@ then computes the output and EVERY parameter gradient three ways:
 
 Each tensor is judged by the project's rule (``flashref.equivalence.judge``):
 ``max|kernel - ref| <= factor * max|base - ref| + slack``, factor 2 for the output and 3 for
-gradients. The kernel model and the baseline differ only in their attention, so the rule asks:
+gradients, with ``slack = u32 * max|ref|`` (one float32 rounding of the tensor's largest
+reference value: the kernels accumulate in float32, so an error that small says nothing
+against them; next to a baseline that has gone through a whole model's roundings it is
+negligible). The kernel model and the baseline differ only in their attention, so the rule asks:
 does running a real model's attention on the kernels cost more accuracy than torch's own math
 attention in the same precision? GQA is not covered: ``nn.MultiheadAttention`` has no grouped
 kv heads (the kernel-level sweep covers GQA).
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flashref.equivalence import Error, judge, max_abs_error
+from flashref.equivalence import U32, TensorError, judge, max_abs_error
 
 DTYPES = ("float32", "bfloat16", "float16")
 OUT_FACTOR = 2.0
@@ -85,11 +88,11 @@ class ModelCase:
 
 @dataclass(frozen=True)
 class TensorCheck:
-    """One judged tensor: "output" or a parameter name, its group, and its ``Error``."""
+    """One judged tensor: "output" or a parameter name, its group, and its ``TensorError``."""
 
     name: str
     group: str
-    error: Error
+    error: TensorError
 
 
 @dataclass
@@ -107,7 +110,7 @@ class ModelResult:
         return max(self.checks, key=lambda c: _ratio(c.error))
 
 
-def _ratio(error: Error) -> float:
+def _ratio(error: TensorError) -> float:
     return float("inf") if not np.isfinite(error.ratio) else error.ratio
 
 
@@ -205,6 +208,12 @@ def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, kernels:
     return out.detach(), {name: p.grad for name, p in model.named_parameters()}, routed
 
 
+def judge_tensor(kernel, base, ref: np.ndarray, factor: float) -> TensorError:
+    """The rule on one tensor, slack ``u32 * max|ref|`` (module docstring)."""
+    slack = U32 * float(np.max(np.abs(ref))) if ref.size else 0.0
+    return judge(max_abs_error(kernel, ref), max_abs_error(base, ref), factor, slack)
+
+
 def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
     """Judge the output and every parameter gradient of the kernel-backed model (module docstring)."""
     start = time.perf_counter()
@@ -212,10 +221,9 @@ def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
     ref_out, ref_grads = oracle_model(case, problem)
     base_out, base_grads, _ = torch_model_run(case, problem, device, kernels=False)
     kern_out, kern_grads, routed = torch_model_run(case, problem, device, kernels=True)
-    checks = [TensorCheck("output", "output", judge(max_abs_error(kern_out, ref_out),
-                                                    max_abs_error(base_out, ref_out), OUT_FACTOR))]
+    checks = [TensorCheck("output", "output", judge_tensor(kern_out, base_out, ref_out, OUT_FACTOR))]
     for name, ref in ref_grads.items():
-        error = judge(max_abs_error(kern_grads[name], ref), max_abs_error(base_grads[name], ref), GRAD_FACTOR)
+        error = judge_tensor(kern_grads[name], base_grads[name], ref, GRAD_FACTOR)
         checks.append(TensorCheck(name, parameter_group(name), error))
     return ModelResult(case, checks, routed, time.perf_counter() - start)
 

@@ -42,6 +42,20 @@ from .data import ReverseTask
 from .training import History, TrainConfig, _progress, evaluate, make_optimizer, make_schedule
 
 ATTENTIONS = ("kernels", "math")
+LOSS_FACTOR = 3.0  # the rule's gradient factor: the loss at step t carries t - 1 steps of gradients
+
+
+def compare_loss_curves(reference, kernel, baseline):
+    """The project's rule on whole loss curves: ``max_t |kernel - reference|`` against
+    ``LOSS_FACTOR * max_t |baseline - reference| + u32 * max_t |reference|``, with reference the
+    NumPy engine (float64), kernel the torch engine on the kernels and baseline the same torch
+    engine on torch's math SDPA, in the same dtype. Returns the ``TensorError``."""
+    from flashref.equivalence import U32, judge
+
+    reference, kernel, baseline = (np.asarray(x, dtype=np.float64) for x in (reference, kernel, baseline))
+    return judge(float(np.max(np.abs(kernel - reference))), float(np.max(np.abs(baseline - reference))),
+                 LOSS_FACTOR, U32 * float(np.max(np.abs(reference))))
+
 
 
 class TorchSeq2Seq(torch.nn.Module):
