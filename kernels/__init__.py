@@ -5,9 +5,9 @@ with Triton's interpreter; otherwise they compile for the GPU.
 """
 
 from .configs import KernelConfig, configs_for
-from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, poisoned_outputs
+from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, last_dropout_seed, poisoned_outputs
 
-__all__ = ["flash_attention", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
+__all__ = ["flash_attention", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
            "configs_for"]
 
 from .sdpa_routing import SDPARoutingError, sdpa_routing  # noqa: E402 -- issue 12: route torch SDPA to the kernels

@@ -23,29 +23,48 @@ touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
    (``GRADS="dk"`` then ``GRADS="dv"``), each pass recomputing ``P`` (configs.dkdv_passes).
 3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
    ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
+
+Variants (constexprs shared with the forward, see attention_forward.py): ``SOFTCAP`` recomputes
+``t = tanh(qk * softcap_in)`` and multiplies ``dS`` by ``1 - t^2`` (the cap's derivative; the
+scale stays ``softmax_scale``); ``ALIBI`` subtracts the same bias before ``exp2`` (the bias
+has no gradient wrt q, k); ``WINDOW`` masks and skips exactly as the forward (the dK/dV kernel
+cuts its query range in three); ``DROPOUT`` regenerates the keep mask ``Z`` for the tile and
+uses ``dV = (P Z / (1-p))^T dO``, ``dP = Z / (1-p) * dO V^T`` (``delta = rowsum(dO * O)`` is
+unchanged: ``O`` already carries the dropout); ``SINKS`` changes nothing here (the lse
+includes the sink) but in the delta kernel, which also reduces ``dsinks``.
 """
 
 import triton
 import triton.language as tl
 
-from .attention_forward import unmasked_key_end, visible_key_end
+from .attention_forward import (
+    LOG2E,
+    _LOG2E_K,
+    dropout_keep,
+    tanh,
+    unmasked_key_end,
+    visible_key_end,
+    window_key_ranges,
+)
 from .rounding import to_dot_operand, to_output
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def attention_backward_delta_kernel(
-    Out, DOut, Delta,
+    Out, DOut, Delta, Lse, Sinks, DSinks,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     heads_q, seqlen_q,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SINKS: tl.constexpr,
 ):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in float32.
 
     Out, DOut: (B, Hq, Lq, D), any strides (dO may be an expanded, stride-0 view).
     Delta: (B, Hq, Lq) float32, contiguous.
+    ``SINKS``: also the program's share of ``dsinks[h] = -sum_{b,i} exp(sinks[h] - lse) *
+    delta``, stored (unnegated) at ``DSinks[b * Hq + h, pid_m]`` (float32, contiguous
+    (B * Hq, cdiv(Lq, BLOCK_M))): the host sums it over b and the blocks in a fixed order, so
+    dsinks is deterministic (no atomics).
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -60,6 +79,13 @@ def attention_backward_delta_kernel(
                  + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+    if SINKS:
+        # exp(sink - lse) is the sink's softmax weight: never above 1, and lse >= sink.
+        row_ok = offs_m < seqlen_q
+        lse = tl.load(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, mask=row_ok, other=0.0)
+        sink = tl.load(Sinks + h)
+        p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * _LOG2E_K), 0.0)
+        tl.store(DSinks + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
 
 
 @triton.jit
@@ -75,9 +101,12 @@ def _dkdv_query_blocks(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
     stride_qm, stride_qd, stride_dom, stride_dod,
     rows, offs_d, lo, hi, seqlen_q, tile_shift, qk_scale,
+    tile_window_shift, tile_alibi_shift, alibi_slope, softcap_in, seed, stream, key_counter,
+    seqlen_k, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
-    GRADS: tl.constexpr,
+    GRADS: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
     (``GRADS``: "dkdv", "dk" or "dv"; the other accumulator is returned untouched).
@@ -86,7 +115,8 @@ def _dkdv_query_blocks(
     every product is a plain ``tl.dot``: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
     A "dv" pass needs neither V nor dP: the compiler drops the unused tile and products.
     Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
-    so the caller zeroes those rows once, before the store.
+    so the caller zeroes those rows once, before the store. Shifts are tile-relative (minus the
+    key block's start); ``key_counter = start_n`` for the dropout counters.
     """
     offs_m_base = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
@@ -103,20 +133,37 @@ def _dkdv_query_blocks(
         if UPCAST:
             qt = qt.to(tl.float32)
         st = tl.dot(k, qt, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M), raw q.k
+        if SOFTCAP:
+            st = tanh(st * softcap_in)
+            dcap = 1.0 - st * st  # d(softcap * tanh(x)) / d(softcap * x)
+        if ALIBI:
+            st = st - alibi_slope * tl.abs(offs_m[None, :] + tile_alibi_shift - rows[:, None]).to(tl.float32)
         pt = tl.math.exp2(st * qk_scale - lse2[None, :])
         if MASKED:
-            # causal: key j = start_n + r is visible to query i iff j <= i + causal_shift,
-            # i.e. r <= i + tile_shift with tile_shift = causal_shift - start_n.
-            pt = tl.where(rows[:, None] <= offs_m[None, :] + tile_shift, pt, 0.0)
+            # key j = start_n + r is visible to query i iff j <= i + causal_shift (causal) and
+            # j >= i + window_shift (window): r <= i + tile_shift, r >= i + tile_window_shift.
+            if CAUSAL:
+                pt = tl.where(rows[:, None] <= offs_m[None, :] + tile_shift, pt, 0.0)
+            if WINDOW:
+                pt = tl.where(rows[:, None] >= offs_m[None, :] + tile_window_shift, pt, 0.0)
         do_in = do
         if UPCAST:
             do_in = do.to(tl.float32)
+        if DROPOUT:
+            keep = dropout_keep(seed, offs_m[None, :], key_counter + rows[:, None], seqlen_k, stream, dropout_p)
         if GRADS != "dk":
-            pt_in = to_dot_operand(pt, INPUT_DTYPE, UPCAST)
+            pt_v = pt
+            if DROPOUT:
+                pt_v = tl.where(keep, pt * dropout_scale, 0.0)
+            pt_in = to_dot_operand(pt_v, INPUT_DTYPE, UPCAST)
             dv = tl.dot(pt_in, do_in, dv, input_precision=DOT_PRECISION)
         if GRADS != "dv":
             dpt = tl.dot(v, tl.trans(do_in), input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M)
+            if DROPOUT:
+                dpt = tl.where(keep, dpt * dropout_scale, 0.0)
             dst = pt * (dpt - delta[None, :])
+            if SOFTCAP:
+                dst = dst * dcap
             dst_in = to_dot_operand(dst, INPUT_DTYPE, UPCAST)
             dk = tl.dot(dst_in, tl.trans(qt), dk, input_precision=DOT_PRECISION)
     return dk, dv
@@ -124,18 +171,22 @@ def _dkdv_query_blocks(
 
 @triton.jit
 def attention_backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV, KvLens,
+    Q, K, V, DOut, Lse, Delta, DK, DV, KvLens, Alibi,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    stride_alibi_b,
     heads_q, heads_kv, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
+    window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
@@ -145,6 +196,9 @@ def attention_backward_dkdv_kernel(
     output is not written); a split pass recomputes P = exp2(K Q^T * qk_scale - lse).
     Query blocks are walked in two ranges: those on the causal diagonal (masked), then those
     whose every row sees the whole key block (unmasked); blocks above the diagonal are skipped.
+    With a left window (``WINDOW``) a third, masked range follows (the rows whose window starts
+    inside the key block) and rows whose window starts past it are skipped.
+    Variant arguments as in the forward kernel.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -154,6 +208,10 @@ def attention_backward_dkdv_kernel(
     seqlen_k_visible = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    if SHIFT_KV_LEN:
+        causal_shift += seqlen_k_visible
+        window_shift += seqlen_k_visible
+        alibi_shift += seqlen_k_visible
 
     start_n = pid_n * BLOCK_N
     offs_d = tl.arange(0, BLOCK_D)
@@ -188,25 +246,55 @@ def attention_backward_dkdv_kernel(
         mid = tl.maximum(tl.cdiv(full_from, BLOCK_M) * BLOCK_M, lo)
     # A block made only of padding keys (start_n >= kv_len) gets dK = dV = 0: no query blocks.
     hi = tl.where(start_n < seqlen_k_visible, seqlen_q, 0)
+    if WINDOW:
+        # Left window: row i sees some key of the block iff i < start_n + BLOCK_N - window_shift,
+        # all of it (on the left) iff i <= start_n - window_shift. [mid, end) is unmasked,
+        # [end, hi) masked, rows from hi on are skipped.
+        hi = tl.minimum(hi, tl.maximum(start_n + BLOCK_N - window_shift, 0))
+        full_to = tl.minimum(tl.maximum(start_n - window_shift + 1, 0), seqlen_q)
+        end = (full_to // BLOCK_M) * BLOCK_M
     if CAUSAL:
         lo = tl.minimum(lo, hi)
         mid = tl.minimum(mid, hi)
+    if WINDOW:
+        end = tl.maximum(tl.minimum(end, hi), mid)
+    else:
+        end = hi
 
     for g in range(0, group_size):
         h = h_kv * group_size + g
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
+        alibi_slope = 0.0
+        if ALIBI:
+            alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
+        stream = b * heads_q + h
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
             rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS)
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, mid, hi, seqlen_q, causal_shift - start_n, qk_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS)
+            rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        if WINDOW:
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                stride_qm, stride_qd, stride_dom, stride_dod,
+                rows, offs_d, end, hi, seqlen_q, causal_shift - start_n, qk_scale,
+                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+                seqlen_k, dropout_p, dropout_scale,
+                HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -228,9 +316,11 @@ def attention_backward_dkdv_kernel(
 def _dq_key_blocks(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
+    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, dropout_scale,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K."""
     offs_n_base = tl.arange(0, BLOCK_N)
@@ -253,14 +343,26 @@ def _dq_key_blocks(
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
+        if SOFTCAP:
+            s = tanh(s * softcap_in)
+            dcap = 1.0 - s * s
+        if ALIBI:
+            s = s - alibi_slope * tl.abs(offs_m[:, None] + alibi_shift - keys[None, :]).to(tl.float32)
         p = tl.math.exp2(s * qk_scale - lse2[:, None])
         if MASKED:
             visible = (keys < seqlen_k_visible)[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+            if WINDOW:
+                visible = visible & (keys[None, :] >= offs_m[:, None] + window_shift)
             p = tl.where(visible, p, 0.0)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)
+            dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * dcap
         ds_in = to_dot_operand(ds, INPUT_DTYPE, UPCAST)
         dq = tl.dot(ds_in, tl.trans(kt), dq, input_precision=DOT_PRECISION)
     return dq
@@ -268,21 +370,26 @@ def _dq_key_blocks(
 
 @triton.jit
 def attention_backward_dq_kernel(
-    Q, K, V, DOut, Lse, Delta, DQ, KvLens,
+    Q, K, V, DOut, Lse, Delta, DQ, KvLens, Alibi,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_alibi_b,
     heads_q, group_size, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
+    window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
     DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
-    then the diagonal / tail blocks with masks; invisible blocks are skipped."""
+    then the diagonal / tail blocks with masks; invisible blocks are skipped (with a window,
+    the window's left-edge blocks come first, masked)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -291,6 +398,13 @@ def attention_backward_dq_kernel(
     seqlen_k_visible = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    if SHIFT_KV_LEN:
+        causal_shift += seqlen_k_visible
+        window_shift += seqlen_k_visible
+        alibi_shift += seqlen_k_visible
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -313,14 +427,28 @@ def attention_backward_dq_kernel(
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
+    lo = 0
+    if WINDOW:
+        lo, a, mid = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        dq = _dq_key_blocks(
+            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+            WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        lo = a
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+        offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty)
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT)
 
     tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
              + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,

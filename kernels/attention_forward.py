@@ -19,15 +19,68 @@ the blocks on the causal diagonal or straddling ``kv_len``/``Lk`` (masked). Key 
 of the program can see are never visited.
 
 Masking (the oracle's): key ``j`` is visible to query ``i`` of batch ``b`` iff
-``j < kv_len[b]`` and, when causal, ``j <= i + causal_shift`` where ``causal_shift`` is 0 for
-``"top_left"`` and ``Lk - Lq`` for ``"bottom_right"``. A row that sees no key keeps
-``m = -inf`` and ``l = 0`` and is stored as ``out = 0``, ``lse = -inf`` (never NaN).
+``j < kv_len[b]``, when causal (or with a right window) ``j <= i + causal_shift``, and with a
+left window ``j >= i + window_shift``. The alignment shift is 0 for ``"top_left"``,
+``Lk - Lq`` for ``"bottom_right"``, and ``kv_len[b] - Lq`` for ``"bottom_right"`` with
+``kv_lens`` (``SHIFT_KV_LEN``: the host passes the shifts without ``kv_len[b]``, the kernel
+adds the length it loads). A row that sees no key keeps ``m = -inf`` and ``l = 0`` and is
+stored as ``out = 0``, ``lse = -inf`` (never NaN).
+
+Variants (each a ``tl.constexpr``; off, the kernel compiles to the plain one):
+
+- ``SOFTCAP``: the raw product becomes ``tanh(qk * softcap_in)`` with ``softcap_in =
+  scale / softcap``, and the host passes ``qk_scale = softcap * log2(e)``, so that
+  ``qk * qk_scale`` is ``softcap * tanh(scale q.k / softcap)`` in log2 units.
+- ``ALIBI``: ``- slope * |i + alibi_shift - j|``, the slope loaded once per program
+  (``Alibi + b * stride_alibi_b + h``; stride 0 for per-head slopes) and divided by
+  ``qk_scale`` so the bias enters before the one ``qk * qk_scale`` FMA.
+- ``WINDOW``: the left bound; key blocks left of every row's window are skipped and the
+  range is cut in three (masked left edge, unmasked middle, masked diagonal / tail).
+- ``SINKS``: the running max and sum start at ``(sinks[h] * log2 e, 1)`` instead of
+  ``(-inf, 0)``: the sink is one more "key" with a zero value vector, so ``l`` and ``lse``
+  include ``exp(sinks[h])`` and a row that sees no key gives ``out = 0``, ``lse = sinks[h]``.
+- ``DROPOUT``: ``p`` enters ``acc`` only where ``dropout_keep`` keeps it, ``l`` sums every
+  ``p`` (the lse has no dropout), and ``out`` is scaled by ``dropout_scale = 1 / (1 - p)``.
 """
 
 import triton
 import triton.language as tl
+from triton.language.random import philox, uint_to_uniform_float
 
 from .rounding import to_dot_operand, to_output
+
+LOG2E = 1.4426950408889634
+_LOG2E_K = tl.constexpr(LOG2E)  # the same, readable inside @triton.jit functions
+
+
+@triton.jit
+def tanh(x):
+    """tanh of a float32 tile from ``exp2`` (the interpreter has no libdevice, and
+    ``tl.math`` has no tanh on triton 3.6/3.9). ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)``
+    never overflows (``|x| ~ 1e4`` gives ``e = 0``, ``tanh = +-1``); below ``|x| = 1/4``,
+    where ``1 - e`` would cancel, the Taylor series to ``x^9`` (next term < 1e-8 relative)."""
+    ax = tl.abs(x)
+    e = tl.math.exp2(ax * -2.8853900817779268)  # exp(-2|x|)
+    big = (1.0 - e) / (1.0 + e)
+    x2 = ax * ax
+    small = ax * (1.0 + x2 * (-0.3333333333333333 + x2 * (0.13333333333333333
+                                                          + x2 * (-0.05396825396825397 + x2 * 0.021869488536155203))))
+    t = tl.where(ax < 0.25, small, big)
+    return tl.where(x < 0.0, -t, t)
+
+
+@triton.jit
+def dropout_keep(seed, rows, keys, seqlen_k, stream, dropout_p):
+    """Keep mask of element (stream = b * Hq + h, row i, key j), bit for bit the oracle's
+    (``flashref.reference``'s Philox twin): Philox-4x32-10 with key ``seed`` on the counters
+    ``(i * Lk + j mod 2**32, stream, 0, 0)``, first output word, Triton's
+    ``uint_to_uniform_float``, keep iff ``u >= p`` in float32. ``rows``/``keys`` broadcast
+    against each other (either orientation of a tile). Never materialised: each kernel that
+    needs it recomputes it for its tile."""
+    c0 = rows * seqlen_k + keys  # int32 arithmetic wraps mod 2**32: the counter's definition
+    zero = c0 * 0
+    r0, _r1, _r2, _r3 = philox(seed, c0, zero + stream, zero, zero)
+    return uint_to_uniform_float(r0) >= dropout_p
 
 
 @triton.jit
@@ -51,11 +104,28 @@ def unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N: tl.conste
 
 
 @triton.jit
+def window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """With a left window (key j visible to row i only if ``j >= i + window_shift``), the key
+    blocks of a query block ``[start_m, start_m + BLOCK_M)`` are ``[lo, a)`` (masked: the
+    window's left edge), ``[a, b)`` (every row sees them whole: no mask) and ``[b, hi)``
+    (masked: diagonal and tail), with ``lo <= a <= b <= hi`` unless the window hides the whole
+    query block (then every range is empty). ``mid``, ``hi``: the bounds without the window."""
+    # Block-aligned first key of the first row's window; the last row's window starts latest.
+    lo = (tl.maximum(start_m + window_shift, 0) // BLOCK_N) * BLOCK_N
+    full_from = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 + window_shift, 0), BLOCK_N) * BLOCK_N
+    a = tl.minimum(tl.maximum(full_from, lo), hi)
+    b = tl.maximum(mid, a)
+    return lo, a, b
+
+
+@triton.jit
 def _forward_key_blocks(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
+    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block."""
     offs_n = tl.arange(0, BLOCK_N)
@@ -78,10 +148,17 @@ def _forward_key_blocks(
         if UPCAST:
             kt = kt.to(tl.float32)
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) float32
+        if SOFTCAP:
+            qk = tanh(qk * softcap_in)  # times qk_scale = softcap * log2(e): the capped score
+        if ALIBI:
+            # alibi_slope is slope * log2(e) / qk_scale: the bias in the units of qk.
+            qk = qk - alibi_slope * tl.abs(offs_m[:, None] + alibi_shift - keys[None, :]).to(tl.float32)
         if MASKED:
             visible = (keys < seqlen_k_visible)[None, :]
             if CAUSAL:
                 visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
+            if WINDOW:
+                visible = visible & (keys[None, :] >= offs_m[:, None] + window_shift)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # A row that has seen no key yet has m_new = -inf; subtracting 0 instead keeps
@@ -91,6 +168,9 @@ def _forward_key_blocks(
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
+        if DROPOUT:
+            # l (hence lse) sums every p; only the kept ones reach the output.
+            p = tl.where(dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p), p, 0.0)
         # p is rounded to the input dtype as on a GPU; under the interpreter it is handed over
         # in float32 (see UPCAST in the kernel docstring) so tl.dot sees true values.
         p_in = to_dot_operand(p, v.dtype, UPCAST)
@@ -103,22 +183,32 @@ def _forward_key_blocks(
 
 @triton.jit
 def attention_forward_kernel(
-    Q, K, V, Out, Lse, KvLens,
+    Q, K, V, Out, Lse, KvLens, Alibi, Sinks,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
+    stride_alibi_b,
     heads_q, group_size, seqlen_q, seqlen_k, causal_shift, qk_scale,
+    window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
 ):
     """out, lse for one (query block, batch x head).
 
     Q: (B, Hq, Lq, D), K and V: (B, Hkv, Lk, D), Out: (B, Hq, Lq, D), any strides.
     Lse: (B, Hq, Lq) float32, contiguous. KvLens: (B,) int32 (read only if HAS_KV_LENS).
-    ``qk_scale = softmax_scale * log2(e)``. ``HEAD_DIM`` is padded to the power of two
+    Alibi: float32 slopes at ``b * stride_alibi_b + h`` (read only if ALIBI); Sinks: (Hq,)
+    float32 (read only if SINKS). ``qk_scale = softmax_scale * log2(e)`` (``softcap *
+    log2(e)`` with SOFTCAP). ``CAUSAL``: the right bound ``j <= i + causal_shift`` exists
+    (causal and/or a right window, folded into one shift by the host); ``WINDOW``: the left
+    bound ``j >= i + window_shift``. ``SHIFT_KV_LEN``: add ``kv_len[b]`` to the three shifts.
+    ``seed``, ``dropout_p``, ``dropout_scale``: see ``dropout_keep`` (read only if DROPOUT).
+    ``HEAD_DIM`` is padded to the power of two
     ``BLOCK_D`` (masked loads, zero padding adds nothing to a dot product).
     ``UPCAST``: set under Triton's interpreter, whose ``tl.dot`` treats bfloat16 as raw uint16
     bits (garbage); tiles are widened to float32 first there, which is also exactly what a GPU's
@@ -135,6 +225,14 @@ def attention_forward_kernel(
     seqlen_k_visible = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    if SHIFT_KV_LEN:
+        # "bottom_right" with kv_lens: the queries are the last Lq tokens of this sequence.
+        causal_shift += seqlen_k_visible
+        window_shift += seqlen_k_visible
+        alibi_shift += seqlen_k_visible
+    alibi_slope = 0.0
+    if ALIBI:
+        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -150,25 +248,43 @@ def attention_forward_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if SINKS:
+        # The sink is a key with score sinks[h] and a zero value: (m, l) = (sink, 1).
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h) * _LOG2E_K
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
+    lo = 0
+    if WINDOW:
+        lo, a, mid = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        acc, m_i, l_i = _forward_key_blocks(
+            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
+            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        lo = a
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION)
+        offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION)
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     seen = l_i > 0.0
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = out * dropout_scale
     LN2: tl.constexpr = 0.6931471805599453
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 import triton
@@ -34,16 +35,81 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .flash_attention import FLOAT32_DOT_PRECISION
-from .configs import DKDV_LAUNCHES, KERNEL_NAMES, KernelConfig, configs_for, dkdv_passes, padded_head_dim
+from .configs import (
+    BUCKETS,
+    DKDV_LAUNCHES,
+    KERNEL_NAMES,
+    REGISTERS_PER_THREAD,
+    TABLE_SCHEMA,
+    KernelConfig,
+    accumulator_registers,
+    candidate_configs,
+    configs_for,
+    dkdv_passes,
+    padded_head_dim,
+)
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
-HOPPER_SHARED_MEMORY_LIMIT = 232448  # bytes of dynamic shared memory per block on sm_90
-AMPERE_SHARED_MEMORY_LIMIT = 166912  # sm_80 (A100)
+# Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block.
+SHARED_MEMORY_LIMITS = {"sm_90": 232448, "sm_80": 166912}  # H100/H200; A100
+HOPPER_SHARED_MEMORY_LIMIT = SHARED_MEMORY_LIMITS["sm_90"]
+AMPERE_SHARED_MEMORY_LIMIT = SHARED_MEMORY_LIMITS["sm_80"]
+# 16-bit dots must lower to Hopper's wgmma; float32 takes exact ("ieee") FMA dots, no MMA.
+WGMMA_DTYPES = ("float16", "bfloat16")
 # Head dims the gate compiles: every padded width (16..256) and the non-powers of two that
 # models use (each is its own specialization: HEAD_DIM is a constexpr).
 GATE_HEAD_DIMS = (16, 32, 40, 64, 80, 96, 112, 128, 160, 192, 256)
+# The widest head dim of each padded-width bucket of configs.py: where a variant's extra
+# registers bite first.
+BUCKET_HEAD_DIMS = (64, 128, 256)
 GATE_DTYPES = ("float16", "bfloat16", "float32")
 DELTA_CONFIG = KernelConfig(block_m=64, block_n=0, num_warps=4, num_stages=1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A set of the kernels' constexpr switches the dispatcher can turn on, as gate rows.
+
+    ``constexprs``: (name, value) pairs over ``CONSTEXPR_DEFAULTS``; ``head_dims``: where the
+    gate compiles it (each with every dtype, causal or not, every table config of every kernel
+    that has all of these constexprs). To gate a new switch: give it its "off" value in
+    ``CONSTEXPR_DEFAULTS`` and add a ``Variant`` to ``VARIANTS`` (docs/kernels.md)."""
+
+    name: str
+    constexprs: tuple[tuple[str, Any], ...] = ()
+    head_dims: tuple[int, ...] = BUCKET_HEAD_DIMS
+
+
+# The value each feature switch takes in the plain kernel. A kernel constexpr that is neither
+# here nor set by the specialization (tile sizes, HEAD_DIM, ...) is an error: the gate must
+# never compile a kernel with a switch it does not know about.
+CONSTEXPR_DEFAULTS: dict[str, Any] = {
+    "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
+    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False,
+}
+_KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
+VARIANTS = (
+    Variant("plain", head_dims=GATE_HEAD_DIMS),
+    Variant("kv_lens", (("HAS_KV_LENS", True),)),
+    # The attention variants (issues 10, 14; docs/kernels.md): each alone, then combinations.
+    Variant("kv_lens_bottom_right", _KV_BOTTOM_RIGHT),
+    Variant("window", (("WINDOW", True),)),
+    Variant("softcap", (("SOFTCAP", True),)),
+    Variant("alibi", (("ALIBI", True),)),
+    Variant("sinks", (("SINKS", True),)),  # forward and delta only: the other kernels need no switch
+    Variant("dropout", (("DROPOUT", True),)),
+    Variant("window_softcap_alibi_kv_lens", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True))),
+    Variant("all_variants", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+                                                ("DROPOUT", True))),
+    Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+                                                      ("DROPOUT", True), ("SINKS", True))),  # the forward
+)
+VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
+# Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
+SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
+                "dropout_scale": "fp32", "seed": "i64"}
+POINTER_TYPES = {"Lse": "*fp32", "Delta": "*fp32", "Alibi": "*fp32", "Sinks": "*fp32", "DSinks": "*fp32",
+                 "KvLens": "*i32"}
 
 _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _KERNEL_SYMBOLS = {
@@ -90,9 +156,45 @@ class CompileRow:
     spills: int  # bytes of local memory per thread (register spills)
     uses_wgmma: bool
     compile_seconds: float
+    variant: str = "plain"
+    uses_tma: bool = False  # cp.async.bulk.tensor (Hopper's tensor-memory accelerator) in the PTX
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
+    """THE compile gate's verdict on one row: what disqualifies it, in short labels; a row
+    passes iff the list is empty. ``flashref compile-report``, ``pytest -m compile`` and the
+    table pruning all call this (a row may be a ``CompileRow`` or its dict, with ``error`` set
+    when the specialization did not compile).
+
+    - "does not compile": triton or ptxas raised;
+    - "spills N B": any local memory per thread (register spills), for every dtype: float32
+      is a correctness path, not an excused one;
+    - "smem N > LIMIT B": more dynamic shared memory than one program may have on the arch;
+    - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
+      warpgroup MMA (it would run on the slower mma.sync path).
+    """
+    row = row.as_dict() if isinstance(row, CompileRow) else row
+    if row.get("error"):
+        return ["does not compile"]
+    found = []
+    arch = row["arch"]
+    if row.get("spills", 0) > 0:
+        found.append(f"spills {row['spills']} B")
+    limit = SHARED_MEMORY_LIMITS[arch]
+    if row.get("shared_memory", 0) > limit:
+        found.append(f"smem {row['shared_memory']} > {limit} B")
+    if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
+            and not row.get("uses_wgmma")):
+        found.append("no wgmma")
+    return found
+
+
+def passes(row: "CompileRow | Mapping[str, Any]") -> bool:
+    """True iff the gate accepts the row (``problems`` is empty)."""
+    return not problems(row)
 
 
 @dataclass(frozen=True)
@@ -102,6 +204,7 @@ class Specialization:
     dtype: str
     causal: bool
     config: KernelConfig
+    variant: str = "plain"
 
 
 def launch_names(kernel: str, head_dim: int) -> tuple[str, ...]:
@@ -115,23 +218,55 @@ def launch_names(kernel: str, head_dim: int) -> tuple[str, ...]:
     return names if kernel == "backward_dkdv" else tuple(n for n in names if n == kernel)
 
 
+def _kernel_constexprs(kernel: str) -> set[str]:
+    """The names of ``kernel``'s constexpr parameters (read from its source signature, so it
+    works whether or not the kernels were decorated under the interpreter)."""
+    import inspect
+
+    fn = compilable_kernel(kernel)
+    fn = getattr(fn, "fn", fn)  # JITFunction / InterpretedFunction wrap the Python function
+    return {name for name, p in inspect.signature(fn).parameters.items()
+            if "constexpr" in str(p.annotation)}
+
+
+def variant_applies(variant: Variant, kernel: str) -> bool:
+    """A variant is compiled for the kernels that have every one of its switches."""
+    names = _kernel_constexprs(kernel)
+    return all(name in names for name, _ in variant.constexprs)
+
+
 def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False, True),
-                    kernels=KERNEL_NAMES + ("backward_delta",)) -> list[Specialization]:
-    """Every (kernel, head dim, dtype, causal, config) the dispatcher can launch, for the given
-    axes. The delta kernel has no causal variant and one fixed config."""
+                    kernels=KERNEL_NAMES + ("backward_delta",), variants=None,
+                    configs=None) -> list[Specialization]:
+    """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
+    the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
+    own head dims (intersected with ``head_dims``); ``configs``: a function
+    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.configs_for``, the
+    dispatcher's tables). The delta kernel has no causal or variant form and one config."""
+    configs = configs or configs_for
+    chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
-    for kernel, d, dt in product(kernels, head_dims, dtypes):
-        if kernel == "backward_delta":
-            specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG))
-            continue
-        for name, c, config in product(launch_names(kernel, d), causal, configs_for(kernel, d, getattr(torch, dt))):
-            specs.append(Specialization(name, d, dt, c, config))
+    for variant in chosen:
+        for kernel, d, dt in product(kernels, head_dims, dtypes):
+            if d not in variant.head_dims:
+                continue
+            if kernel == "backward_delta":
+                # Its one switch is SINKS (the dsinks partial sums); plain or the sinks row.
+                if variant.name == "plain" or variant.name == "sinks":
+                    specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG, variant.name))
+                continue
+            if not variant_applies(variant, kernel):
+                continue
+            for name, c in product(launch_names(kernel, d), causal):
+                for config in configs(name, d, getattr(torch, dt)):
+                    specs.append(Specialization(name, d, dt, c, config, variant.name))
     return specs
 
 
 def _signature(fn, spec: Specialization):
     """(signature, constexprs, attrs) for ASTSource: pointers typed by role, strides i32 (the
-    head-axis strides fixed to 1), scalars i32/fp32, constexprs from the spec."""
+    head-axis strides fixed to 1), scalars by ``SCALAR_TYPES`` (i32 otherwise), constexprs
+    from the spec, its variant and ``CONSTEXPR_DEFAULTS``."""
     elem = _TRITON_TYPE[spec.dtype]
     constexprs = {
         "HEAD_DIM": spec.head_dim,
@@ -140,33 +275,107 @@ def _signature(fn, spec: Specialization):
     }
     if spec.kernel != "backward_delta":
         constexprs.update(
-            BLOCK_N=spec.config.block_n, CAUSAL=spec.causal, HAS_KV_LENS=False, UPCAST=False,
+            BLOCK_N=spec.config.block_n, CAUSAL=spec.causal,
             DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     if spec.kernel in DKDV_LAUNCHES:
         constexprs["GRADS"] = DKDV_LAUNCHES[spec.kernel]
+    switches = dict(CONSTEXPR_DEFAULTS)
+    switches.update(VARIANT_BY_NAME[spec.variant].constexprs)
     signature, attrs = {}, {}
-    for index, name in enumerate(fn.arg_names):
-        if name in constexprs:
+    for index, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
             signature[name] = "constexpr"
+            if name.startswith("stride_"):
+                constexprs[name] = 1
+            elif name not in constexprs:
+                if name not in switches:
+                    raise KeyError(f"the compile gate has no value for constexpr {name!r} of {fn.__name__}: "
+                                   f"add its 'off' value to compile_gate.CONSTEXPR_DEFAULTS and a Variant row")
+                constexprs[name] = switches[name]
         elif name.startswith("stride_") and name.endswith("d"):
-            signature[name] = "constexpr"
+            signature[name] = "constexpr"  # head-axis stride: 1 for the tensors the gate models
             constexprs[name] = 1
         elif name.startswith("stride_"):
             signature[name] = "i32"
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("Lse", "Delta"):
-            signature[name] = "*fp32"
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name == "KvLens":
-            signature[name] = "*i32"
+        elif name in POINTER_TYPES:
+            signature[name] = POINTER_TYPES[name]
+            if POINTER_TYPES[name] == "*fp32" and name in ("Lse", "Delta"):
+                attrs[(index,)] = [["tt.divisibility", 16]]
         elif name[0].isupper():  # Q, K, V, Out, DOut, DQ, DK, DV
             signature[name] = f"*{elem}"
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif name in ("qk_scale", "softmax_scale"):
-            signature[name] = "fp32"
         else:
-            signature[name] = "i32"
+            signature[name] = SCALAR_TYPES.get(name, "i32")
     return signature, constexprs, attrs
+
+
+# ---------------------------------------------------------------------------------------------
+# Ahead-of-time pruning of the tuning candidates (configs.CANDIDATE_SPACE) into a per-arch table.
+#
+# Each candidate is compiled at the widest head dim of its bucket, bfloat16 (float16 compiles
+# to the same tiles), causal (the masked loop with the causal compare is the heavier one), plain
+# variant; it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
+# exceed the register file (``configs.accumulator_registers``) are rejected without compiling.
+# A tuned winner is then compiled again at every head dim, dtype and causal flag by the full
+# ``compile-report`` (it becomes a specialization the dispatcher can pick).
+PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
+
+
+def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]:
+    """The table's groups: (launch name, bucket), the dK/dV kernel as its launches there."""
+    return [(name, bucket) for kernel in kernels for bucket in buckets for name in launch_names(kernel, bucket)]
+
+
+def prune_specs(group: tuple[str, int]) -> tuple[list[Specialization], list[dict]]:
+    """(the candidates of ``group`` to compile, the ones rejected by the register bound)."""
+    name, bucket = group
+    to_compile, rejected = [], []
+    for config in candidate_configs(name):
+        need = accumulator_registers(name, config, bucket)
+        if need > REGISTERS_PER_THREAD:
+            rejected.append({"config": dataclasses.asdict(config),
+                             "problems": [f"needs >= {need} registers/thread (float32 tiles alone; not compiled)"]})
+        else:
+            to_compile.append(Specialization(name, bucket, PRUNE_DTYPE, PRUNE_CAUSAL, config))
+    return to_compile, rejected
+
+
+def build_table(arch: str, rows: list[Mapping[str, Any]], rejected: Mapping[str, list[dict]],
+                existing: Mapping[str, Any] | None = None) -> dict:
+    """The table file's content: per group "name/bucket", the passing configs (best-first is
+    the tuner's job: here fewest registers first) and the rejected ones with the gate's reasons.
+    Groups of ``existing`` not recompiled now are kept (the pruning is resumable)."""
+    tables = dict(existing["tables"]) if existing else {}
+    rejects = dict(existing.get("rejected", {})) if existing else {}
+    fresh: dict[str, list] = {}
+    for key, entries in rejected.items():
+        fresh.setdefault(key, [])
+        rejects[key] = list(entries)
+    for row in rows:
+        key = f"{row['kernel']}/{row['head_dim']}"
+        fresh.setdefault(key, [])
+        config = {"block_m": row["BLOCK_M"], "block_n": row["BLOCK_N"],
+                  "num_warps": row["num_warps"], "num_stages": row["num_stages"]}
+        found = problems(row)
+        if found:
+            rejects.setdefault(key, []).append({"config": config, "problems": found})
+        else:
+            fresh[key].append({"config": config, "registers": row["registers"],
+                               "shared_memory": row["shared_memory"]})
+    for key, entries in fresh.items():
+        tables[key] = sorted(entries, key=lambda e: (e["registers"], e["shared_memory"]))
+    return {
+        "schema": TABLE_SCHEMA,
+        "arch": arch,
+        "triton": triton.__version__,
+        "command": f"flashref compile-report --arch {arch} --prune-table",
+        "pruned_at": {"dtype": PRUNE_DTYPE, "causal": PRUNE_CAUSAL, "variant": "plain",
+                      "head_dim": "the bucket's widest (64, 128, 256)"},
+        "tables": dict(sorted(tables.items())),
+        "rejected": dict(sorted(rejects.items())),
+    }
 
 
 def _cuobjdump() -> str:
@@ -209,7 +418,8 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0),
         uses_wgmma="wgmma" in compiled.asm["ptx"],
-        compile_seconds=round(seconds, 2))
+        compile_seconds=round(seconds, 2), variant=spec.variant,
+        uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"])
 
 
 def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:
@@ -228,7 +438,8 @@ def _spec_to_json(spec: Specialization) -> dict:
 
 
 def _spec_from_json(d: dict) -> Specialization:
-    return Specialization(d["kernel"], d["head_dim"], d["dtype"], d["causal"], KernelConfig(**d["config"]))
+    return Specialization(d["kernel"], d["head_dim"], d["dtype"], d["causal"], KernelConfig(**d["config"]),
+                          d.get("variant", "plain"))
 
 
 def _compile_in_subprocess(specs: list[Specialization], arch: str) -> list[CompileRow]:

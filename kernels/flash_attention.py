@@ -10,7 +10,9 @@ the kernels of ``attention_forward``/``attention_backward``, and wires them into
 import contextlib
 import contextvars
 import math
+import numbers
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -36,6 +38,7 @@ from .configs import (
 )
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+DROPOUT_SEED_LIMIT = 2**63
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
 # baseline the rule compares against. "tf32x3" (three tensor-core products) spilled registers
 # at every tile the compile gate tried for head dim 128, so float32 takes exact FMA dots on
@@ -53,6 +56,16 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 INTERPRETED = isinstance(attention_forward_kernel, InterpretedFunction)
 
 _poison_outputs = contextvars.ContextVar("flashref_poison_outputs", default=False)
+_last_dropout_seed = contextvars.ContextVar("flashref_last_dropout_seed", default=None)
+
+
+def last_dropout_seed() -> int | None:
+    """The Philox seed of the latest ``flash_attention`` call with ``dropout_p > 0`` in this
+    thread / context (the one drawn when ``dropout_seed=None``, else the one given); None
+    before any. Pass it back as ``dropout_seed`` (or to the oracle) to replay that call's keep
+    mask bit for bit. A drawn seed also follows ``torch.manual_seed``: it is
+    ``torch.randint(0, 2**62, (1,)).item()`` on torch's default CPU generator."""
+    return _last_dropout_seed.get()
 
 
 @contextlib.contextmanager
@@ -82,7 +95,8 @@ def _new_buffer(like: torch.Tensor, *, shape=None, dtype=None) -> torch.Tensor:
 def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
-        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS", *extra_key],
+        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS",
+             "SHIFT_KV_LEN", "WINDOW", "SOFTCAP", "ALIBI", "DROPOUT", *extra_key],
         prune_configs_by={"early_config_prune": config_pruner(name)},
     )(kernel)
 
@@ -90,10 +104,18 @@ def _autotuned(kernel, name, extra_key=()):
 # Autotuning cannot run under the interpreter ("0 active drivers"), so the tuned wrappers are
 # only made when compiling for a GPU.
 if not INTERPRETED:
-    _FORWARD = _autotuned(attention_forward_kernel, "forward")
+    _FORWARD = _autotuned(attention_forward_kernel, "forward", extra_key=("SINKS",))
     # Each dK/dV pass (GRADS) is tuned on its own: a dV pass costs less than a dK pass.
     _DKDV = _autotuned(attention_backward_dkdv_kernel, "backward_dkdv", extra_key=("GRADS",))
     _DQ = _autotuned(attention_backward_dq_kernel, "backward_dq")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
@@ -151,27 +173,133 @@ def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
             "flashref.kernels are imported (e.g. `TRITON_INTERPRET=1 python ...`).")
 
 
+def _check_float32_vector(name, t, q, shapes, what):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a float32 torch.Tensor of shape {what}, got {type(t).__name__}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {what}, got {tuple(t.shape)}")
+    if t.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+
+
+def _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed):
+    batch, heads_q = q.shape[:2]
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"window_size must be a (left, right) pair of ints, got {window_size!r}")
+    for side, w in zip(("left", "right"), window_size):
+        if not _is_int(w):
+            raise TypeError(f"window_size's {side} entry must be an int (-1 = unbounded), got {w!r}")
+        if w < -1:
+            raise ValueError(f"window_size's {side} entry must be -1 (unbounded) or >= 0, got {w}")
+    if not _is_real(softcap):
+        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
+    if alibi_slopes is not None:
+        _check_float32_vector("alibi_slopes", alibi_slopes, q, ((heads_q,), (batch, heads_q)),
+                              f"({heads_q},) or ({batch}, {heads_q})")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(alibi_slopes).all()):  # the op repeats it
+            raise ValueError("alibi_slopes must be finite")
+    if sinks is not None:
+        _check_float32_vector("sinks", sinks, q, ((heads_q,),), f"({heads_q},)")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(sinks).all()):  # the op repeats it
+            raise ValueError("sinks must be finite")
+    if not _is_real(dropout_p):
+        raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
+    if dropout_seed is not None:
+        if not _is_int(dropout_seed):
+            raise TypeError(f"dropout_seed must be an int in [0, 2**63) or None, got {type(dropout_seed).__name__}")
+        if not 0 <= dropout_seed < DROPOUT_SEED_LIMIT:
+            raise ValueError(f"dropout_seed must lie in [0, 2**63), got {dropout_seed}")
+
+
+@dataclass(frozen=True)
+class _Params:
+    """Everything but the tensors that the kernels take, resolved once on the host.
+
+    The three shifts are offsets from the query index (``kv_len[b]`` is added inside the
+    kernels when ``shift_kv_len``): key j is visible iff ``j <= i + causal_shift`` (when
+    ``right_bound``: causal and/or a right window) and ``j >= i + window_shift`` (when
+    ``left_bound``); ALiBi's distance is ``|i + alibi_shift - j|``."""
+
+    right_bound: bool
+    left_bound: bool
+    shift_kv_len: bool
+    causal_shift: int
+    window_shift: int
+    alibi_shift: int
+    scale: float  # softmax_scale
+    qk_scale: float  # scale * log2(e), or softcap * log2(e) with a softcap
+    softcap_in: float  # scale / softcap (0 without a softcap)
+    dropout_p: float
+    dropout_scale: float  # 1 / (1 - p)
+    seed: int
+
+    @property
+    def softcap(self) -> bool:
+        return self.softcap_in != 0.0
+
+    @property
+    def dropout(self) -> bool:
+        return self.dropout_p > 0.0
+
+
+def _resolve(q, k, causal, causal_alignment, scale, kv_lens, window_size, softcap, dropout_p, seed) -> _Params:
+    seqlen_q, seqlen_k = q.shape[2], k.shape[2]
+    shift_kv_len = causal_alignment == "bottom_right" and kv_lens is not None
+    if causal_alignment == "top_left":
+        base = 0
+    else:  # the queries are the last Lq tokens: of each sequence with kv_lens (+ kv_len[b] in-kernel)
+        base = -seqlen_q if shift_kv_len else seqlen_k - seqlen_q
+    left, right = (int(w) for w in window_size)
+    if causal:  # causal is a right window of 0; with a right window too, the tighter wins
+        right = 0 if right < 0 else min(right, 0)
+    softcap = float(softcap)
+    return _Params(
+        right_bound=right >= 0, left_bound=left >= 0, shift_kv_len=shift_kv_len,
+        causal_shift=base + right if right >= 0 else 0,
+        window_shift=base - left if left >= 0 else 0,
+        alibi_shift=base, scale=scale,
+        qk_scale=(softcap if softcap > 0 else scale) * LOG2E,
+        softcap_in=scale / softcap if softcap > 0 else 0.0,
+        dropout_p=float(dropout_p), dropout_scale=1.0 / (1.0 - float(dropout_p)), seed=seed)
+
+
 def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.stride())
 
 
-def _meta(q, causal, kv_lens):
+def _meta(q, params: _Params, kv_lens, alibi):
     head_dim = q.shape[3]
     return dict(
         HEAD_DIM=head_dim,
         BLOCK_D=padded_head_dim(head_dim),
-        CAUSAL=causal,
+        CAUSAL=params.right_bound,
         HAS_KV_LENS=kv_lens is not None,
         UPCAST=INTERPRETED,
         DOT_PRECISION=FLOAT32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
+        SHIFT_KV_LEN=params.shift_kv_len,
+        WINDOW=params.left_bound,
+        SOFTCAP=params.softcap,
+        ALIBI=alibi is not None,
+        DROPOUT=params.dropout,
     )
+
+
+def _variant_scalars(params: _Params):
+    return (params.window_shift, params.alibi_shift, params.softcap_in, params.dropout_p,
+            params.dropout_scale, params.seed)
 
 
 def _fixed(config: KernelConfig) -> dict:
     return dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n)
 
 
-def _forward(q, k, v, causal, shift, scale, kv_lens):
+def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks):
     """Launch the forward. Returns out (q's layout and dtype) and lse (B, Hq, Lq) float32."""
     batch, heads_q, seqlen_q, _ = q.shape
     heads_kv, seqlen_k = k.shape[1], k.shape[2]
@@ -179,12 +307,15 @@ def _forward(q, k, v, causal, shift, scale, kv_lens):
     lse = _new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    if seqlen_k == 0:  # every row sees no key
-        return out.zero_(), lse.fill_(float("-inf"))
-    args = (q, k, v, out, lse, kv_lens,
+    if seqlen_k == 0:  # every row sees no key (but the sink, if any)
+        lse.copy_(sinks[None, :, None].expand_as(lse)) if sinks is not None else lse.fill_(float("-inf"))
+        return out.zero_(), lse
+    args = (q, k, v, out, lse, kv_lens, alibi, sinks,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, shift, scale * LOG2E)
-    meta = _meta(q, causal, kv_lens)
+            _alibi_batch_stride(alibi),
+            heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
+            *_variant_scalars(params))
+    meta = dict(_meta(q, params, kv_lens, alibi), SINKS=sinks is not None)
     if INTERPRETED:
         grid = (triton.cdiv(seqlen_q, INTERPRETER_CONFIG.block_m), batch * heads_q)
         attention_forward_kernel[grid](*args, **meta, **_fixed(INTERPRETER_CONFIG))
@@ -193,26 +324,44 @@ def _forward(q, k, v, causal, shift, scale, kv_lens):
     return out, lse
 
 
-def _backward(q, k, v, out, lse, dout, causal, shift, scale, kv_lens):
-    """Launch delta, dK/dV and dQ. Returns dq, dk, dv in the layouts and dtypes of q, k, v."""
+def _alibi_batch_stride(alibi) -> int:
+    """Slopes (Hq,) are read at ``h`` for every batch (stride 0), (B, Hq) at ``b * Hq + h``."""
+    return 0 if alibi is None or alibi.dim() == 1 else alibi.stride(0)
+
+
+def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks):
+    """Launch delta, dK/dV and dQ. Returns dq, dk, dv in the layouts and dtypes of q, k, v, and
+    dsinks (Hq,) float32 when ``sinks`` is given (else None)."""
     batch, heads_q, seqlen_q, head_dim = q.shape
     heads_kv, seqlen_k = k.shape[1], k.shape[2]
     dq, dk, dv = _new_buffer(q), _new_buffer(k), _new_buffer(v)
+    dsinks = None if sinks is None else torch.zeros_like(sinks)
     if q.numel() == 0 or k.numel() == 0:  # nothing to sum over: every gradient is 0
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     delta = _new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
     block_d = padded_head_dim(head_dim)
     delta_block_m = 16 if INTERPRETED else 64
-    attention_backward_delta_kernel[(triton.cdiv(seqlen_q, delta_block_m), batch * heads_q)](
-        out, dout, delta, *_strides(out), *_strides(dout), heads_q, seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block_m)
+    delta_grid = (triton.cdiv(seqlen_q, delta_block_m), batch * heads_q)
+    partial = None
+    if sinks is not None:
+        partial = _new_buffer(q, shape=(batch * heads_q, delta_grid[0]), dtype=torch.float32)
+    attention_backward_delta_kernel[delta_grid](
+        out, dout, delta, lse, sinks, partial, *_strides(out), *_strides(dout), heads_q, seqlen_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block_m, SINKS=sinks is not None)
+    if sinks is not None:
+        # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
+        dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = _meta(q, causal, kv_lens)
+    meta = _meta(q, params, kv_lens, alibi)
     qkv_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout))
-    dkdv_args = (q, k, v, dout, lse, delta, dk, dv, kv_lens, *qkv_strides, *_strides(dk), *_strides(dv),
-                 heads_q, heads_kv, seqlen_q, seqlen_k, shift, scale * LOG2E, scale)
-    dq_args = (q, k, v, dout, lse, delta, dq, kv_lens, *qkv_strides, *_strides(dq),
-               heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, shift, scale * LOG2E, scale)
+    tail = (*_variant_scalars(params),)
+    dkdv_args = (q, k, v, dout, lse, delta, dk, dv, kv_lens, alibi, *qkv_strides, *_strides(dk), *_strides(dv),
+                 _alibi_batch_stride(alibi),
+                 heads_q, heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale, params.scale, *tail)
+    dq_args = (q, k, v, dout, lse, delta, dq, kv_lens, alibi, *qkv_strides, *_strides(dq),
+               _alibi_batch_stride(alibi),
+               heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
+               params.scale, *tail)
     # One dK/dV launch, or at head dims above 128 one per gradient (configs.dkdv_passes).
     if INTERPRETED:
         c = INTERPRETER_CONFIG
@@ -226,36 +375,62 @@ def _backward(q, k, v, out, lse, dout, causal, shift, scale, kv_lens):
             _DKDV[lambda m: (triton.cdiv(seqlen_k, m["BLOCK_N"]), batch * heads_kv)](
                 *dkdv_args, **meta, GRADS=grads)
         _DQ[lambda m: (triton.cdiv(seqlen_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)
-    return dq, dk, dv
+    return dq, dk, dv, dsinks
 
 
 def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softmax_scale=None,
-                    kv_lens=None, return_lse=False):
-    """Fused scaled-dot-product attention, differentiable in q, k and v.
+                    kv_lens=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None,
+                    dropout_p=0.0, dropout_seed=None, return_lse=False):
+    """Fused scaled-dot-product attention, differentiable in q, k, v (and ``sinks``).
 
     q: (B, Hq, Lq, D), k and v: (B, Hkv, Lk, D) with ``Hq % Hkv == 0`` (query head h reads kv
     head ``h // (Hq // Hkv)``), 1 <= D <= 256, dtype float16/bfloat16/float32 (float32
     accumulation), any strides. Returns ``out: (B, Hq, Lq, D)`` in q's dtype, and with
     ``return_lse`` also ``lse: (B, Hq, Lq)`` float32, natural log (not differentiable).
 
-    ``out_i = softmax(softmax_scale * q_i k^T, masked) v`` with ``softmax_scale`` defaulting to
-    ``1/sqrt(D)``. Key j is visible to query i of batch b iff ``j < kv_lens[b]`` (when given:
-    an integer tensor (B,) with values in [0, Lk]) and, when ``causal``, ``j <= i`` for
-    ``causal_alignment="top_left"`` (torch SDPA's ``is_causal``) or ``j <= i + Lk - Lq`` for
-    ``"bottom_right"`` (FlashAttention 2.1+, KV-cache decoding). A row that sees no key gives
-    ``out = 0``, ``lse = -inf`` and zero gradients. Oracle twin:
-    ``flashref.reference.attention_forward`` / ``attention_backward``.
+    With ``shift_b = 0`` for ``causal_alignment="top_left"`` and, for ``"bottom_right"`` (the
+    queries are the last Lq tokens of each sequence), ``kv_lens[b] - Lq`` when ``kv_lens`` is
+    given else ``Lk - Lq``, query i of batch b and key j, head h:
+
+    - ``s = softmax_scale * q_i . k_j`` (``softmax_scale`` defaults to ``1/sqrt(D)``);
+    - ``softcap > 0``: ``s <- softcap * tanh(s / softcap)``;
+    - ``alibi_slopes`` ((Hq,) or (B, Hq) float32, not differentiated):
+      ``s <- s - slope[b, h] * |i + shift_b - j|``;
+    - visible iff ``j < kv_lens[b]`` (integer tensor (B,), values in [0, Lk]), and ``causal``:
+      ``j <= i + shift_b``; ``window_size=(left, right)`` (-1 = unbounded):
+      ``i + shift_b - left <= j <= i + shift_b + right``;
+    - ``P = exp(s - lse)`` over visible keys, ``lse = log(exp(sinks[h]) + sum_j exp(s_ij))``
+      (``sinks``: (Hq,) float32, one logit per query head with a zero value vector; may
+      require grad: ``dsinks[h] = -sum_{b,i} exp(sinks[h] - lse) * rowsum(dO * O)``);
+    - ``dropout_p`` in [0, 1): ``out = (P * keep / (1 - dropout_p)) v`` with the keep mask of
+      Philox-4x32-10 keyed by ``dropout_seed`` (an int in [0, 2**63); None draws one from
+      torch's default generator, readable afterwards with ``last_dropout_seed()``). The lse
+      has no dropout. docs/kernels.md gives the exact counters.
+
+    A row that sees no key gives ``out = 0``, ``lse = -inf`` (``sinks[h]`` with sinks) and zero
+    gradients. Oracle twin: ``flashref.reference.attention_forward`` / ``attention_backward``.
 
     CUDA tensors run compiled kernels; CPU tensors need ``TRITON_INTERPRET=1`` set before
     triton is imported (Triton's interpreter). Works under ``torch.compile(fullgraph=True)``:
     the launches are the ops ``torch.ops.flashref.attention_forward`` / ``attention_backward``.
     """
     _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens)
+    _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
-    shift = k.shape[2] - q.shape[2] if causal and causal_alignment == "bottom_right" else 0
+    seed = 0
+    if dropout_p > 0:
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_seed is None else int(dropout_seed)
+        _last_dropout_seed.set(seed)
     if kv_lens is not None:
         kv_lens = kv_lens.to(dtype=torch.int32).contiguous()
+    if alibi_slopes is not None:
+        alibi_slopes = alibi_slopes.detach().contiguous()
+    if sinks is not None:
+        sinks = sinks.contiguous()  # differentiable: the gradient flows back to the caller's tensor
     # torch.ops.flashref.attention_forward (kernels/library.py): a custom op with a fake
     # implementation and an autograd formula, so torch.compile records it without a graph break.
-    out, lse = torch.ops.flashref.attention_forward(q, k, v, causal, shift, scale, kv_lens)
+    left, right = (int(w) for w in window_size)
+    out, lse = torch.ops.flashref.attention_forward(
+        q, k, v, kv_lens, alibi_slopes, sinks, causal, causal_alignment == "bottom_right", scale, left, right,
+        float(softcap), float(dropout_p), seed)
     return (out, lse) if return_lse else out

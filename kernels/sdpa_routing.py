@@ -21,10 +21,12 @@ q (..., Hq, L, D), k, v     (B, H, L, D) or (B, L, D); same dtype (float16/bfloa
 ``enable_gqa=True``         GQA/MQA: Hq a multiple of Hkv (without it, Hq must equal Hkv)
 ``attn_mask`` bool / float  recognised when it is a causal mask (top-left or bottom-right)
                             and/or right key padding, the same for every head: becomes
-                            ``causal`` / ``causal_alignment`` / ``kv_lens``. A float mask must
+                            ``causal`` / ``causal_alignment`` / ``kv_lens`` (bottom-right
+                            aligned to each sequence's own length, as the kernels define it). A float mask must
                             hold only 0 and -inf. Anything else (a bias, ALiBi, left padding,
                             a block-sparse pattern) is not expressible.
-``dropout_p > 0``           not expressible (the kernels have no dropout yet)
+``dropout_p``               ``dropout_p``: the kernels' own Philox keep mask (not torch's), its
+                            seed drawn from torch's default generator (``last_dropout_seed()``)
 ==========================  =================================================================
 
 What is not expressible follows ``fallback``: ``"torch"`` lets torch compute the call (counted
@@ -114,7 +116,7 @@ def recognise_mask(mask: torch.Tensor, batch: int, heads: int, seqlen_q: int, se
     mask: broadcastable to (B, H, Lq, Lk); bool (True = may attend, SDPA's convention) or
     float (added to the scores; only 0 and -inf are expressible). Key j is visible to query i
     of batch b iff ``j < kv_lens[b]`` and, if causal, ``j <= i + shift`` (shift 0 top-left,
-    ``Lk - Lq`` bottom-right). ``kv_lens[b]`` is read off the mask as one past its last
+    ``kv_lens[b] - Lq`` bottom-right). ``kv_lens[b]`` is read off the mask as one past its last
     visible key; the mask is expressible iff it equals the mask rebuilt from that.
     """
     if mask.dim() > 4:
@@ -151,10 +153,10 @@ def recognise_mask(mask: torch.Tensor, batch: int, heads: int, seqlen_q: int, se
         return MaskPlan(False, "top_left", kv_lens)
     if bool(torch.equal(visible, padding & (j <= i))):
         return MaskPlan(True, "top_left", kv_lens)
-    # Bottom-right only without padding: with kv_lens the kernels' shift is per sequence
-    # (kv_lens[b] - Lq), which a mask aligned to the padded length Lk does not mean.
-    if kv_lens is None and bool(torch.equal(visible, padding & (j <= i + seqlen_k - seqlen_q))):
-        return MaskPlan(True, "bottom_right", None)
+    # Bottom-right: the queries are the last Lq tokens of each sequence, shift kv_lens[b] - Lq
+    # (Lk - Lq without padding), as the kernels define it.
+    if bool(torch.equal(visible, padding & (j <= i + lengths[:, None, None] - seqlen_q))):
+        return MaskPlan(True, "bottom_right", kv_lens)
     raise Unsupported("attn_mask is not a causal mask and/or right key padding")
 
 
@@ -193,11 +195,13 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if heads_kv != heads_q and not (enable_gqa and heads_kv and heads_q % heads_kv == 0):
         raise Unsupported(f"{heads_q} query heads and {heads_kv} kv heads"
                           + ("" if enable_gqa else " without enable_gqa=True"))
-    if dropout_p != 0.0:
-        raise Unsupported(f"dropout_p={dropout_p} (the kernels have no dropout yet)")
+    if not 0.0 <= dropout_p < 1.0:
+        raise Unsupported(f"dropout_p={dropout_p} (the kernels take [0, 1))")
     if scale is not None and not (math.isfinite(scale) and scale > 0):
         raise Unsupported(f"scale={scale} (the kernels take a positive finite scale)")
-    kwargs = dict(softmax_scale=None if scale is None else float(scale))
+    # dropout: the kernels' Philox keep mask, its seed drawn from torch's default generator
+    # (flash_attention's dropout_seed=None; flashref.kernels.last_dropout_seed() replays it).
+    kwargs = dict(softmax_scale=None if scale is None else float(scale), dropout_p=float(dropout_p))
     if attn_mask is not None:
         if is_causal:
             raise Unsupported("attn_mask together with is_causal=True (torch rejects it too)")

@@ -8,15 +8,17 @@ only the order of the arithmetic differs, and the results agree to rounding.
 
 Memory: the (Lq, Lk) score matrix is never formed. A forward step holds one
 (B, Hq, block_m, block_n) tile; the backward the same plus a (B, Hq, Lk-block) dK/dV
-accumulator and the (B, Hq, Lq, D) dQ accumulator. The one exception is dropout, whose
-keep mask (B, Hq, Lq, Lk) is drawn whole (as the closed form draws it) so that both
-oracles use the same mask.
+accumulator and the (B, Hq, Lq, D) dQ accumulator. Dropout from ``dropout_seed`` is drawn
+tile by tile, as the kernel draws it (Philox is counter-based); a mask from ``rng`` is the
+one exception, drawn whole (B, Hq, Lq, Lk) as the closed form draws it so that both oracles
+use the same mask.
 
 Forward, for one query block Q_i (rows r) -- the outer loop, parallel on a GPU:
 
     m = -inf, l = 0, acc = 0                       running max, running sum, unnormalised O
+    (with sinks: m = sink_h, l = 1 -- the sink is a first key with a zero value vector)
     for each key block K_j, V_j (columns c) not wholly masked:
-        S     = scale * Q_i K_j^T + bias,  -inf where masked      (block_m, block_n)
+        S     = softcap(scale * Q_i K_j^T) + bias + alibi,  -inf where masked  (bm, bn)
         m_new = max(m, rowmax(S))
         alpha = exp(m - m_new)                      rescales what was summed under the old max
         P~    = exp(S - m_new)
@@ -32,8 +34,10 @@ loop, parallel on a GPU -- walk the query blocks:
     dV_j += (P * Z)^T dO_i
     dP   = (dO_i V_j^T) * Z
     dS   = P * (dP - D_i)
-    dK_j += scale * dS^T Q_i
-    dQ_i += scale * dS K_j                          (atomic adds, or a separate pass, on a GPU)
+    dR   = dS * (1 - tanh^2(R / softcap))           R = scale * Q_i K_j^T; dR = dS without softcap
+    dK_j += scale * dR^T Q_i
+    dQ_i += scale * dR K_j                          (atomic adds, or a separate pass, on a GPU)
+    dsinks = -sum exp(sinks - lse) D                in the preprocess, with sinks
 
 GQA: the kv head of query head h is h // (Hq // Hkv); dK, dV are summed over sharing heads.
 """
@@ -46,8 +50,15 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import check_saved_forward, expand_kv_heads, reduce_kv_heads
-from .attention_inputs import AttentionInputs, as_float64, check_attention_inputs
+from .attention import (
+    check_saved_forward,
+    expand_kv_heads,
+    reduce_kv_heads,
+    score_tile,
+    sink_gradient,
+    sink_logits,
+)
+from .attention_inputs import as_float64, check_attention_inputs
 
 
 @dataclass(frozen=True)
@@ -79,8 +90,13 @@ def blocked_attention_forward(
     causal_alignment="top_left",
     softmax_scale=None,
     kv_lens=None,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    sinks=None,
     attn_bias=None,
     dropout_p=0.0,
+    dropout_seed=None,
     rng=None,
     dropout_mask=None,
     return_dropout_mask=False,
@@ -95,14 +111,16 @@ def blocked_attention_forward(
     ``on_tile`` receives, per tile, values ``scores`` (masked S, (B, Hq, bm, bn)),
     ``row_max`` (m after the tile, (B, Hq, bm)), ``rescale`` (alpha), ``probs`` (P~ before
     dropout), ``row_sum`` (l after the tile) and ``acc`` ((B, Hq, bm, Dv) after the tile).
-    Key blocks that the mask hides completely are skipped, as a kernel skips them.
+    Key blocks that the mask hides completely are skipped, as a kernel skips them. With
+    sinks the running max and sum start at the sink (m = sinks[h], l = 1), not at -inf, 0.
     """
     q, k, v = as_float64("q", q), as_float64("k", k), as_float64("v", v)
     inputs = check_attention_inputs(
         q.shape, k.shape, v.shape,
         causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, attn_bias=attn_bias, dropout_p=dropout_p, rng=rng,
-        dropout_mask=dropout_mask,
+        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
+        rng=rng, dropout_mask=dropout_mask,
     )  # fmt: skip
     block_m, block_n = _check_block("block_m", block_m), _check_block("block_n", block_n)
     batch, heads = inputs.batch, inputs.q_heads
@@ -111,8 +129,13 @@ def blocked_attention_forward(
     for rows in _blocks(inputs.q_len, block_m):
         q_i = q[:, :, rows]  # (B, Hq, bm, D)
         bm = q_i.shape[2]
-        row_max = np.full((batch, heads, bm), -np.inf)
-        row_sum = np.zeros((batch, heads, bm))
+        sink = sink_logits(inputs)  # (1, Hq, 1) or None
+        if sink is None:
+            row_max = np.full((batch, heads, bm), -np.inf)
+            row_sum = np.zeros((batch, heads, bm))
+        else:  # the sink is a key seen first, its value vector zero: exp(sink - m) = 1
+            row_max = np.broadcast_to(sink, (batch, heads, bm)).copy()
+            row_sum = np.ones((batch, heads, bm))
         acc = np.zeros((batch, heads, bm, inputs.v_head_dim))
         for cols in _blocks(inputs.kv_len, block_n):
             visible = inputs.mask(rows, cols)  # (B, 1, bm, bn)
@@ -120,7 +143,7 @@ def blocked_attention_forward(
                 continue
             k_j = expand_kv_heads(k[:, :, cols], inputs.group)  # (B, Hq, bn, D)
             v_j = expand_kv_heads(v[:, :, cols], inputs.group)  # (B, Hq, bn, Dv)
-            scores = _tile_scores(q_i, k_j, visible, inputs, rows, cols)  # (B, Hq, bm, bn)
+            scores, _ = score_tile(q_i, k_j, inputs, rows, cols)  # (B, Hq, bm, bn)
             new_max = np.maximum(row_max, scores.max(axis=-1))
             # Rows that have seen no visible key yet keep max -inf; shift them by 0 instead
             # so that exp(-inf - -inf) never happens.
@@ -128,7 +151,8 @@ def blocked_attention_forward(
             rescale = np.exp(row_max - shift)  # 0 while the old max was -inf
             probs = np.exp(scores - shift[..., None])  # (B, Hq, bm, bn)
             row_sum = rescale * row_sum + probs.sum(axis=-1)
-            dropped = _apply_dropout(probs, inputs, rows, cols)
+            drop = inputs.dropout_scale(rows, cols)  # keep / (1 - p) on the tile, or None
+            dropped = probs if drop is None else probs * drop
             acc = rescale[..., None] * acc + dropped @ v_j
             row_max = new_max
             if on_tile is not None:
@@ -136,12 +160,12 @@ def blocked_attention_forward(
                     scores=scores, row_max=row_max, rescale=rescale, probs=probs,
                     row_sum=row_sum, acc=acc,
                 )))  # fmt: skip
-        empty = row_sum == 0.0  # no visible key: the running sum never grew
+        empty = row_sum == 0.0  # no visible key (and no sink): the running sum never grew
         safe_sum = np.where(empty, 1.0, row_sum)
         out[:, :, rows] = acc / safe_sum[..., None]
         lse[:, :, rows] = np.where(empty, -np.inf, row_max + np.log(safe_sum))
     if return_dropout_mask:
-        return out, lse, inputs.dropout_keep
+        return out, lse, inputs.dropout_keep()
     return out, lse
 
 
@@ -159,16 +183,23 @@ def blocked_attention_backward(
     causal_alignment="top_left",
     softmax_scale=None,
     kv_lens=None,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    sinks=None,
     attn_bias=None,
     dropout_p=0.0,
+    dropout_seed=None,
     rng=None,
     dropout_mask=None,
     on_tile: TileHook | None = None,
 ):
-    """FlashAttention-2 backward tile by tile: ``(dq, dk, dv)``, float64, equal to the closed form.
+    """FlashAttention-2 backward tile by tile: ``(dq, dk, dv)``, plus ``dsinks`` (Hq,) when
+    ``sinks`` is given; float64, equal to the closed form.
 
     Arguments as in `attention_backward`, plus the block sizes. ``on_tile`` receives, per
-    tile, values ``probs`` (P recomputed from lse), ``dprobs`` (dP), ``dscores`` (dS), and
+    tile, values ``probs`` (P recomputed from lse), ``dprobs`` (dP), ``dscores`` (dS, before
+    softcap's chain rule), and
     the running ``dk_acc`` / ``dv_acc`` of the key block ((B, Hq, bn, D) / (B, Hq, bn, Dv),
     per query head, before the GQA sum).
     """
@@ -176,8 +207,9 @@ def blocked_attention_backward(
     inputs = check_attention_inputs(
         q.shape, k.shape, v.shape,
         causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, attn_bias=attn_bias, dropout_p=dropout_p, rng=rng,
-        dropout_mask=dropout_mask,
+        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
+        rng=rng, dropout_mask=dropout_mask,
     )  # fmt: skip
     block_m, block_n = _check_block("block_m", block_m), _check_block("block_n", block_n)
     out, lse, dout = check_saved_forward(out, lse, dout, inputs)
@@ -194,41 +226,31 @@ def blocked_attention_backward(
         dk_acc = np.zeros_like(k_j)
         dv_acc = np.zeros_like(v_j)
         for rows in _blocks(inputs.q_len, block_m):
-            visible = inputs.mask(rows, cols)
-            if not visible.any():
+            if not inputs.mask(rows, cols).any():
                 continue
             q_i, dout_i = q[:, :, rows], dout[:, :, rows]
-            scores = _tile_scores(q_i, k_j, visible, inputs, rows, cols)  # (B, Hq, bm, bn)
+            scores, dcap = score_tile(q_i, k_j, inputs, rows, cols)  # (B, Hq, bm, bn)
             probs = np.exp(scores - safe_lse[:, :, rows, None])
             probs = np.where(empty[:, :, rows, None], 0.0, probs)
-            dv_acc += _apply_dropout(probs, inputs, rows, cols).swapaxes(-1, -2) @ dout_i
-            dprobs = _apply_dropout(dout_i @ v_j.swapaxes(-1, -2), inputs, rows, cols)
+            drop = inputs.dropout_scale(rows, cols)  # keep / (1 - p) on the tile, or None
+            dv_acc += (probs if drop is None else probs * drop).swapaxes(-1, -2) @ dout_i
+            dprobs = dout_i @ v_j.swapaxes(-1, -2)
+            if drop is not None:
+                dprobs = dprobs * drop
             dscores = probs * (dprobs - delta[:, :, rows, None])
-            dk_acc += scale * (dscores.swapaxes(-1, -2) @ q_i)
-            dq[:, :, rows] += scale * (dscores @ k_j)
+            draw = dscores if dcap is None else dscores * dcap  # softcap's 1 - tanh^2
+            dk_acc += scale * (draw.swapaxes(-1, -2) @ q_i)
+            dq[:, :, rows] += scale * (draw @ k_j)
             if on_tile is not None:
                 on_tile(AttentionTile("backward", rows, cols, _copies(
                     probs=probs, dprobs=dprobs, dscores=dscores, dk_acc=dk_acc, dv_acc=dv_acc,
                 )))  # fmt: skip
         dk_full[:, :, cols] = dk_acc
         dv_full[:, :, cols] = dv_acc
-    return dq, reduce_kv_heads(dk_full, inputs.group), reduce_kv_heads(dv_full, inputs.group)
-
-
-def _tile_scores(q_i, k_j, visible, inputs: AttentionInputs, rows, cols) -> np.ndarray:
-    """Masked S tile: scale * Q_i K_j^T + bias, -inf where not visible. (B, Hq, bm, bn)."""
-    scores = inputs.softmax_scale * (q_i @ k_j.swapaxes(-1, -2))
-    bias = inputs.bias(rows, cols)
-    if bias is not None:
-        scores = scores + bias
-    return np.where(visible, scores, -np.inf)
-
-
-def _apply_dropout(x: np.ndarray, inputs: AttentionInputs, rows, cols) -> np.ndarray:
-    """x * keep / (1 - p) on the tile; x unchanged without dropout."""
-    if inputs.dropout_keep is None:
-        return x
-    return x * (inputs.dropout_keep[:, :, rows, cols] / (1.0 - inputs.dropout_p))
+    grads = (dq, reduce_kv_heads(dk_full, inputs.group), reduce_kv_heads(dv_full, inputs.group))
+    if inputs.sinks is None:
+        return grads
+    return grads + (sink_gradient(inputs, lse, delta),)
 
 
 def _blocks(length: int, block: int):

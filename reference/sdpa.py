@@ -1,13 +1,17 @@
 """scaled_dot_product_attention composed from `flashref.autograd` operations.
 
 The same function as `attention_forward` (same arguments, same semantics, same dropout
-mask for the same generator state), built only from differentiable autograd primitives so
-that its gradient -- with respect to q, k, v and a Tensor ``attn_bias`` -- comes from the
-autograd engine rather than from the closed-form derivation. The tests compare the two:
-that comparison is what makes the closed-form backward trustworthy.
+mask for the same generator state or seed), built only from differentiable autograd
+primitives so that its gradient -- with respect to q, k, v, a Tensor ``attn_bias`` and
+Tensor ``sinks`` -- comes from the autograd engine rather than from the closed-form
+derivation. The tests compare the two: that comparison is what makes the closed-form
+backward trustworthy.
 
-    scores = scale * q @ k^T (+ bias)      masked keys filled with -inf
-    P      = softmax(scores) * (1 - empty) rows that see no key are set to 0 (never NaN)
+    scores = scale * q @ k^T
+    scores = softcap * tanh(scores / softcap)          softcap > 0
+    scores = scores (+ bias) (+ alibi)                 masked keys filled with -inf
+    P      = softmax([scores, sink])[..., :Lk]         with sinks: one more column, dropped
+    P      = P * (1 - empty)                           rows that see no key are set to 0
     out    = (P * keep / (1 - p)) @ v
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flashref.autograd import Tensor, masked_fill, where
+from flashref.autograd import Tensor, concatenate, masked_fill, where
 import flashref.autograd.functional as F
 
 from .attention_inputs import as_float64, check_attention_inputs
@@ -30,8 +34,13 @@ def scaled_dot_product_attention(
     causal_alignment="top_left",
     softmax_scale=None,
     kv_lens=None,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    sinks=None,
     attn_bias=None,
     dropout_p=0.0,
+    dropout_seed=None,
     rng=None,
     dropout_mask=None,
     return_dropout_mask=False,
@@ -39,39 +48,54 @@ def scaled_dot_product_attention(
     """Attention as a differentiable autograd expression; returns a `Tensor` (B, Hq, Lq, Dv).
 
     q: (B, Hq, Lq, D), k: (B, Hkv, Lk, D), v: (B, Hkv, Lk, Dv) as autograd Tensors or
-    ndarrays (ndarrays become constant float64 Tensors). ``attn_bias`` may be a Tensor that
-    requires grad. Keyword arguments as in `attention_forward`; with
+    ndarrays (ndarrays become constant float64 Tensors). ``attn_bias`` and ``sinks`` (Hq,)
+    may be Tensors that require grad. Keyword arguments as in `attention_forward`; with
     ``return_dropout_mask=True`` returns ``(out, keep)``.
     """
     q, k, v = _as_tensor("q", q), _as_tensor("k", k), _as_tensor("v", v)
     inputs = check_attention_inputs(
         q.shape, k.shape, v.shape,
         causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, attn_bias=attn_bias, dropout_p=dropout_p, rng=rng,
-        dropout_mask=dropout_mask,
+        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
+        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
+        rng=rng, dropout_mask=dropout_mask,
     )  # fmt: skip
     k_full, v_full = _expand_kv_heads(k, inputs.group), _expand_kv_heads(v, inputs.group)
     scores = (q @ k_full.swapaxes(-1, -2)) * inputs.softmax_scale  # (B, Hq, Lq, Lk)
+    if inputs.softcap > 0.0:
+        scores = (scores * (1.0 / inputs.softcap)).tanh() * inputs.softcap
     if attn_bias is not None:
         bias = attn_bias if isinstance(attn_bias, Tensor) else Tensor(inputs.attn_bias)
         scores = scores + bias
+    alibi = inputs.alibi()  # (B, Hq, Lq, Lk) constant, or None
+    if alibi is not None:
+        scores = scores + Tensor(alibi)
     hidden = ~inputs.mask()  # (B, 1, Lq, Lk)
     scores = masked_fill(scores, hidden, -np.inf)
+    if sinks is not None:
+        # The sink is one more key per row: logit sinks[h], value vector zero. Append its
+        # column, take the softmax over Lk + 1, and drop the column: its weight multiplies 0.
+        sink = sinks if isinstance(sinks, Tensor) else Tensor(inputs.sinks)
+        column = sink.reshape(1, inputs.q_heads, 1, 1) * Tensor(np.ones((inputs.batch, 1, inputs.q_len, 1)))
+        scores = concatenate([scores, column], axis=-1)  # (B, Hq, Lq, Lk + 1)
     # A row with no finite score would make softmax compute -inf - -inf. Such rows are
     # found from the values (a -inf bias can empty a row too), their scores replaced by a
     # constant 0, and their weights zeroed after the softmax: their gradient is then 0.
+    # (With sinks no row is empty: the sink's column is finite.)
     empty = (scores.data == -np.inf).all(axis=-1, keepdims=True)  # (B, Hq, Lq, 1)
     if empty.any():
         scores = where(empty, 0.0, scores)
     probs = F.softmax(scores, axis=-1)
     if empty.any():
         probs = probs * Tensor((~empty).astype(np.float64))
+    if sinks is not None:
+        probs = probs[..., : inputs.kv_len]  # (B, Hq, Lq, Lk)
     dropout = inputs.dropout_scale()
     if dropout is not None:
         probs = probs * Tensor(dropout)
     out = probs @ v_full  # (B, Hq, Lq, Dv)
     if return_dropout_mask:
-        return out, inputs.dropout_keep
+        return out, inputs.dropout_keep()
     return out
 
 

@@ -26,13 +26,11 @@ from typing import Any
 from flashref.commands.argtypes import comma_list
 
 ARCHS = ("sm_90", "sm_80")
-SHARED_MEMORY_LIMIT = {"sm_90": 232448, "sm_80": 166912}  # dynamic shared memory per block, bytes
-WGMMA_DTYPES = ("float16", "bfloat16")  # float32 uses exact (ieee) dots: no tensor-core MMA
 QUICK_HEAD_DIMS = (64, 128, 256)
 # Short headers for the compile gate's field names (anything else: underscores to spaces).
 HEADERS = {"head_dim": "head dim", "BLOCK_M": "BLOCK_M", "BLOCK_N": "BLOCK_N", "num_warps": "warps", "num_stages": "stages", "registers": "regs/thread",
            "shared_memory": "smem bytes", "spills": "spill bytes", "uses_wgmma": "wgmma",
-           "compile_seconds": "compile s"}
+           "compile_seconds": "compile s", "uses_tma": "tma"}
 HIDDEN = ("arch",)  # in the title already
 
 
@@ -49,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--arch", choices=ARCHS, default="sm_90", help="target architecture (default sm_90)")
     p.add_argument("--quick", action="store_true",
-                   help="the default launch config of each kernel, bfloat16, head dims 64,128,256")
+                   help="the default launch config of each kernel, bfloat16, head dims 64,128,256, plain variant")
     p.add_argument("--kernel", type=comma_list(str), default=None,
                    help="only these kernels (forward, backward_dkdv, backward_dq, backward_delta; at head dims "
                         "above 128 backward_dkdv is two launches, backward_dk and backward_dv)")
@@ -57,28 +55,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", type=comma_list(str, ("float16", "bfloat16", "float32")), default=None,
                    help="only these dtypes")
     p.add_argument("--causal", choices=("on", "off", "both"), default="both")
+    p.add_argument("--variant", type=comma_list(str), default=None,
+                   help="only these variants (compile_gate.VARIANTS: plain, kv_lens, ...)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="parallel compile processes (default: the number of CPUs)")
     p.add_argument("--json", type=str, default=None, metavar="PATH", help="write the rows as JSON here")
+    p.add_argument("--prune-table", nargs="?", const="", default=None, metavar="PATH",
+                   help="instead of the report: compile the tuning candidates (configs.CANDIDATE_SPACE) and "
+                        "write those the gate passes as the arch's tile table (default "
+                        "kernels/tables/ARCH.json); groups already in the file are kept unless --kernel or "
+                        "--head-dim name them (resumable)")
     p.set_defaults(func=run)
 
 
-def row_problems(row: dict[str, Any], arch: str) -> list[str]:
-    """What the gate objects to in one row, in short labels: a compile error, spills, too much
-    shared memory, no wgmma for a 16-bit kernel with matrix products on sm_90."""
-    if row.get("error"):
-        return ["does not compile"]
-    problems = []
-    spills = row.get("spills")
-    if isinstance(spills, (int, float)) and spills > 0:
-        problems.append(f"spills {spills} B")
-    smem = row.get("shared_memory")
-    if isinstance(smem, (int, float)) and smem > SHARED_MEMORY_LIMIT[arch]:
-        problems.append(f"smem > {SHARED_MEMORY_LIMIT[arch]} B")
-    needs_wgmma = arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
-    if needs_wgmma and row.get("uses_wgmma") is False:
-        problems.append("no wgmma")
-    return problems
+def row_problems(row: dict[str, Any]) -> list[str]:
+    """The compile gate's verdict on one row (``compile_gate.problems``: the one function that
+    decides, also for ``pytest -m compile`` and the table pruning)."""
+    return _gate().problems(row)
 
 
 def _cell(value: Any) -> str:
@@ -101,13 +94,18 @@ def select(args: argparse.Namespace) -> list:
     gate = _gate()
     axes: dict[str, Any] = {}
     if args.quick:
-        axes.update(head_dims=QUICK_HEAD_DIMS, dtypes=("bfloat16",))
+        axes.update(head_dims=QUICK_HEAD_DIMS, dtypes=("bfloat16",), variants=("plain",))
     if args.head_dim:
         axes["head_dims"] = args.head_dim
     if args.dtype:
         axes["dtypes"] = args.dtype
     if args.kernel:
         axes["kernels"] = args.kernel
+    if args.variant:
+        unknown = sorted(set(args.variant) - set(gate.VARIANT_BY_NAME))
+        if unknown:
+            raise ValueError(f"--variant: unknown {unknown}; known: {sorted(gate.VARIANT_BY_NAME)}")
+        axes["variants"] = args.variant
     if args.causal != "both":
         axes["causal"] = (args.causal == "on",)
     specs = gate.specializations(**axes)
@@ -126,7 +124,7 @@ def compile_one(spec: Any, arch: str) -> dict[str, Any]:
         return dataclasses.asdict(row) if dataclasses.is_dataclass(row) else dict(vars(row))
     except Exception as exc:  # reported in the table, not a crash of the whole report
         return {"kernel": spec.kernel, "arch": arch, "head_dim": spec.head_dim, "dtype": spec.dtype,
-                "causal": spec.causal, "BLOCK_M": spec.config.block_m, "BLOCK_N": spec.config.block_n,
+                "causal": spec.causal, "variant": getattr(spec, "variant", "plain"), "BLOCK_M": spec.config.block_m, "BLOCK_N": spec.config.block_n,
                 "num_warps": spec.config.num_warps, "num_stages": spec.config.num_stages,
                 "error": f"{type(exc).__name__}: {exc}"}
 
@@ -136,12 +134,14 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if not console.is_terminal:  # logs and pipes: one line per row
-        console = Console(width=max(console.width, 160))
+        console = Console(width=max(console.width, 220))
     # Compile in this process when we can: with the interpreter on, the gate has to start a
     # fresh process per call. (If the kernels were already loaded interpreted, it does so.)
     if "triton" not in sys.modules:
         os.environ["TRITON_INTERPRET"] = "0"
 
+    if args.prune_table is not None:
+        return prune_table(args, console)
     try:
         specs = select(args)
     except (ValueError, KeyError) as err:
@@ -158,27 +158,97 @@ def run(args: argparse.Namespace) -> int:
     return _report(rows, args, seconds, console)
 
 
+def prune_table(args: argparse.Namespace, console) -> int:
+    """``--prune-table``: compile every tuning candidate of the selected groups for ``--arch``
+    and write the gate-pruned tile table (compile_gate.build_table). Exit 0 once written."""
+    import json
+    from pathlib import Path
+
+    gate = _gate()
+    from flashref.kernels import configs
+
+    path = Path(args.prune_table or configs.TABLES_DIR / f"{args.arch}.json")
+    existing = json.loads(path.read_text()) if path.exists() else None
+    if existing and existing.get("arch") != args.arch:
+        console.print(f"[red]flashref compile-report: {path} is the table of {existing.get('arch')}, "
+                      f"not {args.arch}[/]")
+        return 2
+    kernels = [k for k in (args.kernel or configs.KERNEL_NAMES) if k != "backward_delta"]
+    unknown = sorted(set(kernels) - set(configs.KERNEL_NAMES) - set(configs.DKDV_LAUNCHES))
+    if unknown:
+        console.print(f"[red]flashref compile-report: --kernel: unknown {unknown}[/]")
+        return 2
+    buckets = [b for b in configs.BUCKETS if not args.head_dim or b in args.head_dim]
+    groups = [g for g in gate.table_groups(tuple(dict.fromkeys(
+        "backward_dkdv" if k in configs.DKDV_LAUNCHES else k for k in kernels)), buckets)
+        if g[0] in kernels or g[0] in configs.DKDV_LAUNCHES and "backward_dkdv" in kernels]
+    if existing and not (args.kernel or args.head_dim):  # resume: skip the groups done
+        groups = [g for g in groups if f"{g[0]}/{g[1]}" not in existing["tables"]]
+    specs, rejected = [], {}
+    for group in groups:
+        todo, bounced = gate.prune_specs(group)
+        specs += todo
+        rejected[f"{group[0]}/{group[1]}"] = bounced
+    jobs = max(1, args.jobs or os.cpu_count() or 1)
+    console.print(f"pruning {len(groups)} group(s) for {args.arch}: {len(specs)} candidates to compile, "
+                  f"{sum(map(len, rejected.values()))} over the register file (not compiled); {jobs} process(es)")
+    t0 = time.perf_counter()
+    rows = _compile_all(specs, args.arch, jobs, console) if specs else []
+    table = gate.build_table(args.arch, rows, rejected, existing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    for key in (f"{g[0]}/{g[1]}" for g in groups):
+        kept = table["tables"].get(key, [])
+        console.print(f"{key}: {len(kept)} pass, {len(table['rejected'].get(key, []))} rejected", highlight=False)
+    console.print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _expected_cost(spec: Any) -> tuple:
+    """A sort key putting the slow compiles first (float32's FMA dots, wide heads, big tiles):
+    with few worker processes a long compile started last would idle the others."""
+    return (spec.dtype == "float32", spec.head_dim, spec.config.block_m * spec.config.block_n)
+
+
 def _compile_all(specs: list, arch: str, jobs: int, console) -> list[dict[str, Any]]:
+    """Compile every spec (``jobs`` worker processes; results in ``specs`` order). A terminal
+    gets a progress bar; a log gets a line about every 30 s, so a long report on a small
+    machine shows it is alive and how far it is. Compiled kernels land in Triton's cache
+    (``TRITON_CACHE_DIR``, default ~/.triton/cache): a rerun on unchanged kernels only reads
+    them back and measures them."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    order = sorted(range(len(specs)), key=lambda i: _expected_cost(specs[i]), reverse=True)
+    rows: list[dict[str, Any] | None] = [None] * len(specs)
+    start, last_line = time.perf_counter(), [time.perf_counter()]
+
+    def log_progress(done: int) -> None:
+        now = time.perf_counter()
+        if console.is_terminal or (now - last_line[0] < 30 and done < len(specs)):
+            return
+        last_line[0] = now
+        console.print(f"compiled {done}/{len(specs)} in {now - start:.0f} s", highlight=False)
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("compiling", total=len(specs))
         if jobs == 1:
-            rows = []
-            for spec in specs:
-                rows.append(compile_one(spec, arch))
+            for done, i in enumerate(order, 1):
+                rows[i] = compile_one(specs[i], arch)
                 progress.advance(task)
-            return rows
+                log_progress(done)
+            return rows  # type: ignore[return-value]
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # spawn: fresh interpreters that inherit TRITON_INTERPRET=0 from the environment.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(compile_one, spec, arch) for spec in specs]
-            for future in futures:
-                future.add_done_callback(lambda _: progress.advance(task))
-            return [f.result() for f in futures]
+            futures = {pool.submit(compile_one, specs[i], arch): i for i in order}
+            for done, future in enumerate(as_completed(futures), 1):
+                rows[futures[future]] = future.result()
+                progress.advance(task)
+                log_progress(done)
+    return rows  # type: ignore[return-value]
 
 
 def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float, console) -> int:
@@ -197,7 +267,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
     table.add_column("gate", no_wrap=True)
     bad = 0
     for row in rows:
-        problems = row_problems(row, args.arch)
+        problems = row_problems(row)
         bad += bool(problems)
         verdict = "[green]ok[/]" if not problems else "[red]" + escape("; ".join(problems)) + "[/]"
         table.add_row(*(_cell(row.get(c)) for c in columns), verdict)
@@ -215,7 +285,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
             "arch": args.arch,
             "environment": environment(),
             "seconds": round(seconds, 2),
-            "rows": [dict(r, problems=row_problems(r, args.arch)) for r in rows],
+            "rows": [dict(r, problems=row_problems(r)) for r in rows],
         }
         console.print(f"JSON report: {write_json(args.json, report)}")
     if bad:

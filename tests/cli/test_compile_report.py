@@ -19,6 +19,7 @@ import pytest
 from flashref.cli import main
 from flashref.commands import compile_report
 from flashref.commands.compile_report import row_problems
+from flashref.kernels import compile_gate as real_gate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,8 @@ def fake_gate(monkeypatch):
             return types.SimpleNamespace(**row_for(spec, arch, **fault))
 
         gate = types.SimpleNamespace(specializations=specializations, compile_specialization=compile_specialization,
-                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER))
+                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER),
+                                     problems=real_gate.problems, VARIANT_BY_NAME=real_gate.VARIANT_BY_NAME)
         monkeypatch.setattr(compile_report, "_gate", lambda: gate)
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # restored after the test
         return calls
@@ -86,21 +88,22 @@ def fake_gate(monkeypatch):
     [
         ({}, "sm_90", []),
         ({"spills": 64}, "sm_90", ["spills 64 B"]),
+        ({"spills": 8, "dtype": "float32", "uses_wgmma": False}, "sm_80", ["spills 8 B"]),  # no excuse
         ({"uses_wgmma": False}, "sm_90", ["no wgmma"]),
         ({"uses_wgmma": False}, "sm_80", []),  # Ampere has no wgmma
         ({"uses_wgmma": False, "dtype": "float32"}, "sm_90", []),  # exact fp32 dots use no MMA
         ({"uses_wgmma": False, "kernel": "backward_delta"}, "sm_90", []),  # no matrix product at all
-        ({"shared_memory": 200000}, "sm_80", ["smem > 166912 B"]),
+        ({"shared_memory": 200000}, "sm_80", ["smem 200000 > 166912 B"]),
         ({"spills": 8, "uses_wgmma": False}, "sm_90", ["spills 8 B", "no wgmma"]),
     ],
 )
 def test_gate_verdicts(changes, arch, problems):
     spec = Spec("forward", 128, "bfloat16", True, DEFAULT)
-    assert row_problems(row_for(spec, arch, **changes), arch) == problems
+    assert row_problems(row_for(spec, arch, **changes)) == problems
 
 
 def test_a_row_that_did_not_compile_fails():
-    assert row_problems({"kernel": "forward", "error": "RuntimeError: ptxas fatal\nmore"}, "sm_90") == [
+    assert row_problems({"kernel": "forward", "arch": "sm_90", "error": "RuntimeError: ptxas fatal\nmore"}) == [
         "does not compile"]
 
 
@@ -121,7 +124,7 @@ def test_clean_rows_print_a_table_and_exit_0(fake_gate, capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, axes, count",
     [
-        (["--quick"], dict(head_dims=(64, 128, 256), dtypes=("bfloat16",)), 2 * 3 * 1 * 2),
+        (["--quick"], dict(head_dims=(64, 128, 256), dtypes=("bfloat16",), variants=("plain",)), 2 * 3 * 1 * 2),
         (["--kernel", "forward", "--head-dim", "64", "--dtype", "float16", "--causal", "on"],
          dict(kernels=("forward",), head_dims=(64,), dtypes=("float16",), causal=(True,)), 1 * 1 * 1 * 1 * 2),
     ],
@@ -164,3 +167,62 @@ def test_one_real_specialization_compiles_for_hopper(tmp_path):
     assert (row["kernel"], row["head_dim"], row["dtype"], row["arch"]) == ("backward_delta", 64, "bfloat16", "sm_90")
     assert row["registers"] > 0 and row["shared_memory"] >= 0
     assert proc.returncode == (0 if not row["problems"] else 1), proc.stdout + proc.stderr
+
+
+def test_the_command_and_pytest_share_one_verdict(monkeypatch):
+    """`compile-report` asks compile_gate.problems (what `pytest -m compile` asserts on)."""
+    seen = []
+    monkeypatch.setattr(real_gate, "problems", lambda row: seen.append(row) or ["judged by the gate"])
+    row = {"kernel": "forward", "arch": "sm_90", "spills": 0}
+    assert row_problems(row) == ["judged by the gate"] and seen == [row]
+
+
+def test_unknown_variant_is_rejected(fake_gate, capsys):
+    fake_gate()
+    assert main(["compile-report", "--jobs", "1", "--variant", "nope"]) == 2
+    assert "unknown ['nope']" in capsys.readouterr().out
+
+
+def test_prune_table_keeps_what_the_gate_passes_and_resumes(monkeypatch, tmp_path, capsys):
+    """`--prune-table` compiles each candidate of a group once and writes those the gate
+    passes; a rerun skips the groups already in the file."""
+    compiled = []
+
+    def fake_compile_one(spec, arch):  # a 128-row tile spills, the rest is clean
+        compiled.append(spec)
+        c = spec.config
+        return dict(kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.causal,
+                    variant="plain", BLOCK_M=c.block_m, BLOCK_N=c.block_n, num_warps=c.num_warps,
+                    num_stages=c.num_stages, registers=100 + c.block_n, shared_memory=1000 * c.num_stages,
+                    spills=64 if c.block_m == 128 else 0, uses_wgmma=True, compile_seconds=0.1)
+
+    monkeypatch.setattr(compile_report, "compile_one", fake_compile_one)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    path = tmp_path / "sm_90.json"
+    argv = ["compile-report", "--arch", "sm_90", "--jobs", "1", "--prune-table", str(path)]
+    assert main([*argv, "--kernel", "backward_dq", "--head-dim", "64"]) == 0
+    table = json.loads(path.read_text())
+    assert table["schema"] == "flashref.tile-table/1" and table["arch"] == "sm_90"
+    assert list(table["tables"]) == ["backward_dq/64"]
+    kept = [e["config"] for e in table["tables"]["backward_dq/64"]]
+    assert kept and all(c["block_m"] == 64 for c in kept)
+    assert all(r["problems"] == ["spills 64 B"] for r in table["rejected"]["backward_dq/64"])
+    assert {(s.dtype, s.causal, s.head_dim) for s in compiled} == {("bfloat16", True, 64)}
+    assert len(kept) + len(table["rejected"]["backward_dq/64"]) == len(compiled) == 16
+
+    # resume over every group: backward_dq/64 is not compiled again
+    compiled.clear()
+    assert main(argv) == 0
+    table = json.loads(path.read_text())
+    assert "backward_dq/64" in table["tables"] and "backward_dk/256" in table["tables"]
+    assert not any((s.kernel, s.head_dim) == ("backward_dq", 64) for s in compiled)
+    # a candidate whose float32 tiles alone overflow the register file is never compiled
+    assert any("not compiled" in p for r in table["rejected"]["forward/256"] for p in r["problems"])
+
+
+def test_prune_table_refuses_another_archs_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"schema": "flashref.tile-table/1", "arch": "sm_80", "tables": {}}))
+    assert main(["compile-report", "--arch", "sm_90", "--prune-table", str(path)]) == 2
+    assert "table of sm_80" in capsys.readouterr().out

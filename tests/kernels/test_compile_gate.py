@@ -1,6 +1,7 @@
 """The compile gate: every kernel specialization the dispatcher can launch compiles for
-Hopper (sm_90) and Ampere (sm_80) without a GPU, without register spills, within shared
-memory, and on Hopper its matrix products use ``wgmma``.
+Hopper (sm_90) and Ampere (sm_80) without a GPU, without register spills (float32 included),
+within shared memory, and on Hopper its 16-bit matrix products use ``wgmma``. The verdict is
+``compile_gate.problems``, the same function ``flashref compile-report`` calls.
 
 CI (marker ``compile``, also under triton 3.6) compiles a representative matrix: each kernel's
 default configuration at one head dim per padded width (40 -> 64, 96 -> 128, 256), for
@@ -15,39 +16,22 @@ import pytest
 import torch
 
 from flashref.kernels.compile_gate import (
-    AMPERE_SHARED_MEMORY_LIMIT,
+    CONSTEXPR_DEFAULTS,
     DELTA_CONFIG,
-    HOPPER_SHARED_MEMORY_LIMIT,
+    VARIANTS,
     CompileRow,
     Specialization,
     compile_specializations,
     launch_names,
+    problems,
     resource_usage,
     specializations,
 )
 from flashref.kernels.configs import KERNEL_NAMES, configs_for
 
-LIMITS = {"sm_90": HOPPER_SHARED_MEMORY_LIMIT, "sm_80": AMPERE_SHARED_MEMORY_LIMIT}
-
-
-def problems(row: CompileRow) -> list[str]:
-    """What disqualifies a compiled specialization. float32 is the exact-FMA correctness path
-    (no tensor cores, see docs/kernels.md): it must compile and fit, its spills are reported
-    (printed) but not fatal; the 16-bit performance path must not spill and, on Hopper, must
-    use wgmma."""
-    found = []
-    if row.spills and row.dtype != "float32":
-        found.append(f"spills {row.spills} bytes/thread")
-    if row.shared_memory > LIMITS[row.arch]:
-        found.append(f"shared memory {row.shared_memory} > {LIMITS[row.arch]}")
-    if (row.arch == "sm_90" and row.kernel != "backward_delta" and row.dtype != "float32"
-            and not row.uses_wgmma):
-        found.append("no wgmma in the PTX")
-    return found
-
 
 def assert_clean(rows: list[CompileRow]):
-    bad = [f"{r.kernel} d={r.head_dim} {r.dtype} causal={r.causal} {r.BLOCK_M}x{r.BLOCK_N} "
+    bad = [f"{r.kernel} d={r.head_dim} {r.dtype} causal={r.causal} {r.variant} {r.BLOCK_M}x{r.BLOCK_N} "
            f"w{r.num_warps} s{r.num_stages} regs={r.registers}: {', '.join(problems(r))}"
            for r in rows if problems(r)]
     for r in rows:
@@ -120,7 +104,7 @@ def test_specializations_cover_every_table_entry():
 
 def test_the_dkdv_kernel_is_one_launch_up_to_128_and_two_at_256():
     specs = specializations(head_dims=(40, 128, 160, 256), dtypes=("bfloat16",), causal=(True,),
-                            kernels=("backward_dkdv",))
+                            kernels=("backward_dkdv",), variants=("plain",))
     assert [(s.kernel, s.head_dim) for s in specs] == [
         ("backward_dkdv", 40), ("backward_dkdv", 128), ("backward_dk", 160), ("backward_dv", 160),
         ("backward_dk", 256), ("backward_dv", 256)]
@@ -129,11 +113,42 @@ def test_the_dkdv_kernel_is_one_launch_up_to_128_and_two_at_256():
 
 
 def test_the_gate_sees_a_spill():
-    """The resource parser reads what cuobjdump prints; a row with spills is a problem."""
+    """One verdict for every dtype: a float32 spill fails like a 16-bit one."""
     row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 128, 4, 3, 255, 98304, 272, True, 1.0)
-    assert problems(row) == ["spills 272 bytes/thread"]
-    assert problems(dataclasses.replace(row, dtype="float32", uses_wgmma=False)) == []
+    assert problems(row) == ["spills 272 B"]
+    assert problems(dataclasses.replace(row, dtype="float32", uses_wgmma=False)) == ["spills 272 B"]
+    assert problems(dataclasses.replace(row, dtype="float32", uses_wgmma=False, spills=0)) == []
     assert problems(CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 230, 300000, 0,
-                               False, 1.0)) == ["shared memory 300000 > 232448", "no wgmma in the PTX"]
+                               False, 1.0)) == ["smem 300000 > 232448 B", "no wgmma"]
+    assert problems(dataclasses.replace(row, arch="sm_80", spills=0, uses_wgmma=False)) == []
+    assert problems({**row.as_dict(), "error": "ptxas fatal"}) == ["does not compile"]
     with pytest.raises(Exception):
         resource_usage(b"not a cubin")
+
+
+def test_every_variant_switch_has_an_off_value_and_every_kernel_switch_is_known():
+    """The declarative rows: a variant names known switches, and each kernel's constexprs are
+    either set by the gate (tiles, head dim, causal, precision, pass) or have an 'off' value."""
+    import inspect
+
+    from flashref.kernels.compile_gate import compilable_kernel
+
+    set_by_spec = {"HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "CAUSAL", "DOT_PRECISION", "GRADS"}
+    for variant in VARIANTS:
+        assert all(name in CONSTEXPR_DEFAULTS for name, _ in variant.constexprs), variant
+    for kernel in KERNEL_NAMES + ("backward_delta",):
+        fn = compilable_kernel(kernel)
+        fn = getattr(fn, "fn", fn)
+        constexprs = {n for n, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+        assert constexprs <= set_by_spec | set(CONSTEXPR_DEFAULTS) | {n for n in constexprs if n.startswith("stride_")}
+
+
+def test_variant_rows_are_enumerated_at_their_head_dims():
+    specs = specializations(head_dims=(40, 128), dtypes=("bfloat16",), causal=(True,), kernels=("forward",))
+    by_variant = {}
+    for spec in specs:
+        by_variant.setdefault(spec.variant, set()).add(spec.head_dim)
+    assert by_variant == {"plain": {40, 128}, **{v.name: {128} for v in VARIANTS if v.name != "plain"}}
+    specs = specializations(head_dims=(128,), dtypes=("bfloat16",), causal=(True,), kernels=("forward",),
+                            variants=("kv_lens",))
+    assert {s.variant for s in specs} == {"kv_lens"}

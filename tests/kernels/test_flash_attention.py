@@ -131,8 +131,8 @@ def test_empty_tensors_give_empty_or_masked_results(shape, seed):
 @pytest.mark.smoke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fully_masked_rows_give_zeros_minus_inf_and_zero_grads(dtype, seed):
-    # Batch 0: kv_len 0 (every row masked). Batch 1: bottom_right with Lq > Lk, the first
-    # Lq - Lk rows see no key; kv_len 30 also masks the tail keys.
+    # Batch 0: kv_len 0 (every row masked). Batch 1: bottom_right aligns the queries with the
+    # last Lq of its kv_len = 30 keys (shift 30 - Lq), so its first Lq - 30 rows see no key.
     b, hq, hkv, lq, lk, d = 2, 2, 1, 45, 33, 24
     q, k, v = randn(b, hq, lq, d, seed=seed + 10, dtype=dtype), randn(b, hkv, lk, d, seed=seed + 11, dtype=dtype), randn(
         b, hkv, lk, d, seed=seed + 12, dtype=dtype)
@@ -143,7 +143,7 @@ def test_fully_masked_rows_give_zeros_minus_inf_and_zero_grads(dtype, seed):
         out, lse, dq, dk, dv = grads(q, k, v, dout, **kw)
     for t in (out, lse, dq, dk, dv):
         assert not torch.isnan(t).any()
-    masked_rows = lq - lk  # rows i < Lq - Lk see no key in batch 1
+    masked_rows = lq - 30  # rows i < Lq - kv_lens[1] see no key in batch 1
     assert torch.all(out[0] == 0) and torch.all(lse[0] == float("-inf"))
     assert torch.all(out[1, :, :masked_rows] == 0) and torch.all(lse[1, :, :masked_rows] == float("-inf"))
     assert torch.all(lse[1, :, masked_rows:] > float("-inf"))

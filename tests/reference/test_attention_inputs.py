@@ -32,11 +32,61 @@ def test_causal_masks_by_hand(case):
 
 
 def test_kv_lens_hide_padding_per_batch_and_combine_with_causal():
+    # bottom_right aligns each row to its own length: row 1 (2 keys) has shift 2 - 3 = -1.
     mask = attention_mask(3, 4, causal=True, causal_alignment="bottom_right", kv_lens=[4, 2, 0])
     assert mask.shape == (3, 1, 3, 4)
     assert np.array_equal(mask[0, 0], [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
-    assert np.array_equal(mask[1, 0], [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+    assert np.array_equal(mask[1, 0], [[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
     assert not mask[2].any()
+    # top_left ignores the lengths for alignment: only the padding is hidden.
+    mask = attention_mask(3, 4, causal=True, kv_lens=[4, 2, 0])
+    assert np.array_equal(mask[1, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]])
+
+
+def test_issue_14_bottom_right_aligns_to_each_sequence_length():
+    # The issue's example: 3 speculative tokens against a cache of 5 in a padding of 10.
+    mask = attention_mask(3, 10, causal=True, causal_alignment="bottom_right", kv_lens=np.array([5]))
+    expected = ["1110000000", "1111000000", "1111100000"]
+    assert np.array_equal(mask[0, 0], [[c == "1" for c in row] for row in expected])
+
+
+# kv_lens[b] -> rows of the bottom_right causal mask for Lq = 4, Lk = 7, written by hand.
+# Rows with i + kv_lens[b] - Lq < 0 see no key.
+BOTTOM_RIGHT_BY_LENGTH = {
+    0: ["0000000", "0000000", "0000000", "0000000"],
+    1: ["0000000", "0000000", "0000000", "1000000"],
+    3: ["0000000", "1000000", "1100000", "1110000"],  # Lq - 1
+    4: ["1000000", "1100000", "1110000", "1111000"],  # Lq
+    7: ["1111000", "1111100", "1111110", "1111111"],  # Lk: the padded-length rule
+}
+
+
+def test_bottom_right_kv_lens_0_1_lq_minus_1_lq_lk_by_hand():
+    lens = list(BOTTOM_RIGHT_BY_LENGTH)
+    mask = attention_mask(4, 7, causal=True, causal_alignment="bottom_right", kv_lens=lens)
+    for b, n in enumerate(lens):
+        expected = [[c == "1" for c in row] for row in BOTTOM_RIGHT_BY_LENGTH[n]]
+        assert np.array_equal(mask[b, 0], expected), n
+    # Without kv_lens the shift is the padded one, Lk - Lq: the kv_lens = Lk row.
+    assert np.array_equal(
+        attention_mask(4, 7, causal=True, causal_alignment="bottom_right")[0, 0], mask[-1, 0]
+    )
+
+
+def test_bottom_right_kv_lens_empty_rows_are_zero_with_minus_inf_lse():
+    rng = np.random.default_rng()
+    q, k = rng.standard_normal((5, 2, 4, 3)), rng.standard_normal((5, 1, 7, 3))
+    v, dout = rng.standard_normal((5, 1, 7, 2)), rng.standard_normal((5, 2, 4, 2))
+    lens = list(BOTTOM_RIGHT_BY_LENGTH)
+    kw = {"causal": True, "causal_alignment": "bottom_right", "kv_lens": lens}
+    with np.errstate(all="raise"):
+        out, lse = attention_forward(q, k, v, **kw)
+        dq, dk, dv = attention_backward(q, k, v, out, lse, dout, **kw)
+    for b, n in enumerate(lens):
+        empty = [row.count("1") == 0 for row in BOTTOM_RIGHT_BY_LENGTH[n]]
+        assert np.all(lse[b][:, empty] == -np.inf) and np.all(np.isfinite(lse[b][:, ~np.array(empty)]))
+        assert not out[b][:, empty].any() and not dq[b][:, empty].any()
+    assert not dk[0].any() and not dv[0].any()  # kv_lens = 0: nothing is read
 
 
 def test_non_causal_mask_is_all_visible():

@@ -23,17 +23,21 @@ def draw(seed, *shape, dtype=torch.float32):
 
 
 def test_opcheck_forward_and_backward(seed):
-    """GQA (2 query heads per kv head), kv_lens, bottom-right causal shift, q a transposed view."""
+    """GQA (2 query heads per kv head), q a transposed view, kv_lens with the per-sequence
+    bottom-right shift, a left window, softcap, ALiBi, sinks (differentiable) and dropout."""
     q = draw(seed, 2, 5, 2, 16).transpose(1, 2).requires_grad_()  # (B, Hq, Lq, D) with BLHD strides
     k, v = (draw(seed + i, 2, 1, 7, 16).requires_grad_() for i in (1, 2))
     kv_lens = torch.tensor([7, 1 + seed % 6], dtype=torch.int32, device=DEVICE)
-    args = (q, k, v, True, 7 - 5, 0.3, kv_lens)
+    alibi, sinks = draw(seed + 3, 2).abs(), draw(seed + 4, 2).requires_grad_()
+    scalars = (True, True, 0.3, 4, -1, 2.0, 0.25, seed)  # causal, bottom_right, scale, window, softcap, dropout
+    args = (q, k, v, kv_lens, alibi, sinks, *scalars)
     results = torch.library.opcheck(torch.ops.flashref.attention_forward.default, args)
     assert set(results.values()) == {"SUCCESS"}, results
 
-    out, lse = torch.ops.flashref.attention_forward(*(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
-    dout = draw(seed + 3, 2, 2, 5, 16)
-    bargs = (q.detach(), k.detach(), v.detach(), out, lse, dout, True, 2, 0.3, kv_lens)
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out, lse = torch.ops.flashref.attention_forward(*detached)
+    dout = draw(seed + 5, 2, 2, 5, 16)
+    bargs = (*detached[:3], out, lse, dout, *detached[3:])
     results = torch.library.opcheck(torch.ops.flashref.attention_backward.default, bargs)
     assert set(results.values()) == {"SUCCESS"}, results
 
@@ -41,8 +45,11 @@ def test_opcheck_forward_and_backward(seed):
 def test_op_checks_kv_lens_values_itself():
     """Under torch.compile flash_attention cannot read kv_lens; the op checks before launching."""
     q = torch.zeros(1, 1, 3, 16, device=DEVICE)
+    scalars = (False, False, 0.25, -1, -1, 0.0, 0.0, 0)
     with pytest.raises(ValueError, match=r"kv_lens must lie in \[0, 3\]"):
-        torch.ops.flashref.attention_forward(q, q, q, False, 0, 0.25, torch.tensor([4], dtype=torch.int32))
+        torch.ops.flashref.attention_forward(q, q, q, torch.tensor([4], dtype=torch.int32), None, None, *scalars)
+    with pytest.raises(ValueError, match="sinks must be finite"):
+        torch.ops.flashref.attention_forward(q, q, q, None, None, torch.tensor([float("nan")]), *scalars)
 
 
 class TinyAttention(torch.nn.Module):

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from flashref.kernels import INTERPRETED, SDPARoutingError, sdpa_routing
+from flashref.kernels import INTERPRETED, SDPARoutingError, flash_attention, last_dropout_seed, sdpa_routing
 from flashref.kernels.sdpa_routing import Unsupported, recognise_mask
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -20,9 +20,10 @@ def visible_mask(batch, seqlen_q, seqlen_k, causal, alignment, lengths):
     """bool (B, 1, Lq, Lk), True = may attend (SDPA's convention)."""
     i = torch.arange(seqlen_q)[:, None]
     j = torch.arange(seqlen_k)[None, :]
-    mask = (j[None] < torch.tensor(lengths)[:, None, None]).expand(batch, seqlen_q, seqlen_k)
-    if causal:
-        mask = mask & (j <= i + (seqlen_k - seqlen_q if alignment == "bottom_right" else 0))
+    lengths = torch.tensor(lengths)[:, None, None]
+    mask = (j[None] < lengths).expand(batch, seqlen_q, seqlen_k)
+    if causal:  # bottom-right: the queries are the last Lq tokens of each sequence
+        mask = mask & (j <= i + (lengths - seqlen_q if alignment == "bottom_right" else 0))
     return mask[:, None]
 
 
@@ -34,8 +35,6 @@ def test_masks_that_are_causal_and_or_padding_are_recognised(data, batch, heads,
                                                              padded, form):
     lengths = [data.draw(st.integers(0, seqlen_k)) if padded else seqlen_k for _ in range(batch)]
     alignment = "bottom_right" if mode == "bottom_right" else "top_left"
-    if alignment == "bottom_right" and padded:
-        lengths = [seqlen_k] * batch  # bottom-right with padding is not expressed through a mask
     visible = visible_mask(batch, seqlen_q, seqlen_k, mode != "none", alignment, lengths)
     mask = visible
     if form.startswith("float"):
@@ -90,16 +89,26 @@ def test_unexpressible_calls_fall_back_once_warned_or_raise():
         warnings.simplefilter("always")
         for _ in range(3):
             out = F.scaled_dot_product_attention(q, q, q, attn_mask=bias)
-        F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+        F.scaled_dot_product_attention(q[None], q[None], q[None])  # rank 5
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, q, q, attn_mask=bias))
     assert routing.routed == 0 and sum(routing.fallbacks.values()) == 4
     assert len([w for w in caught if "sdpa_routing" in str(w.message)]) == 2  # once per reason
     assert "3 x additive attn_mask" in routing.summary()
-    with pytest.raises(SDPARoutingError, match="dropout_p=0.5"):
+    with pytest.raises(SDPARoutingError, match="attn_mask together with is_causal"):
         with sdpa_routing(fallback="error"):
-            F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+            F.scaled_dot_product_attention(q, q, q, attn_mask=bias, is_causal=True)
     with pytest.raises(ValueError, match="fallback"):
         sdpa_routing(fallback="silently")
+
+
+def test_dropout_routes_to_the_kernels_philox_mask(seed):
+    torch.manual_seed(seed)  # the kernels' dropout seed comes from torch's default generator
+    q, k, v = (torch.randn(1, 2, 5, 8, device=DEVICE) for _ in range(3))
+    with sdpa_routing(fallback="error") as routing:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.3, is_causal=True)
+    assert routing.routed == 1
+    want = flash_attention(q, k, v, causal=True, dropout_p=0.3, dropout_seed=last_dropout_seed())
+    assert torch.equal(out, want)
 
 
 def tiny_transformer(seed):
