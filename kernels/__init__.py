@@ -9,3 +9,6 @@ from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, la
 
 __all__ = ["flash_attention", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
            "configs_for"]
+
+from .sdpa_routing import SDPARoutingError, sdpa_routing  # noqa: E402 -- issue 12: route torch SDPA to the kernels
+__all__ += ["sdpa_routing", "SDPARoutingError"]

@@ -25,6 +25,7 @@ from .attention_backward import (
     attention_backward_dq_kernel,
 )
 from .attention_forward import attention_forward_kernel
+from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_forward / _backward
 from .tile_loads import HAS_TENSOR_DESCRIPTORS
 from .configs import (
     INTERPRETER_CONFIG,
@@ -211,7 +212,8 @@ def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
             raise ValueError(f"kv_lens must have shape ({batch},) (one length per batch), got {tuple(kv_lens.shape)}")
         if kv_lens.device != q.device:
             raise ValueError(f"kv_lens must be on q's device {q.device}, got {kv_lens.device}")
-        if batch and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > k.shape[2]):
+        # Under torch.compile a value check would break the graph; the op repeats it (library.py).
+        if batch and not torch.compiler.is_compiling() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > k.shape[2]):
             raise ValueError(f"kv_lens must lie in [0, {k.shape[2]}] (k's seqlen), got {kv_lens.tolist()}")
     if q.device.type == "cpu" and not INTERPRETED:
         raise ValueError(
@@ -247,11 +249,11 @@ def _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dro
     if alibi_slopes is not None:
         _check_float32_vector("alibi_slopes", alibi_slopes, q, ((heads_q,), (batch, heads_q)),
                               f"({heads_q},) or ({batch}, {heads_q})")
-        if not bool(torch.isfinite(alibi_slopes).all()):
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(alibi_slopes).all()):  # the op repeats it
             raise ValueError("alibi_slopes must be finite")
     if sinks is not None:
         _check_float32_vector("sinks", sinks, q, ((heads_q,),), f"({heads_q},)")
-        if not bool(torch.isfinite(sinks).all()):
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(sinks).all()):  # the op repeats it
             raise ValueError("sinks must be finite")
     if not _is_real(dropout_p):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
@@ -425,25 +427,6 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks):
     return dq, dk, dv, dsinks
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """torch.autograd wiring: forward saves (q, k, v, out, lse, ...); backward recomputes P
-    from lse (and the dropout mask from the seed). Differentiable in q, k, v and sinks."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, sinks, params, kv_lens, alibi):
-        out, lse = _forward(q, k, v, params, kv_lens, alibi, sinks)
-        ctx.save_for_backward(q, k, v, out, lse, kv_lens, alibi, sinks)
-        ctx.params = params
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, kv_lens, alibi, sinks = ctx.saved_tensors
-        dq, dk, dv, dsinks = _backward(q, k, v, out, lse, dout, ctx.params, kv_lens, alibi, sinks)
-        return dq, dk, dv, dsinks if ctx.needs_input_grad[3] else None, None, None, None
-
-
 def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softmax_scale=None,
                     kv_lens=None, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None,
                     dropout_p=0.0, dropout_seed=None, return_lse=False):
@@ -477,7 +460,8 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
     gradients. Oracle twin: ``flashref.reference.attention_forward`` / ``attention_backward``.
 
     CUDA tensors run compiled kernels; CPU tensors need ``TRITON_INTERPRET=1`` set before
-    triton is imported (Triton's interpreter).
+    triton is imported (Triton's interpreter). Works under ``torch.compile(fullgraph=True)``:
+    the launches are the ops ``torch.ops.flashref.attention_forward`` / ``attention_backward``.
     """
     _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens)
     _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed)
@@ -486,12 +470,16 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
     if dropout_p > 0:
         seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_seed is None else int(dropout_seed)
         _last_dropout_seed.set(seed)
-    params = _resolve(q, k, causal, causal_alignment, scale, kv_lens, window_size, softcap, dropout_p, seed)
     if kv_lens is not None:
         kv_lens = kv_lens.to(dtype=torch.int32).contiguous()
     if alibi_slopes is not None:
         alibi_slopes = alibi_slopes.detach().contiguous()
     if sinks is not None:
         sinks = sinks.contiguous()  # differentiable: the gradient flows back to the caller's tensor
-    out, lse = FlashAttentionFunction.apply(q, k, v, sinks, params, kv_lens, alibi_slopes)
+    # torch.ops.flashref.attention_forward (kernels/library.py): a custom op with a fake
+    # implementation and an autograd formula, so torch.compile records it without a graph break.
+    left, right = (int(w) for w in window_size)
+    out, lse = torch.ops.flashref.attention_forward(
+        q, k, v, kv_lens, alibi_slopes, sinks, causal, causal_alignment == "bottom_right", scale, left, right,
+        float(softcap), float(dropout_p), seed)
     return (out, lse) if return_lse else out

@@ -1,5 +1,10 @@
 """`flashref train`: train the NumPy Transformer on the built-in digit-reversal task.
 
+`--engine torch` trains torch.nn.Transformer instead, its attention on the Triton kernels
+(bfloat16 autocast on a GPU; float32 under Triton's interpreter on a CPU, switched on here),
+from the same initial weights and on the same batches (flashref/workflow/torch_engine.py);
+its checkpoint has the same format, so `eval` and `generate` read either engine's.
+
 Writes to --out: model.safetensors (weights, config, optimizer state, task and training
 settings), training.png (loss and validation accuracy) and history.json; ends by printing
 the test split's greedy token accuracy and sequence accuracy.
@@ -40,6 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-digits", type=int, default=10, help="longest sequence of the task")
     parser.add_argument("--num-train", type=int, default=20000)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--engine", choices=("numpy", "torch"), default="numpy",
+                        help="numpy: the NumPy Transformer (default); torch: torch.nn.Transformer with attention "
+                             "on the Triton kernels (GPU, or the CPU under Triton's interpreter)")
     parser.set_defaults(func=run)
 
 
@@ -91,10 +99,15 @@ def run(args) -> int:
     model = Seq2SeqModel(model_config, rng=np.random.default_rng(args.seed))
     print(f"model: {model.num_parameters():,} parameters; task: reverse 1-{args.max_digits} digits, "
           f"{len(task.train)} train / {len(task.val)} val / {len(task.test)} test")
-    result = train(model, task, train_config, progress=not args.no_progress, log=print)
+    if args.engine == "torch":
+        result = _train_torch(model_config, task, train_config, progress=not args.no_progress)
+        model = result.numpy_model  # the trained weights, for the test split and the checkpoint
+    else:
+        result = train(model, task, train_config, progress=not args.no_progress, log=print)
     test = evaluate(model, task.test)
     summary = {"steps": result.steps, "seconds": round(result.seconds, 1),
-               "tokens_per_second": round(result.tokens_per_second), "stopped_early": result.stopped_early}
+               "tokens_per_second": round(result.tokens_per_second), "stopped_early": result.stopped_early,
+               "engine": args.engine}
     checkpoint = save_checkpoint(out / "model.safetensors", model, result.optimizer, extra={
         "task": task_config.to_dict(), "train": train_config.to_dict(), "result": summary, "test": test,
     })
@@ -105,3 +118,23 @@ def run(args) -> int:
     print(f"test token accuracy: {test['token_accuracy']:.4f}")
     print(f"test sequence accuracy: {test['sequence_accuracy']:.4f}")
     return 0
+
+
+def _train_torch(model_config, task, train_config, *, progress: bool):
+    """The torch engine; without CUDA the kernels run under Triton's interpreter, which must be
+    switched on before triton and flashref.kernels are first imported (as `verify` does)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        if "flashref.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise SystemExit("flashref train --engine torch: the kernels were imported before the Triton "
+                             "interpreter could be switched on; set TRITON_INTERPRET=1 and rerun")
+        os.environ["TRITON_INTERPRET"] = "1"
+    from flashref.workflow.torch_engine import train_torch
+
+    where = "CUDA, bfloat16 autocast" if device == "cuda" else "CPU, float32, Triton interpreter"
+    print(f"engine: torch.nn.Transformer, attention on the Triton kernels ({where})")
+    result = train_torch(model_config, task, train_config, device=device, progress=progress, log=print)
+    print(f"{result.routed_calls} attention calls ran on the kernels")
+    return result

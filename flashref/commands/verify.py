@@ -65,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--distributed", type=int, default=None, metavar="N",
                    help="check ring attention (flashref.distributed) on N local processes instead: gloo on the "
                         "CPU, nccl with one GPU each on CUDA (docs/distributed.md)")
+    p.add_argument("--model", action="store_true",
+                   help="instead: a whole torch.nn.Transformer on the kernels vs the NumPy Transformer, output "
+                        "and every parameter gradient (flashref.model_check); --dtype, --seed, --case apply")
     p.set_defaults(func=run)
 
 
@@ -94,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
         console = Console(width=max(console.width, 140))
     device = _choose_device(args.device)
+    if args.model:  # issue 12: the whole-model check (flashref/model_check.py)
+        from flashref.model_check import run_verify_model
+
+        return run_verify_model(args, console)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
 
     if args.distributed is not None:  # ring attention on N processes (flashref.distributed.check)

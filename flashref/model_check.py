@@ -1,0 +1,318 @@
+"""A whole ``torch.nn.Transformer`` on the kernels against the NumPy Transformer (``flashref verify --model``).
+
+For one ``ModelCase`` (sizes, dtype, seed) ``check_model`` builds a ``torch.nn.Transformer``
+(encoder-decoder, batch-first, dropout 0, training mode) with seeded weights (LayerNorm
+weights and biases perturbed away from 1 and 0 so that their gradients mean something), draws
+seeded inputs, a causal target mask, right key padding on the source, the memory and the
+target (every query keeps at least one visible key), and a random cotangent for the output,
+then computes the output and EVERY parameter gradient three ways:
+
+- ``ref``: the NumPy Transformer (``flashref.reference.Transformer``) in float64, loaded with
+  the torch model's ``state_dict``;
+- ``kernel``: the torch model cast to ``dtype``, its attention on the kernels through
+  ``flashref.kernels.sdpa_routing(fallback="error")`` (so nothing silently stays on torch);
+- ``base``: the same torch model in ``dtype`` on torch's math SDPA backend.
+
+Each tensor is judged by the project's rule (``flashref.equivalence.judge``):
+``max|kernel - ref| <= factor * max|base - ref| + slack``, factor 2 for the output and 3 for
+gradients, with ``slack = u32 * max|ref|`` (one float32 rounding of the tensor's largest
+reference value: the kernels accumulate in float32, so an error that small says nothing
+against them; next to a baseline that has gone through a whole model's roundings it is
+negligible).
+
+The baseline error of one tensor is a single draw of a whole model's rounding: a gradient of
+16 elements whose max error happens to be 4x below its neighbours' would make a bound the
+kernel model (which rounds every other op the same way, on slightly different values) misses
+by chance (seen: float16, decoder norm3.bias, 1 seed in 8). So each tensor's baseline is its
+own error or its group's largest *relative* baseline error (max over the group's tensors of
+``max|base - ref| / max|ref|``) times the tensor's own scale ``max|ref|``, whichever is larger:
+still the same torch model on math SDPA in the same dtype, pooled over the tensors of one
+sublayer. The output is a group of its own. The kernel model and the baseline differ only in their attention, so the rule asks:
+does running a real model's attention on the kernels cost more accuracy than torch's own math
+attention in the same precision? GQA is not covered: ``nn.MultiheadAttention`` has no grouped
+kv heads (the kernel-level sweep covers GQA).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from flashref.equivalence import U32, TensorError, judge, max_abs_error
+
+DTYPES = ("float32", "bfloat16", "float16")
+OUT_FACTOR = 2.0
+GRAD_FACTOR = 3.0
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """``torch.nn.Transformer(d_model, nhead, encoder_layers, decoder_layers, dim_feedforward)``
+    on src (batch, src_len, d_model) and tgt (batch, tgt_len, d_model), in ``dtype``."""
+
+    dtype: str = "float32"
+    seed: int = 0
+    d_model: int = 32
+    nhead: int = 2
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    dim_feedforward: int = 64
+    batch: int = 2
+    src_len: int = 13
+    tgt_len: int = 11
+    norm_first: bool = False
+
+    _NAME = re.compile(r"transformer-e(\d+)d(\d+)-dm(\d+)-h(\d+)-ff(\d+)-b(\d+)-s(\d+)-t(\d+)-(post|pre)norm"
+                       r"-(float32|bfloat16|float16)")
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.d_model % self.nhead:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of nhead ({self.nhead})")
+
+    @property
+    def name(self) -> str:
+        return (f"transformer-e{self.encoder_layers}d{self.decoder_layers}-dm{self.d_model}-h{self.nhead}"
+                f"-ff{self.dim_feedforward}-b{self.batch}-s{self.src_len}-t{self.tgt_len}"
+                f"-{'pre' if self.norm_first else 'post'}norm-{self.dtype}")
+
+    @classmethod
+    def from_name(cls, name: str, seed: int = 0) -> "ModelCase":
+        m = cls._NAME.fullmatch(name.strip())
+        if m is None:
+            raise ValueError(f"model case name must look like 'transformer-e2d2-dm32-h2-ff64-b2-s13-t11-postnorm-"
+                             f"bfloat16', got {name!r}")
+        e, d, dm, h, ff, b, s, t = (int(g) for g in m.groups()[:8])
+        return cls(m.group(10), seed, dm, h, e, d, ff, b, s, t, m.group(9) == "pre")
+
+    def replay_command(self) -> str:
+        return f'flashref verify --model --case "{self.name}" --seed {self.seed}'
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    """One judged tensor: "output" or a parameter name, its group, and its ``TensorError``."""
+
+    name: str
+    group: str
+    error: TensorError
+
+
+@dataclass
+class ModelResult:
+    case: ModelCase
+    checks: list[TensorCheck] = field(default_factory=list)
+    routed_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.error.passed for c in self.checks)
+
+    def worst(self) -> TensorCheck:
+        return max(self.checks, key=lambda c: _ratio(c.error))
+
+
+def _ratio(error: TensorError) -> float:
+    return float("inf") if not np.isfinite(error.ratio) else error.ratio
+
+
+def parameter_group(name: str) -> str:
+    """'decoder.layers.1.multihead_attn.in_proj_weight' -> 'decoder.layers.1 cross-attention'."""
+    m = re.match(r"(encoder|decoder)\.layers\.(\d+)\.(\w+)", name)
+    if m is None:  # encoder.norm / decoder.norm
+        return "final norms"
+    block = m.group(3)
+    kind = {"self_attn": "self-attention", "multihead_attn": "cross-attention",
+            "linear1": "feed-forward", "linear2": "feed-forward"}.get(block, "norms")
+    return f"{m.group(1)}.layers.{m.group(2)} {kind}"
+
+
+@dataclass
+class _Problem:
+    """One case's weights (float64 state dict), inputs and masks, drawn from its seed."""
+
+    state: dict
+    src: torch.Tensor  # (N, S, E) float64
+    tgt: torch.Tensor  # (N, T, E) float64
+    dout: torch.Tensor  # (N, T, E) float64
+    masks: dict  # keyword arguments of nn.Transformer.forward (bool masks, True = masked)
+
+
+def _torch_model(case: ModelCase) -> torch.nn.Transformer:
+    return torch.nn.Transformer(d_model=case.d_model, nhead=case.nhead, num_encoder_layers=case.encoder_layers,
+                                num_decoder_layers=case.decoder_layers, dim_feedforward=case.dim_feedforward,
+                                dropout=0.0, batch_first=True, norm_first=case.norm_first, dtype=torch.float64)
+
+
+def _padding(gen: torch.Generator, batch: int, length: int) -> torch.Tensor:
+    """(N, L) bool, True at right padding; the first row is full, every row keeps >= 1 position."""
+    lengths = torch.randint(1, length + 1, (batch,), generator=gen)
+    lengths[0] = length
+    return torch.arange(length)[None, :] >= lengths[:, None]
+
+
+def make_problem(case: ModelCase) -> _Problem:
+    gen = torch.Generator().manual_seed(case.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(case.seed)
+        model = _torch_model(case)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for name, value in state.items():
+        if "norm" in name:  # LayerNorm: ones / zeros at init
+            value += 0.1 * torch.randn(value.shape, generator=gen, dtype=torch.float64)
+    n, s, t, e = case.batch, case.src_len, case.tgt_len, case.d_model
+    src = torch.randn(n, s, e, generator=gen, dtype=torch.float64)
+    tgt = torch.randn(n, t, e, generator=gen, dtype=torch.float64)
+    dout = torch.randn(n, t, e, generator=gen, dtype=torch.float64)
+    src_pad = _padding(gen, n, s)
+    masks = dict(tgt_mask=torch.ones(t, t, dtype=torch.bool).triu(1), src_key_padding_mask=src_pad,
+                 memory_key_padding_mask=src_pad, tgt_key_padding_mask=_padding(gen, n, t), tgt_is_causal=True)
+    return _Problem(state, src, tgt, dout, masks)
+
+
+def oracle_model(case: ModelCase, problem: _Problem) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The NumPy Transformer in float64: (output, {parameter name: gradient})."""
+    from flashref.autograd import Tensor
+    from flashref.reference import Transformer
+
+    model = Transformer(d_model=case.d_model, nhead=case.nhead, num_encoder_layers=case.encoder_layers,
+                        num_decoder_layers=case.decoder_layers, dim_feedforward=case.dim_feedforward,
+                        dropout=0.0, batch_first=True, norm_first=case.norm_first, dtype=np.float64,
+                        rng=np.random.default_rng(case.seed))
+    model.load_state_dict({k: v.numpy() for k, v in problem.state.items()})
+    masks = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in problem.masks.items()}
+    out = model(Tensor(problem.src.numpy()), Tensor(problem.tgt.numpy()), **masks)
+    out.backward(problem.dout.numpy())
+    return out.data, {name: p.grad for name, p in model.named_parameters()}
+
+
+def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, kernels: bool):
+    """The torch model in the case's dtype: attention on the kernels (``kernels=True``, every
+    SDPA call must route) or on torch's math SDPA. Returns (output, {name: gradient}, routed)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = getattr(torch, case.dtype)
+    model = _torch_model(case)
+    model.load_state_dict(problem.state)
+    model = model.to(device=device, dtype=dtype).train()
+    src, tgt, dout = (x.to(device=device, dtype=dtype) for x in (problem.src, problem.tgt, problem.dout))
+    masks = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in problem.masks.items()}
+    if kernels:
+        from flashref.kernels import sdpa_routing
+
+        context = sdpa_routing(fallback="error")
+    else:
+        context = sdpa_kernel(SDPBackend.MATH)
+    with context:
+        out = model(src, tgt, **masks)
+        out.backward(dout)
+    routed = context.routed if kernels else 0
+    return out.detach(), {name: p.grad for name, p in model.named_parameters()}, routed
+
+
+def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
+    """Judge the output and every parameter gradient of the kernel-backed model (module docstring)."""
+    start = time.perf_counter()
+    problem = make_problem(case)
+    ref_out, ref_grads = oracle_model(case, problem)
+    base_out, base_grads, _ = torch_model_run(case, problem, device, kernels=False)
+    kern_out, kern_grads, routed = torch_model_run(case, problem, device, kernels=True)
+    tensors = [("output", "output", kern_out, base_out, ref_out, OUT_FACTOR)]
+    tensors += [(name, parameter_group(name), kern_grads[name], base_grads[name], ref, GRAD_FACTOR)
+                for name, ref in ref_grads.items()]
+    # The group's baseline, relative to each tensor's scale (module docstring).
+    scale = {name: float(np.max(np.abs(ref))) if ref.size else 0.0 for name, _, _, _, ref, _ in tensors}
+    base_err = {name: max_abs_error(base, ref) for name, _, _, base, ref, _ in tensors}
+    group_rel: dict[str, float] = {}
+    for name, group, *_ in tensors:
+        if scale[name] > 0:
+            group_rel[group] = max(group_rel.get(group, 0.0), base_err[name] / scale[name])
+    checks = []
+    for name, group, kern, _, ref, factor in tensors:
+        baseline = max(base_err[name], group_rel.get(group, 0.0) * scale[name])
+        checks.append(TensorCheck(name, group, judge(max_abs_error(kern, ref), baseline, factor, U32 * scale[name])))
+    return ModelResult(case, checks, routed, time.perf_counter() - start)
+
+
+def group_tables(results: list[ModelResult], *, only_failures: bool = False):
+    """One rich Table per group (the output, then parameter groups), groups and rows worst first."""
+    from rich.table import Table
+
+    rows: dict[str, list[tuple[ModelResult, TensorCheck]]] = {}
+    for result in results:
+        for check in result.checks:
+            if only_failures and check.error.passed:
+                continue
+            rows.setdefault(check.group, []).append((result, check))
+    ordered = sorted(rows.items(), key=lambda item: -max(_ratio(c.error) for _, c in item[1]))
+    tables = []
+    for group, entries in ordered:
+        entries.sort(key=lambda rc: -_ratio(rc[1].error))
+        table = Table(title=f"{group}: {len({c.name for _, c in entries})} tensor(s)", title_justify="left")
+        for column in ("tensor", "dtype", "kernel err", "baseline err", "ratio", "bound", "result"):
+            table.add_column(column, justify="left" if column in ("tensor", "dtype", "result") else "right")
+        for result, check in entries:
+            e = check.error
+            table.add_row(check.name, result.case.dtype, f"{e.kernel:.2e}", f"{e.baseline:.2e}", f"{e.ratio:.2f}",
+                          f"{e.bound:.2e}", "[green]PASS[/]" if e.passed else "[bold red]FAIL[/]")
+        tables.append(table)
+    return tables
+
+
+def model_cases(dtypes=None, *, seed: int, **sizes) -> list[ModelCase]:
+    """One case per dtype (all three by default), all with the same seed (the same weights and inputs)."""
+    dtypes = tuple(dtypes) if dtypes else DTYPES
+    return [ModelCase(dtype=d, seed=seed, **sizes) for d in dtypes]
+
+
+def run_verify_model(args, console) -> int:
+    """``flashref verify --model``: the device is chosen (and the interpreter switched on) by the caller."""
+    import random
+
+    from rich.markup import escape
+
+    from flashref.reporting import describe_device, environment
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        if args.case:
+            cases = [ModelCase.from_name(name, seed=seed) for name in args.case]
+        else:
+            cases = model_cases(args.dtype, seed=seed)
+    except ValueError as err:
+        console.print(f"[red]flashref verify --model: {escape(str(err))}[/]")
+        return 2
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    where = describe_device(environment())
+    console.print(f"flashref verify --model: torch.nn.Transformer on the kernels vs the NumPy Transformer "
+                  f"(float64), {len(cases)} dtype(s) on {where}, seed {seed}")
+    results = []
+    for case in cases:
+        result = check_model(case, device)
+        results.append(result)
+        worst = result.worst()
+        console.print(f"  {case.name}: {len(result.checks)} tensors (output + every parameter gradient), "
+                      f"{result.routed_calls} attention calls on the kernels, worst ratio "
+                      f"{worst.error.ratio:.2f} ({worst.name}), {result.seconds:.1f} s: "
+                      + ("[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"))
+    for table in group_tables(results, only_failures=args.failures_only):
+        console.print(table)
+    console.print("ratio = kernel err / bound; PASS when kernel err <= bound = 2 x (output) or 3 x (gradients) "
+                  "baseline err + u32 max|ref|; baseline = the same torch model on torch's math SDPA in the same "
+                  "dtype (pooled over each group relative to each tensor's scale); reference = the NumPy Transformer "
+                  "in float64 with the same weights.")
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        console.print(f"[bold green]PASS[/]: {len(results)}/{len(results)} models within bounds on every tensor.")
+        return 0
+    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(results)} models out of bounds. Replay:")
+    for r in failed:
+        print(f"  {r.case.replay_command()}", flush=True)
+    return 1

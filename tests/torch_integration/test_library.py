@@ -1,0 +1,119 @@
+"""torch.ops.flashref.*: opcheck, torch.compile(fullgraph=True) without graph breaks, dynamic shapes.
+
+On a CPU the op runs the kernels under Triton's interpreter; ``torch.compile`` uses the
+``aot_eager`` backend there: it runs Dynamo and AOTAutograd (fake tensors, functionalization,
+the joint forward/backward graph and its partition), which is everything that depends on the
+op's registration. Inductor only changes how the surrounding torch ops are generated, and
+compiling them with gcc took ~100 s on the 2-core CI machine, so the Inductor run is marked
+slow (and runs on a GPU, where it is the real target).
+"""
+
+import pytest
+import torch
+
+import flashref.kernels.library  # noqa: F401 -- registers the ops
+from flashref.kernels import INTERPRETED, flash_attention
+
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
+def draw(seed, *shape, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen).to(dtype=dtype, device=DEVICE)
+
+
+def test_opcheck_forward_and_backward(seed):
+    """GQA (2 query heads per kv head), q a transposed view, kv_lens with the per-sequence
+    bottom-right shift, a left window, softcap, ALiBi, sinks (differentiable) and dropout."""
+    q = draw(seed, 2, 5, 2, 16).transpose(1, 2).requires_grad_()  # (B, Hq, Lq, D) with BLHD strides
+    k, v = (draw(seed + i, 2, 1, 7, 16).requires_grad_() for i in (1, 2))
+    kv_lens = torch.tensor([7, 1 + seed % 6], dtype=torch.int32, device=DEVICE)
+    alibi, sinks = draw(seed + 3, 2).abs(), draw(seed + 4, 2).requires_grad_()
+    scalars = (True, True, 0.3, 4, -1, 2.0, 0.25, seed)  # causal, bottom_right, scale, window, softcap, dropout
+    args = (q, k, v, kv_lens, alibi, sinks, *scalars)
+    results = torch.library.opcheck(torch.ops.flashref.attention_forward.default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out, lse = torch.ops.flashref.attention_forward(*detached)
+    dout = draw(seed + 5, 2, 2, 5, 16)
+    bargs = (*detached[:3], out, lse, dout, *detached[3:])
+    results = torch.library.opcheck(torch.ops.flashref.attention_backward.default, bargs)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def test_op_checks_kv_lens_values_itself():
+    """Under torch.compile flash_attention cannot read kv_lens; the op checks before launching."""
+    q = torch.zeros(1, 1, 3, 16, device=DEVICE)
+    scalars = (False, False, 0.25, -1, -1, 0.0, 0.0, 0)
+    with pytest.raises(ValueError, match=r"kv_lens must lie in \[0, 3\]"):
+        torch.ops.flashref.attention_forward(q, q, q, torch.tensor([4], dtype=torch.int32), None, None, *scalars)
+    with pytest.raises(ValueError, match="sinks must be finite"):
+        torch.ops.flashref.attention_forward(q, q, q, None, None, torch.tensor([float("nan")]), *scalars)
+
+
+class TinyAttention(torch.nn.Module):
+    """x (B, L, 16) -> causal self-attention on the kernels with 2 query heads and 1 kv head."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(16, 32)  # q: 2 heads x 8, k and v: 1 head x 8 each
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, x, kv_lens):
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).split((16, 8, 8), dim=-1)
+        q = q.view(b, length, 2, 8).transpose(1, 2)  # (B, 2, L, 8)
+        k, v = (t.view(b, length, 1, 8).transpose(1, 2) for t in (k, v))  # (B, 1, L, 8)
+        out = flash_attention(q, k, v, causal=True, kv_lens=kv_lens)
+        return self.proj(out.transpose(1, 2).reshape(b, length, 16))
+
+
+def _grads(model):
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_compile_fullgraph_matches_eager_and_does_not_recompile_per_length(seed):
+    torch.manual_seed(seed)
+    model = TinyAttention().to(DEVICE)
+    x, kv_lens = draw(seed, 2, 9, 16), torch.tensor([9, 1 + seed % 9], device=DEVICE)
+
+    explanation = torch._dynamo.explain(model)(x, kv_lens)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    for length in (9, 5, 13):  # one compile for every length: the sequence axis is dynamic
+        x = draw(seed + length, 2, length, 16)
+        torch._dynamo.mark_dynamic(x, 1)
+        kv_lens = torch.tensor([length, 1 + seed % length], device=DEVICE)
+        out = compiled(x, kv_lens)
+        out.square().sum().backward()
+        got = _grads(model)
+        want_out = model(x, kv_lens)
+        want_out.square().sum().backward()
+        want = _grads(model)
+        # The same ops on the same inputs: compiled and eager agree to float32 rounding.
+        torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-6)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert counter.frame_count == 1, f"recompiled: {counter.frame_count} compiles for 3 lengths"
+
+
+@pytest.mark.slow
+def test_compile_inductor(seed):
+    """The default backend (Inductor): ~100 s of gcc on a 2-core CPU, seconds on a GPU machine."""
+    torch.manual_seed(seed)
+    model = TinyAttention().to(DEVICE)
+    x, kv_lens = draw(seed, 2, 11, 16), torch.tensor([11, 1 + seed % 11], device=DEVICE)
+    out = torch.compile(model, fullgraph=True)(x, kv_lens)
+    out.square().sum().backward()
+    got = _grads(model)
+    want_out = model(x, kv_lens)
+    want_out.square().sum().backward()
+    torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
+    for g, w in zip(got, _grads(model)):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,49 @@
+"""flashref verify --model: torch.nn.Transformer on the kernels vs the NumPy Transformer in float64,
+output and every parameter gradient judged by the project's rule (small configs, interpreter)."""
+
+import pytest
+import torch
+
+from flashref import model_check
+from flashref.cli import main
+from flashref.kernels import INTERPRETED
+from flashref.model_check import ModelCase, check_model
+
+DEVICE = "cpu" if INTERPRETED else "cuda"
+SMALL = dict(d_model=16, nhead=2, encoder_layers=1, decoder_layers=1, dim_feedforward=32, batch=2, src_len=7,
+             tgt_len=5)
+
+
+def n_parameters(case):
+    return len(list(model_check._torch_model(case).parameters()))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_kernel_backed_transformer_passes_the_rule_on_output_and_every_gradient(dtype, seed):
+    result = check_model(ModelCase(dtype=dtype, seed=seed, **SMALL), DEVICE)
+    assert result.routed_calls == 3  # encoder self-, decoder self- and cross-attention
+    assert len(result.checks) == 1 + n_parameters(result.case)
+    failures = [f"{c.name}: {c.error}" for c in result.checks if not c.error.passed]
+    assert not failures, f"{result.case.replay_command()}\n" + "\n".join(failures)
+
+
+def test_verify_model_cli_prints_tables_and_replays(seed, capsys):
+    case = ModelCase(dtype="float32", seed=seed, **SMALL)
+    assert ModelCase.from_name(case.name, seed) == case
+    assert main(["verify", "--model", "--case", case.name, "--seed", str(seed)]) == 0
+    out = capsys.readouterr().out
+    assert f"{case.name}: {1 + n_parameters(case)} tensors" in out
+    assert "decoder.layers.0 cross-attention" in out and "PASS: 1/1 models" in out
+
+
+def test_the_model_check_catches_a_slightly_wrong_attention(seed, monkeypatch):
+    """A 1e-3 relative error in every attention output (float32) must fail the rule."""
+    import importlib
+
+    routing = importlib.import_module("flashref.kernels.sdpa_routing")  # the module, not the function
+
+    real = routing.flash_attention
+    monkeypatch.setattr(routing, "flash_attention", lambda *a, **kw: real(*a, **kw) * (1 + 1e-3))
+    result = check_model(ModelCase(dtype="float32", seed=seed, **SMALL), DEVICE)
+    assert not result.passed
+    assert not next(c for c in result.checks if c.name == "output").error.passed
