@@ -231,3 +231,42 @@ def test_serve_command_refuses_bad_arguments(tmp_path, capsys):
     broken.write_bytes(path.read_bytes()[:100])
     assert main(["serve", str(broken)]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(tmp_path):
+    """The same app in a real uvicorn server (a thread, port 0) whose decoder is sabotaged for
+    one request: that request gets a 500 JSON error; the next ones are served."""
+    import uvicorn
+
+    from flashref.workflow.serve import Generator, create_app
+
+    model = Seq2SeqModel(Seq2SeqConfig(d_model=4, nhead=1, num_encoder_layers=1, num_decoder_layers=1,
+                                       dim_feedforward=4, max_len=8), rng=np.random.default_rng(0))
+    generator = Generator(save_checkpoint(tmp_path / "m.safetensors", model))
+    real_generate, calls = generator.generate, []
+
+    def flaky(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("sabotaged")
+        return real_generate(*args)
+
+    generator.generate = flaky
+    server = uvicorn.Server(uvicorn.Config(create_app(generator), host="127.0.0.1", port=0, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=TIMEOUT) as client:
+            failed = client.post("/generate", json={"input": "1 2"})
+            assert failed.status_code == 500 and failed.json() == {"error": "internal error: RuntimeError"}
+            assert client.post("/generate", json={"input": "1 2"}).status_code == 200
+            assert client.get("/health").json() == {"status": "ok"}
+        assert len(calls) == 2
+    finally:
+        server.should_exit = True
+        thread.join(10)
