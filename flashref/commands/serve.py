@@ -11,7 +11,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="serve a trained checkpoint over HTTP (POST /generate)",
                                    description=__doc__)
     parser.add_argument("checkpoint", help="a model.safetensors written by `flashref train`")
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(func=run)

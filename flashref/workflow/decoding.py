@@ -118,7 +118,8 @@ class DecoderCache:
         """
         tokens = np.asarray(tokens)
         if tokens.shape != (self.batch,) or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens: expected integer ids of shape ({self.batch},), got {tokens.dtype} {tokens.shape}")
+            raise ValueError(f"tokens: expected integer ids of shape ({self.batch},), "
+                             f"got {tokens.dtype} {tokens.shape}")
         t = self.length
         if t >= self.capacity:
             raise ValueError(f"tokens: the cache holds {self.capacity} positions and is full")

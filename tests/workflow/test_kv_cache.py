@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flashref.autograd import Tensor
 from flashref.cli import main
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 from flashref.workflow.checkpoint import save_checkpoint
@@ -122,9 +123,7 @@ def test_reorder_follows_rows():
             prefix = np.concatenate([prefix, rng.integers(3, 13, size=(3, 1))], axis=1)
         rows = np.array([2, 0, 2, 1])  # a permutation with a repeat and a change of batch size
         cache.reorder(rows)
-        memory_rows = memory.data[rows]
-        from flashref.autograd import Tensor
-        full = model.decode(prefix[rows], Tensor(memory_rows), padding[rows]).data[:, -1]
+        full = model.decode(prefix[rows], Tensor(memory.data[rows]), padding[rows]).data[:, -1]
         assert rel_err(cache.step(prefix[rows, -1]), full) <= LOGIT_TOL
 
 
