@@ -95,8 +95,8 @@ class Generator:
 
     def generate(self, text: str, beam_width: int = 1, max_length: int | None = None) -> dict:
         src = self.check(text, beam_width, max_length)
-        start = time.perf_counter()
         with self.lock:  # see the module docstring: decoding flips shared state
+            start = time.perf_counter()  # decoding only, not the wait for the lock
             if beam_width == 1:
                 tokens = greedy_decode(self.model, src[None], max_new_tokens=max_length)[0]
                 hypotheses = None
@@ -105,7 +105,7 @@ class Generator:
                 tokens = list(ranked[0].tokens)
                 hypotheses = [{"output": decode_tokens(h.tokens), "log_prob": h.log_prob, "finished": h.finished}
                               for h in ranked]
-        seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - start
         answer = {
             "input": decode_tokens(src),
             "output": decode_tokens(tokens),
