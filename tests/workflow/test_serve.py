@@ -219,7 +219,7 @@ def test_concurrent_burst_is_answered_correctly(served):
     assert client.get("/health").json() == {"status": "ok"} and server.proc.poll() is None
 
 
-def test_serve_command_refuses_bad_arguments(tmp_path, capsys):
+def test_serve_command_refuses_bad_arguments(tmp_path, capsys, monkeypatch):
     assert main(["serve", str(tmp_path / "missing.safetensors"), "--port", "0"]) == 2
     assert "no such file" in capsys.readouterr().err
     model = Seq2SeqModel(Seq2SeqConfig(d_model=4, nhead=1, num_encoder_layers=1, num_decoder_layers=1,
@@ -231,6 +231,9 @@ def test_serve_command_refuses_bad_arguments(tmp_path, capsys):
     broken.write_bytes(path.read_bytes()[:100])
     assert main(["serve", str(broken)]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert main(["serve", str(path)]) == 2
+    assert "uvicorn is not installed; install the serve extra: pip install -e '.[serve]'" in capsys.readouterr().err
 
 
 def test_an_unexpected_failure_is_a_json_500_and_the_server_goes_on(tmp_path):
