@@ -85,6 +85,8 @@ class DecoderCache:
         if not isinstance(capacity, int) or not 1 <= capacity <= model.config.max_len:
             raise ValueError(f"capacity: expected an integer in [1, {model.config.max_len}] (max_len), "
                              f"got {capacity!r}")
+        if model.training:  # the step below leaves dropout out: exact only in eval mode
+            raise ValueError("model: a DecoderCache decodes in eval mode; build it under inference(model)")
         n, s, e = memory.shape
         if src_padding.shape != (n, s):
             raise ValueError(f"src_padding: expected shape ({n}, {s}) to match memory, got {src_padding.shape}")

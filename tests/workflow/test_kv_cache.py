@@ -197,6 +197,15 @@ def test_bad_cache_arguments(call, message):
             call(model, memory, src == PAD)
 
 
+def test_a_cache_needs_eval_mode():
+    model = random_model(np.random.default_rng(0), d_head=2, nhead=2, layers=1, norm_first=False, bias=True,
+                         tie=False, activation="relu").train()
+    src = np.array([[4, 5, EOS]])
+    memory = model.encode(src)
+    with pytest.raises(ValueError, match="eval mode"):
+        DecoderCache(model, memory, src == PAD, capacity=2)
+
+
 def test_a_full_cache_refuses_another_token():
     model = random_model(np.random.default_rng(0), d_head=2, nhead=2, layers=1, norm_first=False, bias=True,
                          tie=False, activation="relu")
