@@ -35,7 +35,6 @@ import numpy as np
 from flashref.autograd import Tensor, no_grad
 
 import flashref.autograd.functional as F
-from flashref.autograd import split
 from flashref.reference.seq2seq import Seq2SeqModel
 from flashref.reference.transformer import MultiheadAttention, attention_bias
 
@@ -100,10 +99,8 @@ class DecoderCache:
         self.cross_k, self.cross_v = [], []
         for layer in self.layers:
             mha: MultiheadAttention = layer.multihead_attn
-            w, b = mha.in_proj_weight, mha.in_proj_bias
-            k, v = split(F.linear(memory, w[e:], None if b is None else b[e:]), 2, axis=-1)  # (N, S, E) each
-            self.cross_k.append(_split_heads(k.data, heads))  # (N, H, S, D)
-            self.cross_v.append(_split_heads(v.data, heads))
+            self.cross_k.append(_split_heads(_in_projection(mha, memory, 1).data, heads))  # (N, H, S, D)
+            self.cross_v.append(_split_heads(_in_projection(mha, memory, 2).data, heads))
         self.tgt_padding = np.zeros((n, capacity), dtype=bool)
         self.memory_bias = attention_bias(None, src_padding, batch=n, nhead=heads, q_len=1, kv_len=s,
                                           dtype=self.dtype)  # (N, 1, 1, S)
@@ -155,7 +152,7 @@ class DecoderCache:
 
         def self_attention(h: Tensor) -> Tensor:
             mha: MultiheadAttention = layer.self_attn
-            q, k, v = split(F.linear(h, mha.in_proj_weight, mha.in_proj_bias), 3, axis=-1)  # (N, 1, E) each
+            q, k, v = (_in_projection(mha, h, part) for part in range(3))  # (N, 1, E) each
             t = self.length
             self.self_k[index][:, :, t] = _split_heads(k.data, mha.num_heads)[:, :, 0]
             self.self_v[index][:, :, t] = _split_heads(v.data, mha.num_heads)[:, :, 0]
@@ -164,8 +161,7 @@ class DecoderCache:
 
         def cross_attention(h: Tensor) -> Tensor:
             mha: MultiheadAttention = layer.multihead_attn
-            w, b, e = mha.in_proj_weight, mha.in_proj_bias, mha.embed_dim
-            q = F.linear(h, w[:e], None if b is None else b[:e])  # (N, 1, E)
+            q = _in_projection(mha, h, 0)  # (N, 1, E)
             return self._attend(mha, q, self.cross_k[index], self.cross_v[index], self.memory_bias)
 
         def feed_forward(h: Tensor) -> Tensor:
@@ -192,6 +188,14 @@ class DecoderCache:
         if out.dtype != self.dtype:
             out = out.astype(self.dtype)
         return mha.out_proj(out.transpose(0, 2, 1, 3).reshape(n, 1, e))  # (N, 1, E)
+
+
+def _in_projection(mha: MultiheadAttention, x: Tensor, part: int) -> Tensor:
+    """x (N, L, E) -> part 0/1/2 (Q/K/V) of mha's input projection, x W_part^T + b_part (N, L, E):
+    one linear on its slice of in_proj_weight, as MultiheadAttention projects."""
+    e, w, b = mha.embed_dim, mha.in_proj_weight, mha.in_proj_bias
+    rows = slice(part * e, (part + 1) * e)
+    return F.linear(x, w[rows], None if b is None else b[rows])
 
 
 def _split_heads(x: np.ndarray, heads: int) -> np.ndarray:
