@@ -1,5 +1,6 @@
 """`flashref generate CHECKPOINT "3 1 4 1 5"`: decode one digit sequence with a trained model
-(greedy by default, beam search with --beam N) and print the output digits."""
+(greedy by default, beam search with --beam N) and print the output digits. Decodes with
+the KV cache; --no-cache reruns the decoder on the whole prefix (same output)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ def register(subparsers) -> None:
     parser.add_argument("--beam", type=int, default=None, metavar="N", help="beam search with N beams")
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--verbose", action="store_true", help="print every beam with its log-probability")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="rerun the decoder on the whole prefix every step instead of using the KV cache "
+                             "(the reference the cache is checked against; same output, slower)")
     parser.set_defaults(func=run)
 
 
@@ -31,10 +35,12 @@ def run(args) -> int:
         src = np.array(source_ids(encode_digits(args.input)), dtype=np.int64)  # (S,)
         checkpoint = load_checkpoint(args.checkpoint)
         if args.beam is None:
-            tokens = greedy_decode(checkpoint.model, src[None], max_new_tokens=args.max_new_tokens)[0]
+            tokens = greedy_decode(checkpoint.model, src[None], max_new_tokens=args.max_new_tokens,
+                                   use_cache=not args.no_cache)[0]
             print(decode_tokens(tokens))
             return 0
-        hypotheses = beam_search(checkpoint.model, src, beam_size=args.beam, max_new_tokens=args.max_new_tokens)
+        hypotheses = beam_search(checkpoint.model, src, beam_size=args.beam, max_new_tokens=args.max_new_tokens,
+                                 use_cache=not args.no_cache)
     except (CheckpointError, ValueError) as err:
         print(f"flashref generate: error: {err}", file=sys.stderr)
         return 2

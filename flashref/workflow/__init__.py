@@ -8,12 +8,12 @@ imports this package.
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import ReverseTask, ReverseTaskConfig, make_reverse_task
-from .decoding import beam_search, greedy_decode
+from .decoding import DecoderCache, beam_search, greedy_decode
 from .training import TrainConfig, evaluate, train
 
 __all__ = [
     "ReverseTask", "ReverseTaskConfig", "make_reverse_task",
     "TrainConfig", "evaluate", "train",
-    "beam_search", "greedy_decode",
+    "DecoderCache", "beam_search", "greedy_decode",
     "CheckpointError", "load_checkpoint", "save_checkpoint",
 ]

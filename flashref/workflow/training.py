@@ -98,16 +98,18 @@ def make_schedule(config: TrainConfig):
     return lambda step: config.lr
 
 
-def evaluate(model: Seq2SeqModel, split: Split, *, batch_size: int = 250, max_samples: int | None = None) -> dict:
+def evaluate(model: Seq2SeqModel, split: Split, *, batch_size: int = 250, max_samples: int | None = None,
+             use_cache: bool = True) -> dict:
     """Greedy-decode `split` (or its first max_samples) -> token/sequence accuracy and
-    teacher-forced loss."""
+    teacher-forced loss. use_cache: decode with the KV cache (False: the full-prefix reference)."""
     n = len(split) if max_samples is None else min(max_samples, len(split))
     correct_tokens = total_tokens = correct_sequences = 0
     loss_sum = 0.0
     for start in range(0, n, batch_size):
         indices = np.arange(start, min(start + batch_size, n))
         batch = split.batch(indices)
-        decoded = greedy_decode(model, batch.src, max_new_tokens=batch.tgt_out.shape[1] + 2)
+        decoded = greedy_decode(model, batch.src, max_new_tokens=batch.tgt_out.shape[1] + 2,
+                                use_cache=use_cache)
         for idx, got in zip(indices, decoded):
             want = target_ids(split.sequences[idx])[1:]  # reversed digits + EOS
             hits = sum(1 for a, b in zip(got, want) if a == b)
