@@ -78,6 +78,9 @@ _FLOAT32_BY_BUCKET = {
     128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
     256: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
 }
+# At a padded head dim of 16 the 16x16 4-warp dK/dV tile left an 8-byte stack frame at 64
+# registers on sm_80 (causal); 16x32 on 4 warps is clean there on sm_80 and sm_90.
+_FLOAT32_HEAD_DIM_16 = {"backward_dkdv": (_C(16, 32, 4, 1),)}
 _TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {}
 # dK/dV at padded head dim 64: 32x64 w8 s2 spills 24 bytes on sm_80 with triton 3.6 (not 3.9);
 # a 16-row query block with one stage is clean on sm_80/sm_90 under both.
@@ -117,6 +120,8 @@ def configs_for(kernel: str, head_dim: int, dtype: torch.dtype) -> tuple[KernelC
         raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+    if dtype == torch.float32 and padded_head_dim(head_dim) == 16 and kernel in _FLOAT32_HEAD_DIM_16:
+        return _FLOAT32_HEAD_DIM_16[kernel]
     bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
     return _TABLE[(kernel, bucket, dtype == torch.float32)]
 
@@ -127,6 +132,7 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
     seen: list[KernelConfig] = []
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
+    seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
     seen.extend(c for c in CANDIDATE_SPACE.get(kernel, ()) if c not in seen)
     return [c.as_triton() for c in seen]
 
