@@ -336,6 +336,11 @@ def make_inputs(case: Case, device: str = "cpu") -> CaseInputs:
     return CaseInputs(q, k, v, dout, kv_lens, alibi_slopes, sinks, dropout_seed)
 
 
+#: The keywords of ``attention_kwargs`` that decide which keys a query sees (what
+#: ``flashref.reference.attention_mask`` takes); the others change the scores, not the mask.
+MASK_KEYWORDS = ("causal", "causal_alignment", "kv_lens", "window_size")
+
+
 def attention_kwargs(case: Case, inputs: CaseInputs) -> dict[str, Any]:
     """The attention keywords of this case, as the kernel takes them (torch tensors).
 
@@ -433,7 +438,7 @@ def baseline_attention(case: Case, inputs: CaseInputs) -> dict:
     from flashref.reference.attention_inputs import check_attention_inputs
 
     kw = _for_oracle(attention_kwargs(case, inputs))
-    mask_kw = {key: kw[key] for key in ("causal", "causal_alignment", "kv_lens", "window_size") if key in kw}
+    mask_kw = {key: kw[key] for key in MASK_KEYWORDS if key in kw}
     visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=max(case.batch, 1), **mask_kw)
     mask = torch.from_numpy(np.ascontiguousarray(visible)).to(inputs.q.device)  # (B, 1, Lq, Lk)
     spec = check_attention_inputs(inputs.q.shape, inputs.k.shape, inputs.v.shape, **kw)
@@ -538,13 +543,20 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     finite_lse = np.where(np.isfinite(lse), np.abs(lse), 0.0)[..., None]
     w = (1.0 + np.where(np.isfinite(scores), 2.0 * np.abs(scores), 0.0) + 3.0 * finite_lse
          + scale * (np.abs(q) @ abs_k.swapaxes(-1, -2)))
-    # Only rows that see a single key: elsewhere plain attention's own P carries errors of the
-    # same kind (its scores and exp round too) and the factor term covers them.
-    single = (np.isfinite(scores).sum(axis=-1, keepdims=True) == 1)
-    error_p = dropped * w * single
+    # Every row: plain attention's softmax rounds its P once or twice, the recomputation from a
+    # float32 lse rounds by u32 W; where a key's dv sums few rows (Lq = 1, a narrow window) the
+    # factor term cannot absorb the difference (a float32 row of 10 keys: dv 4x the baseline).
+    error_p = dropped * w
     carried_dv = np.minimum(reduce_kv_heads(error_p.swapaxes(-1, -2) @ np.abs(dout), group),
                             LAMBDA * np.sqrt(reduce_kv_heads((error_p**2).swapaxes(-1, -2) @ dout**2, group)))
     m_dv = m_dv + carried_dv
+    # The forward's p = exp2(S log2e - m) rounds its argument too, by u32 (1 + |S| + |lse|)
+    # relative (m ~ lse); normalisation turns those errors e_ij into sum_j P_ij e_ij (v_j - o_i).
+    error_fwd = dropped * (1.0 + np.where(np.isfinite(scores), np.abs(scores), 0.0) + finite_lse)
+    abs_out = np.abs(out)
+    m_out = m_out + np.minimum(
+        error_fwd @ abs_v + error_fwd.sum(axis=-1, keepdims=True) * abs_out,
+        LAMBDA * np.sqrt((error_fwd**2) @ v_full**2 + (error_fwd**2).sum(axis=-1, keepdims=True) * out**2))
     dprobs = dout @ v_full.swapaxes(-1, -2)
     m_dprobs = np.abs(dout) @ abs_v.swapaxes(-1, -2)
     if dropout is not None:

@@ -163,7 +163,7 @@ def test_one_real_specialization_compiles_for_hopper(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, "-m", "flashref", "compile-report", "--kernel", "backward_delta", "--head-dim", "64",
-         "--dtype", "bfloat16", "--jobs", "1", "--json", str(tmp_path / "c.json")],
+         "--dtype", "bfloat16", "--variant", "plain", "--jobs", "1", "--json", str(tmp_path / "c.json")],
         capture_output=True, text=True, env=env, timeout=600)
     report = json.loads((tmp_path / "c.json").read_text())
     (row,) = report["rows"]
