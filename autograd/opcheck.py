@@ -78,6 +78,32 @@ def _dropout_fixed_mask(x: Tensor) -> Tensor:
     return F.dropout(x, 0.3, training=True, rng=np.random.default_rng(1234))
 
 
+def _softcap(s: Tensor, cap: float = 1.5) -> Tensor:
+    # Attention's softcap (docs/attention.md): cap * tanh(s / cap), as reference/sdpa.py builds it.
+    return (s * (1.0 / cap)).tanh() * cap
+
+
+def _with_sink_column(scores: Tensor, sinks: Tensor) -> Tensor:
+    # An attention sink as reference/sdpa.py builds it: one more column per row holding the
+    # head's sink logit; softmax over Lk + 1, then the column is dropped (its value is 0).
+    batch, heads, rows, cols = scores.shape
+    column = sinks.reshape(1, heads, 1, 1) * Tensor(np.ones((batch, 1, rows, 1)))
+    return F.softmax(concatenate([scores, column], axis=-1), axis=-1)[..., :cols]
+
+
+# A window (left 1, right 0, bottom_right: Lk - Lq = 2) and ALiBi (slopes 0.5, 0.25) for
+# 3 queries and 5 keys, constants as the oracle's attention_inputs would make them.
+_I, _J = np.arange(3)[:, None] + 2, np.arange(5)[None, :]
+_WINDOW_HIDDEN = (_J < _I - 1) | (_J > _I)
+_ALIBI = -np.array([0.5, 0.25])[None, :, None, None] * np.abs(_I - _J)
+
+
+def _attention_variants(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor) -> Tensor:
+    # softcap, then the constant ALiBi bias, the window's -inf, the sink column, P V.
+    scores = _softcap((q @ k.swapaxes(-1, -2)) * 0.5) + Tensor(_ALIBI)
+    return _with_sink_column(masked_fill(scores, _WINDOW_HIDDEN, -np.inf), sinks) @ v
+
+
 _TARGETS = np.array([2, -100, 0, 4, 4, 1])
 _TARGETS_3D = np.array([[1, 3, -100], [0, 0, 2]])
 _IDS = np.array([[0, 3, 3], [1, 0, 3]])
@@ -131,6 +157,11 @@ OP_CASES: tuple[OpCase, ...] = (
     OpCase("F.cross_entropy", lambda z: F.cross_entropy(z, _TARGETS, label_smoothing=0.1), inputs(normal(6, 5))),
     OpCase("F.cross_entropy[sum,3d]", lambda z: F.cross_entropy(z, _TARGETS_3D, reduction="sum"), inputs(normal(2, 4, 3))),
     OpCase("F.cross_entropy[none]", lambda z: F.cross_entropy(z, _TARGETS, label_smoothing=0.3, reduction="none"), inputs(normal(6, 5))),
+    # attention variants' paths (reference/sdpa.py; closed forms checked in tests/reference)
+    OpCase("tanh[softcap]", _softcap, inputs(normal(3, 4))),
+    OpCase("F.softmax[sink column]", _with_sink_column, inputs(normal(2, 2, 3, 4), normal(2))),
+    OpCase("attention[softcap+alibi+window+sinks]", _attention_variants,
+           inputs(normal(1, 2, 3, 4), normal(1, 2, 5, 4), normal(1, 2, 5, 3), normal(2))),
 )
 
 

@@ -134,7 +134,7 @@ class AttentionInputs:
         i = np.arange(self.q_len)[rows][None, :, None] + self.shifts()[:, None, None]  # (B, r, 1)
         j = np.arange(self.kv_len)[cols][None, None, :]  # (1, 1, c)
         distance = np.abs(i - j).astype(np.float64)  # (B, r, c)
-        return -self.alibi_slopes[:, :, None, None] * distance[:, None]
+        return 0.0 - self.alibi_slopes[:, :, None, None] * distance[:, None]  # 0.0 - 0 = +0
 
     def dropout_keep(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray | None:
         """The keep mask's tile, bool (B, Hq, r, c); None without dropout.

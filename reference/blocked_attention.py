@@ -58,7 +58,7 @@ from .attention import (
     sink_gradient,
     sink_logits,
 )
-from .attention_inputs import AttentionInputs, as_float64, check_attention_inputs
+from .attention_inputs import as_float64, check_attention_inputs
 
 
 @dataclass(frozen=True)

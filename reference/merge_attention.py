@@ -12,6 +12,14 @@ and the same for B, then over A u B:
 because exp(S_j - lse) = exp(lse_A - lse) * exp(S_j - lse_A) for j in A. A side with
 lse = -inf (it saw no key) gets weight 0; if both are -inf the merged row is empty too:
 O = 0, lse = -inf. (Dropout commutes with this: it scales each P_j independently.)
+
+Attention sinks: a sink is one more "key" per row, logit sinks[h] and a zero value
+vector, so on its own it is the partial ``(O = 0, lse = sinks[h])``. Over a key split it
+must be counted ONCE: give ``sinks=`` to exactly one of the partial attentions (or to
+none, then merge the partial ``(0, sinks[h])`` at the end). Merging two partials that
+both carry the sink counts exp(sinks[h]) twice in the denominator, which is wrong.
+Likewise the sink's gradient ``dsinks = -sum exp(sinks - lse) D`` uses the merged lse
+and D = rowsum(dO * O) of the merged O, once.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     """Combine two partial attentions over disjoint key sets: ``(out, lse)``, float64.
 
     out_a, out_b: (..., L, Dv); lse_a, lse_b: (..., L), natural-log log-sum-exp as returned
-    by `attention_forward` (-inf for a row that saw no key).
+    by `attention_forward` (-inf for a row that saw no key). With sinks, at most one side
+    may include the sink (see the module docstring).
     """
     out_a, out_b = as_float64("out_a", out_a), as_float64("out_b", out_b)
     lse_a, lse_b = as_float64("lse_a", lse_a), as_float64("lse_b", lse_b)

@@ -80,3 +80,22 @@ def max_abs_diff(a, b) -> float:
     with np.errstate(invalid="ignore"):  # inf - inf where same_inf; those are replaced by 0
         diff = np.where(same_inf, 0.0, np.abs(a - b))
     return float(diff.max(initial=0.0))
+
+
+def plain_visible(batch, q_len, kv_len, *, causal=False, causal_alignment="top_left",
+                  kv_lens=None, window_size=(-1, -1)):  # fmt: skip
+    """The visibility rule of docs/attention.md, one (b, i, j) at a time: bool (B, Lq, Lk)."""
+    left, right = window_size
+    visible = np.zeros((batch, q_len, kv_len), dtype=bool)
+    for b in range(batch):
+        length = kv_len if kv_lens is None else int(kv_lens[b])
+        shift = 0 if causal_alignment == "top_left" else length - q_len
+        for i in range(q_len):
+            for j in range(kv_len):
+                visible[b, i, j] = (
+                    j < length
+                    and (not causal or j <= i + shift)
+                    and (left < 0 or j >= i + shift - left)
+                    and (right < 0 or j <= i + shift + right)
+                )
+    return visible

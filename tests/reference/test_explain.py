@@ -90,6 +90,62 @@ def test_empty_row_and_padding_in_the_trace():
     assert trace.to_dict()["masked_scores"][0] == [-math.inf, -math.inf]
 
 
+VARIANT_STEPS = {
+    # kwargs -> the step keys the variant adds (each a labelled step of its own)
+    "softcap": ({"softcap": 0.7}, ["softcapped_scores"]),
+    "alibi": ({"alibi_slopes": [0.25]}, ["alibi_bias", "alibi_scores"]),
+    "sinks": ({"sinks": [0.3]}, ["sink_weights"]),
+    "dropout": ({"dropout_p": 0.5, "dropout_seed": 11}, ["dropout_keep", "dropped_weights"]),
+    "window": ({"window_size": (1, 0)}, []),  # shown in the mask
+}
+
+
+@pytest.mark.parametrize("case", VARIANT_STEPS, ids=list(VARIANT_STEPS))
+def test_each_variant_is_a_labelled_step(case):
+    kwargs, added = VARIANT_STEPS[case]
+    plain = explain_attention(ARTICLE_Q, ARTICLE_K, ARTICLE_Q)
+    trace = explain_attention(ARTICLE_Q, ARTICLE_K, ARTICLE_Q, **kwargs)
+    assert [key for key in trace.keys() if key not in plain.keys()] == added
+    out, _ = attention_forward(ARTICLE_Q[None, None], ARTICLE_K[None, None], ARTICLE_Q[None, None],
+                               **{name: np.asarray(x) if isinstance(x, list) else x
+                                  for name, x in kwargs.items()})  # fmt: skip
+    assert max_abs_diff(trace["out"], out[0, 0]) <= 1e-12
+    if case == "window":
+        assert "window (left, right) = (1, 0)" in trace.format()
+        assert np.array_equal(trace["mask"], [[1, 0, 0], [1, 1, 0], [0, 1, 1]])
+    if case == "sinks":
+        assert max_abs_diff(trace["weights"].sum(axis=1) + trace["sink_weights"][:, 0], np.ones(3)) <= 1e-15
+
+
+def test_softcap_comes_before_the_bias_and_alibi_uses_the_alignment_shift():
+    bias = np.arange(9.0).reshape(3, 3)
+    trace = explain_attention(ARTICLE_Q, ARTICLE_K[:2], ARTICLE_Q[:2], softcap=0.5, attn_bias=bias[:, :2],
+                              alibi_slopes=[1.0], causal_alignment="bottom_right")  # fmt: skip
+    capped = 0.5 * np.tanh(trace["scaled_scores"] / 0.5)
+    assert max_abs_diff(trace["softcapped_scores"], capped + bias[:, :2]) <= 1e-15
+    # bottom_right, Lk - Lq = -1: query i sits at key position i - 1.
+    assert np.array_equal(trace["alibi_bias"], [[-1, -2], [0, -1], [-1, 0]])
+
+
+def test_multi_head_variant_trace_matches_the_oracle():
+    rng = fresh_rng()
+    lq, lk, d_model, heads, d_head = 4, 6, 6, 3, 2
+    x_q, x_kv = rng.standard_normal((lq, d_model)), rng.standard_normal((lk, d_model))
+    w_q, w_k, w_v = (rng.standard_normal((d_model, heads * d_head)) for _ in range(3))
+    w_o = rng.standard_normal((heads * d_head, d_model))
+    kwargs = dict(causal=True, causal_alignment="bottom_right", window_size=(2, -1), softcap=3.0,
+                  alibi_slopes=rng.uniform(0.1, 1.0, heads), sinks=rng.standard_normal(heads),
+                  dropout_p=0.3, dropout_seed=int(rng.integers(2**63)))  # fmt: skip
+    trace = explain_attention(x_q, x_kv, x_kv, w_q=w_q, w_k=w_k, w_v=w_v, w_o=w_o, num_heads=heads,
+                              kv_len=5, **kwargs)  # fmt: skip
+    split = lambda x: x.reshape(x.shape[0], heads, d_head).transpose(1, 0, 2)[None]  # noqa: E731
+    out, _, keep = attention_forward(split(x_q @ w_q), split(x_kv @ w_k), split(x_kv @ w_v),
+                                     kv_lens=[5], return_dropout_mask=True, **kwargs)  # fmt: skip
+    for h in range(heads):
+        assert max_abs_diff(trace[f"head{h}.out"], out[0, h]) <= 1e-12
+        assert np.array_equal(trace[f"head{h}.dropout_keep"], keep[0, h])  # counters use head h
+
+
 BAD = {
     "batched_q": ({"q": np.ones((1, 3, 2))}, "q: expected a"),
     "some_weights": ({"w_q": np.eye(2)}, "give all four"),
@@ -100,6 +156,10 @@ BAD = {
     "w_o_rows": (
         {"w_q": np.ones((2, 2)), "w_k": np.ones((2, 2)), "w_v": np.ones((2, 2)),
          "w_o": np.ones((3, 2))}, "w_o: expected shape"),
+    "slopes_per_head": ({"alibi_slopes": np.ones(2)}, "alibi_slopes"),
+    "sinks_per_head": ({"sinks": np.ones(3)}, "sinks"),
+    "window": ({"window_size": (-3, 0)}, "window_size"),
+    "dropout_without_seed": ({"dropout_p": 0.2}, "dropout_seed"),
 }  # fmt: skip
 
 

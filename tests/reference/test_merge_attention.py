@@ -68,3 +68,23 @@ def test_the_merge_check_can_fail():
     out_a, _ = attention_forward(q, k[:, :, :2], v[:, :, :2])
     out_b, _ = attention_forward(q, k[:, :, 2:], v[:, :, 2:])
     assert max_abs_diff((out_a + out_b) / 2, union) > 1e-3
+
+
+def test_sinks_merge_when_counted_once():
+    """A key split with sinks: the sink goes into one partial (or is merged as (0, sinks)
+    at the end); giving it to both partials counts it twice, and the check says so."""
+    rng = fresh_rng()
+    q, k, v, _ = random_attention(rng, 2, 3, 1, 5, 9, 4)
+    sinks = rng.uniform(0.0, 2.0, 3)  # weighty enough that counting it twice shows
+    union = attention_forward(q, k, v, sinks=sinks, window_size=(4, 1))
+    mask = np.broadcast_to(attention_mask(5, 9, window_size=(4, 1)), (2, 3, 5, 9))
+    a, b = slice(0, 4), slice(4, 9)
+    part = lambda cols, **kw: attention_forward(  # noqa: E731
+        q, k[:, :, cols], v[:, :, cols], attn_bias=np.where(mask[..., cols], 0.0, -np.inf), **kw)
+    once = merge_attention(*part(a, sinks=sinks), *part(b))
+    sink_lse = np.broadcast_to(sinks[None, :, None], union[1].shape)
+    at_the_end = merge_attention(*merge_attention(*part(a), *part(b)), np.zeros_like(union[0]), sink_lse)
+    for merged in (once, at_the_end):
+        assert max_abs_diff(merged[0], union[0]) <= TOL and max_abs_diff(merged[1], union[1]) <= TOL
+    twice = merge_attention(*part(a, sinks=sinks), *part(b, sinks=sinks))
+    assert max_abs_diff(twice[1], union[1]) > 1e-3

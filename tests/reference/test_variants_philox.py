@@ -132,3 +132,12 @@ def test_numpy_philox_matches_triton_bit_for_bit(case):
     kv = np.ones((batch, 1, kv_len, 2))
     _, _, oracle_keep = attention_forward(q, kv, kv, dropout_p=p, dropout_seed=seed, return_dropout_mask=True)
     assert np.array_equal(oracle_keep, keep)
+
+
+def test_the_position_counter_wraps_mod_2_to_the_32():
+    """c0 = (i * Lk + j) mod 2**32, as a kernel's 32-bit counter wraps: with Lk = 2**16,
+    query 2**16 lands on the counters of query 0."""
+    seed, shape = int(fresh_rng().integers(2**63)), (1, 2, 2**16 + 3, 2**16)
+    wrapped = dropout_keep(seed, 0.5, shape, slice(2**16, 2**16 + 3), slice(0, 64))
+    first = dropout_keep(seed, 0.5, shape, slice(0, 3), slice(0, 64))
+    assert np.array_equal(wrapped, first) and first.any() and not first.all()

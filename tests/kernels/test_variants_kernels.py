@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not INTERPRETED and not torch.cuda.is_available(
                                 reason="needs a CUDA GPU or TRITON_INTERPRET=1")
 
 BASE_SEED = int(os.environ.get("FLASHREF_SEED", secrets.randbits(31)))
-print(f"tests/kernels/test_variants*.py: base seed {BASE_SEED} (replay: FLASHREF_SEED={BASE_SEED})")
+print(f"tests/kernels/test_variants_*.py: base seed {BASE_SEED} (replay: FLASHREF_SEED={BASE_SEED})")
 
 
 # ---------------------------------------------------------------------------- the case model
