@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from flashref import __version__
-from flashref.commands import audit, bench, compile_report, evaluate, generate, train, verify
+from flashref.commands import audit, bench, compile_report, evaluate, generate, train, tune, verify
 
 # In the order `--help` lists them: the correctness gate first.
-COMMANDS = (verify, audit, compile_report, bench, train, evaluate, generate)
+COMMANDS = (verify, audit, compile_report, tune, bench, train, evaluate, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ from .configs import (
     accumulator_registers,
     candidate_configs,
     configs_for,
+    dispatcher_configs,
     dkdv_passes,
     padded_head_dim,
 )
@@ -237,13 +238,14 @@ def variant_applies(variant: Variant, kernel: str) -> bool:
 
 def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False, True),
                     kernels=KERNEL_NAMES + ("backward_delta",), variants=None,
-                    configs=None) -> list[Specialization]:
+                    configs=None, arch="sm_90") -> list[Specialization]:
     """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
     the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
     own head dims (intersected with ``head_dims``); ``configs``: a function
-    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.configs_for``, the
-    dispatcher's tables). The delta kernel has no causal or variant form and one config."""
-    configs = configs or configs_for
+    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.dispatcher_configs`` on
+    ``arch``: the default tables and the committed tuned winners for that arch). The delta
+    kernel has no causal or variant form and one config."""
+    configs = configs or (lambda kernel, d, dtype: dispatcher_configs(kernel, d, dtype, arch))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
@@ -427,7 +429,7 @@ def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:
     subprocess when this process runs Triton's interpreter)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
-    specs = specializations(**axes)
+    specs = specializations(arch=arch, **axes)
     if triton_is_interpreting():
         return _compile_in_subprocess(specs, arch)
     return [compile_specialization(spec, arch) for spec in specs]

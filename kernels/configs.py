@@ -123,14 +123,36 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
     return [c.as_triton() for c in seen]
 
 
+_FORCED: dict[str, KernelConfig] = {}
+
+
+def force_config(kernel: str, config: KernelConfig | None) -> None:
+    """Make every launch of ``kernel`` (a launch name) use ``config`` (None: back to normal).
+    `flashref tune` measures candidates this way; clear the autotuners' caches after it."""
+    if config is None:
+        _FORCED.pop(kernel, None)
+    else:
+        _FORCED[kernel] = config
+
+
 def config_pruner(kernel: str):
-    """An ``early_config_prune`` hook keeping only the table for the call's head dim and dtype."""
+    """An ``early_config_prune`` hook: a forced config (tuning), else this device's tuned
+    config for the call (``tuned_config``), else the default table for its head dim and dtype."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        wanted = configs_for(kernel, args["HEAD_DIM"], args["Q"].dtype)
-        return [c for c in configs
-                if KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+        name = kernel
+        if kernel == "backward_dkdv":
+            name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
+        q = args["Q"]
+        chosen = _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("CAUSAL")), q.device)
+        defaults = configs_for(kernel, args["HEAD_DIM"], q.dtype)
+        for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
+            kept = [c for c in configs
+                    if KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+            if kept:
+                return kept
+        raise ValueError(f"no launch configuration for {name} at head dim {args['HEAD_DIM']}")
 
     return prune
 
@@ -206,3 +228,113 @@ def tuning_configs(kernel: str, head_dim: int, arch: str) -> tuple[KernelConfig,
         entries = table["tables"].get(f"{name}/{bucket}", [])
     pruned = [KernelConfig(**e["config"]) for e in entries]
     return tuple(dict.fromkeys([*defaults, *pruned]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuned tables: what `flashref tune` measured on one device (docs/tuning.md). One JSON file per
+# (device name, compute capability, triton version) in kernels/tuned/; the dispatcher reads the
+# file of the device it runs on first and falls back to the untuned defaults otherwise.
+TUNED_DIR = Path(__file__).parent / "tuned"
+TUNED_SCHEMA = "flashref.tuned/1"
+ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80"}
+
+
+def tuned_file_name(device_name: str, capability: tuple[int, int], triton_version: str) -> str:
+    """``nvidia-h200-sm90-triton3.6.0.json``: the file a device's tuned table lives in."""
+    slug = "".join(ch if ch.isalnum() or ch == "." else "-" for ch in device_name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return f"{slug}-sm{capability[0]}{capability[1]}-triton{triton_version}.json"
+
+
+def tuned_key(kernel: str, head_dim: int, dtype: str, causal: bool) -> str:
+    """An entry's key: launch name, head-dim bucket, dtype name, causal flag."""
+    bucket = min(b for b in BUCKETS if padded_head_dim(head_dim) <= b)
+    return f"{kernel}/{bucket}/{dtype}/{'causal' if causal else 'full'}"
+
+
+def validate_tuned(table: dict) -> None:
+    """Raise ValueError unless ``table`` is a well-formed tuned table."""
+    def fail(why):
+        raise ValueError(f"not a {TUNED_SCHEMA} table: {why}")
+
+    if table.get("schema") != TUNED_SCHEMA:
+        fail(f"schema is {table.get('schema')!r}")
+    for field, kind in (("device", str), ("capability", list), ("triton", str), ("entries", dict)):
+        if not isinstance(table.get(field), kind):
+            fail(f"{field!r} must be a {kind.__name__}")
+    if len(table["capability"]) != 2 or not all(isinstance(x, int) for x in table["capability"]):
+        fail("capability must be [major, minor]")
+    for key, entry in table["entries"].items():
+        kernel, bucket, dtype, causal = (key.split("/") + [None] * 4)[:4]
+        if (kernel not in KERNEL_NAMES and kernel not in DKDV_LAUNCHES or bucket not in {str(b) for b in BUCKETS}
+                or dtype not in ("float16", "bfloat16") or causal not in ("causal", "full")):
+            fail(f"bad entry key {key!r} (kernel/bucket/dtype/causal|full)")
+        try:
+            KernelConfig(**entry["config"])
+        except (KeyError, TypeError) as err:
+            fail(f"entry {key!r}: config {entry.get('config')!r} ({err})")
+
+
+@lru_cache(maxsize=None)
+def load_tuned(device_name: str, capability: tuple[int, int], triton_version: str) -> dict | None:
+    """The committed tuned table of exactly this device, capability and triton, or None."""
+    path = TUNED_DIR / tuned_file_name(device_name, capability, triton_version)
+    if not path.exists():
+        return None
+    table = json.loads(path.read_text())
+    validate_tuned(table)
+    return table
+
+
+def tuned_config(kernel: str, head_dim: int, dtype: torch.dtype, causal: bool, device: torch.device):
+    """The tuned config for this launch on ``device`` (a CUDA device), or None: unknown
+    device, another triton, float32, or a shape group the tuning did not reach."""
+    if device.type != "cuda" or dtype == torch.float32:
+        return None
+    table = load_tuned(torch.cuda.get_device_name(device), tuple(torch.cuda.get_device_capability(device)),
+                       triton.__version__)
+    if table is None:
+        return None
+    entry = table["entries"].get(tuned_key(kernel, head_dim, str(dtype).removeprefix("torch."), causal))
+    return KernelConfig(**entry["config"]) if entry else None
+
+
+def tuned_configs_for_arch(kernel: str, head_dim: int, dtype: torch.dtype, arch: str) -> tuple[KernelConfig, ...]:
+    """Every config a committed tuned table (of any device of ``arch``) picks for this kernel,
+    head dim and dtype: specializations the dispatcher can launch, so the compile gate
+    compiles them too."""
+    if dtype == torch.float32 or not TUNED_DIR.exists():
+        return ()
+    found = []
+    for path in sorted(TUNED_DIR.glob("*.json")):
+        table = json.loads(path.read_text())
+        if ARCH_OF_CAPABILITY.get(tuple(table.get("capability", ()))) != arch:
+            continue
+        for causal in ("causal", "full"):
+            key = tuned_key(kernel, head_dim, str(dtype).removeprefix("torch."), causal == "causal")
+            if key in table.get("entries", {}):
+                found.append(KernelConfig(**table["entries"][key]["config"]))
+    return tuple(dict.fromkeys(found))
+
+
+def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str) -> tuple[KernelConfig, ...]:
+    """What the dispatcher can launch on ``arch``: the default table, then tuned winners."""
+    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
+                                *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
+
+
+def tuned_outside_tables(table: dict) -> list[str]:
+    """The entries of a tuned table whose config is neither the untuned default nor in its
+    arch's gate-pruned table (``tuning_configs``): each would launch a config that the
+    compile gate never passed. Empty for a sound table."""
+    validate_tuned(table)
+    arch = ARCH_OF_CAPABILITY.get(tuple(table["capability"]))
+    if arch is None:
+        return [f"capability {table['capability']} has no compile-gated table (sm_90, sm_80)"]
+    bad = []
+    for key, entry in table["entries"].items():
+        kernel, bucket = key.split("/")[:2]
+        if KernelConfig(**entry["config"]) not in tuning_configs(kernel, int(bucket), arch):
+            bad.append(f"{key}: {entry['config']} is not in {arch}'s gate-pruned table")
+    return bad

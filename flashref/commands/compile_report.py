@@ -108,7 +108,7 @@ def select(args: argparse.Namespace) -> list:
         axes["variants"] = args.variant
     if args.causal != "both":
         axes["causal"] = (args.causal == "on",)
-    specs = gate.specializations(**axes)
+    specs = gate.specializations(arch=args.arch, **axes)
     if args.quick:  # the untuned default: the first config of each table row
         import torch
 
@@ -153,7 +153,10 @@ def run(args: argparse.Namespace) -> int:
     jobs = max(1, args.jobs or os.cpu_count() or 1)
     console.print(f"compiling {len(specs)} specializations for {args.arch} with {jobs} process(es)")
     t0 = time.perf_counter()
-    rows = _compile_all(specs, args.arch, jobs, console)
+    stream = f"{args.json}.rows.jsonl" if args.json else None
+    if stream:
+        console.print(f"rows stream to {stream} as they compile (a run cut short keeps them)")
+    rows = _compile_all(specs, args.arch, jobs, console, stream)
     seconds = time.perf_counter() - t0
     return _report(rows, args, seconds, console)
 
@@ -210,7 +213,7 @@ def _expected_cost(spec: Any) -> tuple:
     return (spec.dtype == "float32", spec.head_dim, spec.config.block_m * spec.config.block_n)
 
 
-def _compile_all(specs: list, arch: str, jobs: int, console) -> list[dict[str, Any]]:
+def _compile_all(specs: list, arch: str, jobs: int, console, stream: str | None = None) -> list[dict[str, Any]]:
     """Compile every spec (``jobs`` worker processes; results in ``specs`` order). A terminal
     gets a progress bar; a log gets a line about every 30 s, so a long report on a small
     machine shows it is alive and how far it is. Compiled kernels land in Triton's cache
@@ -222,7 +225,14 @@ def _compile_all(specs: list, arch: str, jobs: int, console) -> list[dict[str, A
     rows: list[dict[str, Any] | None] = [None] * len(specs)
     start, last_line = time.perf_counter(), [time.perf_counter()]
 
-    def log_progress(done: int) -> None:
+    sink = open(stream, "w") if stream else None
+
+    def log_progress(done: int, row: dict[str, Any]) -> None:
+        if sink:
+            import json
+
+            sink.write(json.dumps(row) + "\n")
+            sink.flush()
         now = time.perf_counter()
         if console.is_terminal or (now - last_line[0] < 30 and done < len(specs)):
             return
@@ -236,18 +246,20 @@ def _compile_all(specs: list, arch: str, jobs: int, console) -> list[dict[str, A
             for done, i in enumerate(order, 1):
                 rows[i] = compile_one(specs[i], arch)
                 progress.advance(task)
-                log_progress(done)
-            return rows  # type: ignore[return-value]
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+                log_progress(done, rows[i])
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # spawn: fresh interpreters that inherit TRITON_INTERPRET=0 from the environment.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(compile_one, specs[i], arch): i for i in order}
-            for done, future in enumerate(as_completed(futures), 1):
-                rows[futures[future]] = future.result()
-                progress.advance(task)
-                log_progress(done)
+            # spawn: fresh interpreters that inherit TRITON_INTERPRET=0 from the environment.
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(compile_one, specs[i], arch): i for i in order}
+                for done, future in enumerate(as_completed(futures), 1):
+                    rows[futures[future]] = future.result()
+                    progress.advance(task)
+                    log_progress(done, rows[futures[future]])
+    if sink:
+        sink.close()
     return rows  # type: ignore[return-value]
 
 

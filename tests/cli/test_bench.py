@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +187,64 @@ def test_bad_arguments_are_clear_argparse_errors(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- bench/gpu_check.sh
+GPU_CHECK = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.sh"
+
+
+def run_gpu_check(tmp_path, *args, cuda=True, budget=None):
+    """Run the script with a stand-in `python3` that records each call (and says whether CUDA
+    is there): the script's structure, order and time box, without a GPU or minutes."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/bash\necho "$*" >> "$CALLS"\n'
+                    'if [ "$1" = "-" ]; then cat >/dev/null; exit "$FAKE_CUDA_RC"; fi\nexit 0\n')
+    fake.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "CALLS": str(calls), "FAKE_CUDA_RC": "0" if cuda else "3",
+           "PYTHON": str(fake), "HOME": str(tmp_path)}
+    if budget:
+        env["FLASHREF_GPU_BUDGET_S"] = str(budget)
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(GPU_CHECK), *args, str(out)], env=env, capture_output=True, text=True,
+                          timeout=60)
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    return proc, lines, out
+
+
+def test_gpu_check_runs_tests_then_tune_then_bench_within_8_minutes(tmp_path):
+    proc, calls, out = run_gpu_check(tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls[0] == "-"  # the CUDA probe
+    assert calls[1] == "-m pip install -q --no-deps --no-build-isolation -e ."
+    steps = [c.split()[1] + (" " + c.split()[2] if c.startswith("-m flashref") else "") for c in calls[2:]]
+    assert steps == ["import", "pytest", "pytest", "flashref tune", "flashref bench"], calls
+    assert "tests/kernels -m gpu" in calls[3] and "large_logits" in calls[4]
+    tune_budget = int(calls[5].split("--time-budget ")[1].split()[0])
+    bench = calls[6]
+    assert "--impl flashref,sdpa_flash,sdpa_efficient,sdpa_cudnn" in bench and f"--out {out}/bench" in bench
+    bench_budget = int(bench.split("--time-budget ")[1].split()[0])
+    # the tuner gets its cap, the sweep what is left after the tail kept for plots and listing
+    assert 0 < tune_budget <= 150 and 60 <= bench_budget <= 480 - 40
+    assert (out / "gpu_check.log").exists() and "done in" in (out / "gpu_check.log").read_text()
+
+
+def test_gpu_check_refuses_without_cuda(tmp_path):
+    proc, calls, out = run_gpu_check(tmp_path, cuda=False)
+    assert proc.returncode == 1 and "no CUDA device" in proc.stdout
+    assert calls == ["-"]
+
+
+def test_gpu_check_dry_run_touches_no_gpu(tmp_path):
+    proc, calls, out = run_gpu_check(tmp_path, "--dry-run", cuda=False)
+    assert proc.returncode == 0, proc.stdout
+    assert not any("pip install" in c for c in calls)
+    assert any(c.startswith("-m pytest") and "--collect-only" in c for c in calls)
+    assert any(c.startswith("-m flashref tune --dry-run --arch sm_90") for c in calls)
+
+
+def test_gpu_check_refuses_a_budget_its_steps_do_not_fit(tmp_path):
+    proc, calls, out = run_gpu_check(tmp_path, budget=200)
+    assert proc.returncode == 1 and "do not fit the budget of 200 s" in proc.stdout

@@ -60,6 +60,7 @@ def fake_gate(monkeypatch):
         calls = {"axes": [], "compiled": []}
 
         def specializations(**axes):
+            axes.pop("arch")
             calls["axes"].append(axes)
             axes = dict(dict(head_dims=(64, 128), dtypes=("bfloat16", "float32"), causal=(False, True),
                              kernels=("forward", "backward_dq")), **axes)
@@ -119,6 +120,8 @@ def test_clean_rows_print_a_table_and_exit_0(fake_gate, capsys, tmp_path):
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["arch"] == "sm_80" and len(report["rows"]) == 32
     assert report["rows"][0]["registers"] == 168 and report["rows"][0]["problems"] == []
+    streamed = (tmp_path / "c.json.rows.jsonl").read_text().splitlines()  # kept if a run is cut short
+    assert len(streamed) == 32 and json.loads(streamed[0])["arch"] == "sm_80"
 
 
 @pytest.mark.parametrize(
