@@ -86,9 +86,11 @@ class Variant:
 # never compile a kernel with a switch it does not know about.
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
-    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False,
+    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
+_VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+               ("DROPOUT", True))
 VARIANTS = (
     Variant("plain", head_dims=GATE_HEAD_DIMS),
     Variant("kv_lens", (("HAS_KV_LENS", True),)),
@@ -104,13 +106,17 @@ VARIANTS = (
                                                 ("DROPOUT", True))),
     Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
                                                       ("DROPOUT", True), ("SINKS", True))),  # the forward
+    # Packed sequences (issue 11, flash_attention_varlen): the prologue only; then with every variant.
+    Variant("varlen", (("VARLEN", True),)),
+    Variant("varlen_all_variants", _VARLEN_ALL),
+    Variant("varlen_all_variants_sinks", _VARLEN_ALL + (("SINKS", True),)),  # the forward and delta
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
 SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
                 "dropout_scale": "fp32", "seed": "i64"}
 POINTER_TYPES = {"Lse": "*fp32", "Delta": "*fp32", "Alibi": "*fp32", "Sinks": "*fp32", "DSinks": "*fp32",
-                 "KvLens": "*i32"}
+                 "KvLens": "*i32", "CuSeqQ": "*i32", "CuSeqK": "*i32"}
 
 _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _KERNEL_SYMBOLS = {
@@ -253,8 +259,8 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             if d not in variant.head_dims:
                 continue
             if kernel == "backward_delta":
-                # Its one switch is SINKS (the dsinks partial sums); plain or the sinks row.
-                if variant.name == "plain" or variant.name == "sinks":
+                # Its switches are SINKS (the dsinks partial sums) and VARLEN (packed rows).
+                if variant.name in ("plain", "sinks", "varlen", "varlen_all_variants_sinks"):
                     specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG, variant.name))
                 continue
             if not variant_applies(variant, kernel):
