@@ -48,6 +48,7 @@ from .attention_forward import (
     window_key_ranges,
 )
 from .rounding import to_dot_operand, to_output
+from .tile_loads import load_rows, rows_descriptor
 
 
 @triton.jit
@@ -117,7 +118,7 @@ def _dkdv_query_blocks(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
     GRADS: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
     (``GRADS``: "dkdv", "dk" or "dv"; the other accumulator is returned untouched).
@@ -135,10 +136,14 @@ def _dkdv_query_blocks(
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
         # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D).
-        qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
-        do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
-        qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if TMA:  # q_base, do_base are tensor descriptors: zero past Lq and HEAD_DIM
+            qt = tl.trans(load_rows(q_base, start_m))
+            do = load_rows(do_base, start_m)
+        else:
+            qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
+            do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
+            qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
         lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if UPCAST:
@@ -197,7 +202,7 @@ def attention_backward_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
@@ -226,6 +231,12 @@ def attention_backward_dkdv_kernel(
     if VARLEN:
         q_start, k_start, seqlen_q, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
         seqlen_k_rows = seqlen_k_visible
+        # Move the query-side pointers to the sequence's first row once: nothing per-sequence
+        # stays live across the loops but total_q (registers are tight at head dim 128+).
+        Q += q_start.to(tl.int64) * stride_qm
+        DOut += q_start.to(tl.int64) * stride_dom
+        Lse += q_start
+        Delta += q_start
     if SHIFT_KV_LEN:
         kv_shift = seqlen_k_visible
         if VARLEN:
@@ -290,11 +301,12 @@ def attention_backward_dkdv_kernel(
         h = h_kv * group_size + g
         q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        if TMA:  # this head's Q and dO through tensor descriptors (kernels/tile_loads.py)
+            q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+            do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
         row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
         if VARLEN:
-            q_base += q_start.to(tl.int64) * stride_qm
-            do_base += q_start.to(tl.int64) * stride_dom
-            row_base = h.to(tl.int64) * total_q + q_start
+            row_base = h.to(tl.int64) * total_q  # Lse, Delta (Hq, total_q); Q, dO, Lse, Delta pre-offset
         alibi_slope = 0.0
         if ALIBI:
             alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
@@ -306,7 +318,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
@@ -314,7 +326,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         if WINDOW:
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
@@ -323,7 +335,7 @@ def attention_backward_dkdv_kernel(
                 window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
                 seqlen_k, dropout_p, dropout_scale,
                 HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -350,24 +362,30 @@ def _dq_key_blocks(
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
-    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K."""
+    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K.
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n_base
-        kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
-        if MASKED:
-            key_ok = keys < seqlen_k_visible
-            kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            kt = tl.load(kt_ptrs)
-            vt = tl.load(vt_ptrs)
+        if TMA:  # bulk copies, zero past kv_len and HEAD_DIM
+            kt = tl.trans(load_rows(k_base, start_n))
+            vt = tl.trans(load_rows(v_base, start_n))
         else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+            kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
+            vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
+            if MASKED:
+                key_ok = keys < seqlen_k_visible
+                kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+            elif HEAD_DIM == BLOCK_D:
+                kt = tl.load(kt_ptrs)
+                vt = tl.load(vt_ptrs)
+            else:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
@@ -413,7 +431,7 @@ def attention_backward_dq_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
     DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
@@ -460,8 +478,13 @@ def attention_backward_dq_kernel(
         dq_base += q_start.to(tl.int64) * stride_dqm
         k_base += k_start.to(tl.int64) * stride_kn
         v_base += k_start.to(tl.int64) * stride_vn
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask, other=0.0)
+    if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
+        q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
+        do = load_rows(rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
+    else:
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask,
+                     other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -469,6 +492,9 @@ def attention_backward_dq_kernel(
     delta = tl.load(Delta + lse_row + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
+    if TMA:
+        k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
     if VARLEN:
         hi = tl.where(start_m < seqlen_q, hi, 0)  # a block past the sequence's end: no work
@@ -481,20 +507,20 @@ def attention_backward_dq_kernel(
             offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
             window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
             HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         lo = a
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
         HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

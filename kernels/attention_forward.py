@@ -48,6 +48,7 @@ import triton.language as tl
 from triton.language.random import philox, uint_to_uniform_float
 
 from .rounding import to_dot_operand, to_output
+from .tile_loads import load_rows, rows_descriptor
 
 LOG2E = 1.4426950408889634
 _LOG2E_K = tl.constexpr(LOG2E)  # the same, readable inside @triton.jit functions
@@ -138,25 +139,31 @@ def _forward_key_blocks(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
-    """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block."""
+    """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block.
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n
         # k^T tile (BLOCK_D, BLOCK_N) and v tile (BLOCK_N, BLOCK_D).
-        kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + keys[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        if MASKED:
-            key_ok = keys < seqlen_k_visible
-            kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            kt = tl.load(kt_ptrs)
-            v = tl.load(v_ptrs)
+        if TMA:  # bulk copies, zero past kv_len and HEAD_DIM (the masks below)
+            kt = tl.trans(load_rows(k_base, start_n))
+            v = load_rows(v_base, start_n)
         else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
+            v_ptrs = v_base + keys[:, None] * stride_vn + offs_d[None, :] * stride_vd
+            if MASKED:
+                key_ok = keys < seqlen_k_visible
+                kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+            elif HEAD_DIM == BLOCK_D:
+                kt = tl.load(kt_ptrs)
+                v = tl.load(v_ptrs)
+            else:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) float32
@@ -208,7 +215,8 @@ def attention_forward_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr,
+    ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
+    VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """out, lse for one (query block, batch x head).
 
@@ -231,6 +239,8 @@ def attention_forward_kernel(
     ``DOT_PRECISION``: ``FLOAT32_DOT_PRECISION`` ("ieee", exact float32 FMA dots) for float32
     inputs, since plain tf32 would be far worse than the float32 baseline (see
     kernels/flash_attention.py); "tf32" otherwise, which 16-bit inputs ignore.
+    ``TMA``: Q, K, V tiles come through tensor descriptors (Hopper's bulk copies; the host
+    checks the strides, kernels/tile_loads.py); same math, same masks.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -273,8 +283,14 @@ def attention_forward_kernel(
         o_base += q_start.to(tl.int64) * stride_om
         k_base += k_start.to(tl.int64) * stride_kn
         v_base += k_start.to(tl.int64) * stride_vn
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if TMA:
+        q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
+        # From here on k_base, v_base are descriptors; keys past kv_len load as zeros.
+        k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
+    else:
+        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
 
@@ -300,18 +316,18 @@ def attention_forward_kernel(
             acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
             offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
             window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
-            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         lo = a
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT)
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     seen = l_i > 0.0

@@ -79,6 +79,12 @@ class Variant:
     name: str
     constexprs: tuple[tuple[str, Any], ...] = ()
     head_dims: tuple[int, ...] = BUCKET_HEAD_DIMS
+    archs: tuple[str, ...] = tuple(ARCHS)  # where the dispatcher can pick it
+    dtypes: tuple[str, ...] = GATE_DTYPES
+
+    @property
+    def uses_tma(self) -> bool:
+        return ("TMA", True) in self.constexprs
 
 
 # The value each feature switch takes in the plain kernel. A kernel constexpr that is neither
@@ -86,7 +92,7 @@ class Variant:
 # never compile a kernel with a switch it does not know about.
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
-    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False,
+    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False, "TMA": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
 _VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
@@ -110,6 +116,12 @@ VARIANTS = (
     Variant("varlen", (("VARLEN", True),)),
     Variant("varlen_all_variants", _VARLEN_ALL),
     Variant("varlen_all_variants_sinks", _VARLEN_ALL + (("SINKS", True),)),  # the forward and delta
+)
+# The Hopper path (kernels/tile_loads.py): tiles through tensor descriptors. The dispatcher
+# takes it on sm_90 for 16-bit inputs only; its rows must show TMA bulk copies and wgmma.
+VARIANTS += (
+    Variant("tma", (("TMA", True),), head_dims=GATE_HEAD_DIMS, archs=("sm_90",), dtypes=WGMMA_DTYPES),
+    Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
@@ -181,7 +193,9 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
       is a correctness path, not an excused one;
     - "smem N > LIMIT B": more dynamic shared memory than one program may have on the arch;
     - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
-      warpgroup MMA (it would run on the slower mma.sync path).
+      warpgroup MMA (it would run on the slower mma.sync path);
+    - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 whose PTX has no
+      ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads).
     """
     row = row.as_dict() if isinstance(row, CompileRow) else row
     if row.get("error"):
@@ -196,6 +210,9 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
             and not row.get("uses_wgmma")):
         found.append("no wgmma")
+    variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
+    if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
+        found.append("no TMA")
     return found
 
 
@@ -255,8 +272,10 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
+        if arch not in variant.archs:
+            continue
         for kernel, d, dt in product(kernels, head_dims, dtypes):
-            if d not in variant.head_dims:
+            if d not in variant.head_dims or dt not in variant.dtypes:
                 continue
             if kernel == "backward_delta":
                 # Its switches are SINKS (the dsinks partial sums) and VARLEN (packed rows).

@@ -25,6 +25,7 @@ from .attention_backward import (
     attention_backward_dq_kernel,
 )
 from .attention_forward import attention_forward_kernel
+from .tile_loads import HAS_TENSOR_DESCRIPTORS
 from .configs import (
     INTERPRETER_CONFIG,
     MAX_HEAD_DIM,
@@ -53,6 +54,54 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 #: ``@triton.jit`` runs, i.e. when this package is first imported): they then run on CPU
 #: tensors, program after program, with NumPy.
 INTERPRETED = isinstance(attention_forward_kernel, InterpretedFunction)
+
+#: The Hopper path (kernels/tile_loads.py): "auto" takes it where ``_tma_ok`` allows (compiled
+#: kernels on a capability-9 device), "on" also under the interpreter (tests check its numerics
+#: there), "off" never.
+_tma_mode = contextvars.ContextVar("flashref_tma_mode", default="auto")
+
+
+@contextlib.contextmanager
+def tensor_descriptors(mode: str):
+    """Within this block the forward's Hopper path is ``mode``: "auto", "on" or "off"."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"mode must be 'auto', 'on' or 'off', got {mode!r}")
+    token = _tma_mode.set(mode)
+    try:
+        yield
+    finally:
+        _tma_mode.reset(token)
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the forward loads its tiles through tensor descriptors (TMA): the triton has
+    them, inputs are 16-bit, and each tensor's last stride is 1 and its base and other strides
+    are 16-byte aligned (the copy engine's rules); on a GPU, one of compute capability 9.x."""
+    mode = _tma_mode.get()
+    if mode == "off" or not HAS_TENSOR_DESCRIPTORS or tensors[0].dtype == torch.float32:
+        return False
+    size = tensors[0].element_size()
+    for t in tensors:
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    if INTERPRETED:
+        return mode == "on"
+    if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] != 9:
+        return False
+    _install_descriptor_allocator()
+    return True
+
+
+def _install_descriptor_allocator() -> None:
+    """Descriptors made inside a kernel live in a global-memory scratch buffer that triton
+    asks the host for (``triton.set_allocator``); torch's caching allocator provides it."""
+    global _ALLOCATOR_SET
+    if not _ALLOCATOR_SET:
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device="cuda", dtype=torch.int8))
+        _ALLOCATOR_SET = True
+
+
+_ALLOCATOR_SET = False
 
 _poison_outputs = contextvars.ContextVar("flashref_poison_outputs", default=False)
 _last_dropout_seed = contextvars.ContextVar("flashref_last_dropout_seed", default=None)
@@ -349,7 +398,8 @@ def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks, varlen: Varlen | N
             _alibi_batch_stride(alibi),
             heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
             *_variant_scalars(params))
-    meta = dict(_meta(q, params, kv_lens, alibi, varlen), SINKS=sinks is not None)
+    meta = dict(_meta(q, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
+                TMA=varlen is None and _tma_ok(q, k, v))
     if INTERPRETED:
         grid = (triton.cdiv(grid_q, INTERPRETER_CONFIG.block_m), batch * heads_q)
         attention_forward_kernel[grid](*args, **meta, **_fixed(INTERPRETER_CONFIG))
@@ -388,7 +438,7 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks, v
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = _meta(q, params, kv_lens, alibi, varlen)
+    meta = dict(_meta(q, params, kv_lens, alibi, varlen), TMA=varlen is None and _tma_ok(q, k, v, dout))
     cu = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
     qkv_strides = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
     tail = (*_variant_scalars(params),)
