@@ -1,18 +1,19 @@
 """Turning equivalence results into what people and CI systems read.
 
-One verify run produces a list of `CaseOutcome`s (one per configuration). From
-them this module renders:
+One verify run produces a list of `flashref.equivalence.CaseResult`s (one per
+configuration; the one result model of the gate). From them this module renders:
 
 - a rich table for the terminal: one row per (configuration, tensor), with the
   kernel's max error against the float64 oracle, the same-dtype baseline's max
-  error, their ratio, the bound of the FlashAttention rule and PASS/FAIL;
+  error, the slack, the bound of the rule, ratio = kernel / bound and PASS/FAIL;
 - a JSON report (`schema: flashref.verify/1`) with the versions of flashref,
   torch, triton, numpy and the device, every configuration and every number;
 - a JUnit XML file (one <testcase> per configuration) that CI systems display.
 
-The rule itself lives in `flashref.equivalence`; a tensor passes when
-    max|kernel - ref| <= factor * max|baseline - ref| + 1e-5
-(factor 2 for `out`, 3 for the gradients). This module only reports it.
+The rule itself lives in `flashref.equivalence` (docs/design.md); a tensor passes when
+    max|kernel - ref| <= factor * max|baseline - ref| + slack
+(factor 2 for `out`, 3 for the gradients; slack derived from float32 rounding on the
+problem's own magnitudes). This module only reports it.
 """
 
 from __future__ import annotations
@@ -32,96 +33,7 @@ from typing import Any, Iterable, Mapping
 from rich.markup import escape
 from rich.table import Table
 
-TENSORS = ("out", "dq", "dk", "dv")
-VERIFY_SCHEMA = "flashref.verify/1"
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorError:
-    """Max absolute errors of one tensor (out, dq, dk or dv) against the float64 oracle.
-
-    `bound = factor * baseline + 1e-5`; the tensor passes when `kernel <= bound`.
-    """
-
-    kernel: float
-    baseline: float
-    bound: float
-
-    @property
-    def ratio(self) -> float:
-        """kernel / baseline: how many times the plain same-dtype attention's error (inf if that is 0)."""
-        if self.baseline == 0.0:
-            return 0.0 if self.kernel == 0.0 else math.inf
-        return self.kernel / self.baseline
-
-    @property
-    def margin(self) -> float:
-        """kernel / bound: passes iff <= 1."""
-        return self.kernel / self.bound
-
-    @property
-    def passed(self) -> bool:
-        # NaN compares False, so a NaN error fails as it must.
-        return bool(self.kernel <= self.bound)
-
-
-@dataclasses.dataclass(frozen=True)
-class CaseOutcome:
-    """What one configuration of the sweep produced, in plain data.
-
-    Either `errors` holds the per-tensor errors (and `passed` the verdict), or
-    the check itself raised and `exception` holds its one-line description (a
-    case that raised never passes).
-    """
-
-    name: str
-    config: Mapping[str, Any]
-    replay: str
-    passed: bool
-    seconds: float
-    errors: Mapping[str, TensorError]
-    exception: str | None = None
-
-    @classmethod
-    def from_result(cls, result: Any) -> "CaseOutcome":
-        """From a `flashref.equivalence.CaseResult`."""
-        case = result.case
-        errors = {
-            tensor: TensorError(kernel=float(err.kernel), baseline=float(err.baseline), bound=float(err.bound))
-            for tensor, err in result.errors.items()
-        }
-        return cls(
-            name=case.name,
-            config=_case_config(case),
-            replay=case.replay_command(),
-            passed=bool(result.passed),
-            seconds=float(result.seconds),
-            errors=errors,
-        )
-
-    @classmethod
-    def from_exception(cls, case: Any, exc: BaseException, seconds: float) -> "CaseOutcome":
-        """A case whose check raised: recorded as a failure, never hidden."""
-        return cls(
-            name=case.name,
-            config=_case_config(case),
-            replay=case.replay_command(),
-            passed=False,
-            seconds=float(seconds),
-            errors={},
-            exception=f"{type(exc).__name__}: {exc}".strip(),
-        )
-
-    def failure_summary(self) -> str:
-        """One line saying why the case failed ('' when it passed)."""
-        if self.exception is not None:
-            return f"raised {self.exception.splitlines()[0]}"
-        bad = [
-            f"{t}: kernel err {e.kernel:.3g} > bound {e.bound:.3g} (baseline {e.baseline:.3g})"
-            for t, e in self.errors.items()
-            if not e.passed
-        ]
-        return "; ".join(bad)
+VERIFY_SCHEMA = "flashref.verify/2"
 
 
 def _case_config(case: Any) -> dict[str, Any]:
@@ -210,13 +122,14 @@ def _fmt(x: float) -> str:
     return f"{x:.2e}"
 
 
-def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False) -> Table:
+def verify_table(outcomes: Iterable[Any], *, only_failures: bool = False) -> Table:
     """One row per (configuration, tensor); the configuration is named on its first row."""
     table = Table(
         title="kernel vs float64 oracle: max |error| of out and each gradient",
         title_justify="left",
-        caption=("baseline = plain attention in the kernel's dtype; ratio = kernel err / baseline err; "
-                 "PASS when kernel err <= bound = 2 x (out) or 3 x (dq, dk, dv) baseline err + 1e-5"),
+        caption=("baseline = plain attention in the kernel's dtype; bound = 2 x (out) or 3 x (dq, dk, dv) "
+                 "baseline err + slack (float32 rounding on this problem, docs/design.md); "
+                 "ratio = kernel err / bound, PASS when <= 1"),
         caption_justify="left",
         show_lines=False,
     )
@@ -224,14 +137,15 @@ def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False
     table.add_column("tensor")
     table.add_column("kernel err", justify="right")
     table.add_column("baseline err", justify="right")
-    table.add_column("ratio", justify="right")
+    table.add_column("slack", justify="right")
     table.add_column("bound", justify="right")
+    table.add_column("ratio", justify="right")
     table.add_column("result")
     for outcome in outcomes:
         if only_failures and outcome.passed:
             continue
         if outcome.exception is not None:
-            table.add_row(escape(outcome.name), "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
+            table.add_row(escape(outcome.name), "-", "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
             continue
         items = list(outcome.errors.items())
         for i, (tensor, err) in enumerate(items):
@@ -240,9 +154,10 @@ def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False
                 escape(outcome.name) if i == 0 else "",
                 tensor,
                 _fmt(err.kernel),
-                _fmt(err.baseline),
-                f"{err.ratio:.2f}" if err.ratio < 1000 else _fmt(err.ratio),
+                _fmt(err.baseline) + ("" if err.baseline_ok else " [bold red](> ceiling)[/]"),
+                _fmt(err.slack),
                 _fmt(err.bound),
+                f"{err.ratio:.2f}" if err.ratio < 1000 else _fmt(err.ratio),
                 verdict,
                 end_section=i == len(items) - 1,
             )
@@ -253,7 +168,7 @@ def verify_table(outcomes: Iterable[CaseOutcome], *, only_failures: bool = False
 
 
 def verify_report(
-    outcomes: list[CaseOutcome],
+    outcomes: list[Any],
     *,
     settings: Mapping[str, Any],
     env: Mapping[str, Any],
@@ -276,7 +191,7 @@ def verify_report(
         "cases": [
             {
                 "name": o.name,
-                "config": _plain(dict(o.config)),
+                "config": _case_config(o.case),
                 "passed": o.passed,
                 "seconds": round(o.seconds, 4),
                 "replay": o.replay,
@@ -285,9 +200,11 @@ def verify_report(
                     t: {
                         "kernel": _plain(e.kernel),
                         "baseline": _plain(e.baseline),
+                        "slack": _plain(e.slack),
+                        "factor": _plain(e.factor),
                         "bound": _plain(e.bound),
                         "ratio": _plain(e.ratio),
-                        "kernel_over_bound": _plain(e.margin),
+                        "baseline_ceiling": _plain(e.ceiling),
                         "passed": e.passed,
                     }
                     for t, e in o.errors.items()
@@ -311,7 +228,7 @@ def write_json(path: str | os.PathLike[str], report: Mapping[str, Any]) -> Path:
 
 def write_junit(
     path: str | os.PathLike[str],
-    outcomes: list[CaseOutcome],
+    outcomes: list[Any],
     *,
     env: Mapping[str, Any],
     suite: str = "flashref.verify",
@@ -345,8 +262,8 @@ def write_junit(
     for o in outcomes:
         tc = ET.SubElement(ts, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.3f}")
         details = "\n".join(
-            f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} ratio={e.ratio:.4g} "
-            f"bound={e.bound:.6g} {'PASS' if e.passed else 'FAIL'}"
+            f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} slack={e.slack:.6g} "
+            f"bound={e.bound:.6g} ratio={e.ratio:.4g} {'PASS' if e.passed else 'FAIL'}"
             for t, e in o.errors.items()
         )
         if o.exception is not None:

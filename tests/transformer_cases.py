@@ -5,18 +5,15 @@ torch appears only in tests: an independent implementation, never the oracle.
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import numpy as np
-
-SEED_ENV = "FLASHREF_SEED"
+from seeding import SEED_ENV, derived_seed, session_seed
 
 
 def fresh_seed(label: str = "") -> int:
-    """A new seed per run, printed (pytest shows it on failure); FLASHREF_SEED=<n> replays."""
-    seed = int(os.environ.get(SEED_ENV, secrets.randbits(32)))
-    print(f"{label} seed: {SEED_ENV}={seed}")
+    """This run's seed for ``label`` (tests/conftest.py: fresh per run, FLASHREF_SEED=<n>
+    replays), printed so that pytest shows it on failure."""
+    seed = derived_seed(label)
+    print(f"{label} seed: {seed} (replay: {SEED_ENV}={session_seed()})")
     return seed
 
 

@@ -10,78 +10,55 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
-from flashref.reporting import (VERIFY_SCHEMA, CaseOutcome, TensorError, describe_device, environment,
-                                verify_report, verify_table, write_json, write_junit)
+from flashref.equivalence import Case, CaseResult, TensorError, judge
+from flashref.reporting import VERIFY_SCHEMA, describe_device, environment, verify_report, verify_table, write_json, write_junit
+
+SLACK = 1e-5
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeCase:
-    batch: int = 1
-    seqlen_q: int = 17
-    head_dim: int = 64
-    dtype: str = "float16"
-    causal: bool = True
-    seed: int = 7
-
-    @property
-    def name(self) -> str:
-        return f"b{self.batch}-q{self.seqlen_q}-d{self.head_dim}-{self.dtype}-{'causal' if self.causal else 'full'}-s{self.seed}"
-
-    def replay_command(self) -> str:
-        return f"flashref verify --case {self.name}"
+def case(**changes) -> Case:
+    fields = dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=17, seqlen_k=9, head_dim=64, dtype="float16",
+                  causal=True, causal_alignment="top_left", kv_lens=False, seed=7)
+    return Case(**{**fields, **changes})
 
 
-@dataclasses.dataclass
-class FakeError:
-    kernel: float
-    baseline: float
-    bound: float
+def result(c: Case, out_kernel: float = 1e-3) -> CaseResult:
+    errors = {"out": judge(out_kernel, 1e-3, 2, SLACK), "dq": judge(2e-3, 1e-3, 3, SLACK),
+              "dk": judge(1e-3, 1e-3, 3, SLACK), "dv": judge(0.0, 0.0, 3, SLACK)}
+    return CaseResult(c, errors, 0.25)
 
 
-@dataclasses.dataclass
-class FakeResult:
-    case: FakeCase
-    errors: dict
-    passed: bool
-    seconds: float
-
-
-def error(kernel: float, baseline: float, factor: float) -> FakeError:
-    return FakeError(kernel, baseline, factor * baseline + 1e-5)
-
-
-def result(case: FakeCase, out_kernel: float = 1e-3) -> FakeResult:
-    errors = {"out": error(out_kernel, 1e-3, 2), "dq": error(2e-3, 1e-3, 3),
-              "dk": error(1e-3, 1e-3, 3), "dv": error(0.0, 0.0, 3)}
-    return FakeResult(case, errors, all(e.kernel <= e.bound for e in errors.values()), 0.25)
-
-
-PASSING = CaseOutcome.from_result(result(FakeCase()))
-FAILING = CaseOutcome.from_result(result(FakeCase(head_dim=128, seed=9), out_kernel=5e-3))
-RAISING = CaseOutcome.from_exception(FakeCase(dtype="bfloat16"), RuntimeError("kernel exploded\nsecond line"), 0.5)
+PASSING = result(case())
+FAILING = result(case(head_dim=128, seed=9), out_kernel=5e-3)
+RAISING = CaseResult.from_exception(case(dtype="bfloat16"), RuntimeError("kernel exploded\nsecond line"), 0.5)
 ENV = {"flashref": "0.1.0", "torch": "2.13.0", "triton": "3.9.0", "numpy": "2.4.6", "python": "3.11",
        "platform": "linux", "device": {"kind": "cpu", "name": "x86_64", "triton_interpreter": True}}
 
 
 @pytest.mark.parametrize(
-    "kernel, baseline, bound, passed",
+    "kernel, baseline, slack, passed",
     [
-        (1e-3, 1e-3, 2e-3 + 1e-5, True),
-        (2e-3 + 1e-5, 1e-3, 2e-3 + 1e-5, True),  # the bound itself passes
-        (2.1e-3, 1e-3, 2e-3 + 1e-5, False),
-        (1e-5, 0.0, 1e-5, True),  # exact baseline: the absolute floor decides
-        (float("nan"), 1e-3, 2e-3, False),  # NaN never passes
+        (1e-3, 1e-3, 1e-5, True),
+        (2e-3 + 1e-5, 1e-3, 1e-5, True),  # the bound itself passes
+        (2.1e-3, 1e-3, 1e-5, False),
+        (1e-5, 0.0, 1e-5, True),  # exact baseline: the slack decides
+        (float("nan"), 1e-3, 0.0, False),  # NaN never passes
     ],
 )
-def test_tensor_error_verdict(kernel, baseline, bound, passed):
-    assert TensorError(kernel, baseline, bound).passed is passed
+def test_tensor_error_verdict(kernel, baseline, slack, passed):
+    assert TensorError(kernel, baseline, slack, 2.0).passed is passed
+
+
+def test_a_baseline_over_its_ceiling_fails_with_a_clear_message():
+    e = TensorError(1e-9, 5e-3, 0.0, 3.0, ceiling=1e-3)
+    assert not e.passed and not e.baseline_ok and "baseline err 0.005 > its ceiling 0.001" in e.describe("dk")
 
 
 def test_outcomes_keep_verdicts_and_replay_lines():
     assert PASSING.passed and not PASSING.failure_summary()
     assert not FAILING.passed
     assert "out: kernel err 0.005" in FAILING.failure_summary()
-    assert FAILING.replay == "flashref verify --case b1-q17-d128-float16-causal-s9"
+    assert FAILING.replay == f'flashref verify --case "{FAILING.case.name}" --seed 9'
     assert not RAISING.passed and RAISING.exception.startswith("RuntimeError: kernel exploded")
     assert RAISING.failure_summary() == "raised RuntimeError: kernel exploded"
 
@@ -95,9 +72,9 @@ def render(table) -> str:
 def test_table_has_a_row_per_tensor_and_marks_failures():
     text = render(verify_table([PASSING, FAILING, RAISING]))
     assert text.count("│ PASS") == 4 + 3 and text.count("│ FAIL") == 1 and text.count("│ ERROR") == 1
-    for header in ("configuration", "kernel err", "baseline err", "ratio", "bound"):
+    for header in ("configuration", "kernel err", "baseline err", "slack", "bound", "ratio"):
         assert header in text
-    assert "5.00e-03" in text and "2.01e-03" in text  # the failing out's error and bound
+    assert "5.00e-03" in text and "2.01e-03" in text and "2.49" in text  # failing out: error, bound, ratio
 
 
 def test_table_can_show_only_failures():
@@ -114,12 +91,14 @@ def test_json_report_schema(tmp_path):
     assert set(loaded["environment"]) >= {"flashref", "torch", "triton", "numpy", "device"}
     first = loaded["cases"][0]
     assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors"}
-    assert first["config"]["head_dim"] == 64 and first["config"]["seed"] == 7
+    assert first["config"]["head_dim"] == 64 and first["config"]["seed"] == 7 and first["name"] == PASSING.case.name
     assert set(first["errors"]) == {"out", "dq", "dk", "dv"}
-    assert set(first["errors"]["out"]) == {"kernel", "baseline", "bound", "ratio", "kernel_over_bound", "passed"}
-    assert first["errors"]["dq"]["ratio"] == pytest.approx(2.0)
-    assert loaded["cases"][1]["errors"]["out"]["ratio"] == pytest.approx(5.0)
-    assert first["errors"]["dv"]["ratio"] == 0.0  # exact kernel and exact baseline
+    assert set(first["errors"]["out"]) == {"kernel", "baseline", "slack", "factor", "bound", "ratio",
+                                           "baseline_ceiling", "passed"}
+    assert first["errors"]["dq"]["ratio"] == pytest.approx(2e-3 / (3e-3 + SLACK))
+    assert loaded["cases"][1]["errors"]["out"]["ratio"] == pytest.approx(5e-3 / (2e-3 + SLACK))
+    assert first["errors"]["dv"]["ratio"] == 0.0  # exact kernel
+    assert first["errors"]["dv"]["baseline_ceiling"] == "inf"
     assert loaded["cases"][2]["exception"].startswith("RuntimeError")
 
 
@@ -145,15 +124,15 @@ def test_environment_reports_versions_and_device():
 
 
 @pytest.mark.parametrize(
-    "kernel, baseline, ratio",
-    [(2e-3, 1e-3, 2.0), (0.0, 0.0, 0.0), (1e-6, 0.0, math.inf), (0.0, 1e-3, 0.0)],
+    "kernel, baseline, slack, ratio",
+    [(2e-3, 1e-3, 0.0, 1.0), (0.0, 0.0, 0.0, 0.0), (1e-6, 0.0, 0.0, math.inf), (1e-6, 0.0, 1e-6, 1.0)],
 )
-def test_ratio_is_kernel_error_over_baseline_error(kernel, baseline, ratio):
-    assert TensorError(kernel, baseline, 2 * baseline + 1e-5).ratio == ratio
+def test_ratio_is_kernel_error_over_bound(kernel, baseline, slack, ratio):
+    assert TensorError(kernel, baseline, slack, 2.0).ratio == ratio
 
 
 def test_infinite_numbers_are_strings_in_json(tmp_path):
-    outcome = dataclasses.replace(PASSING, errors={"out": TensorError(1e-6, 0.0, 1e-5)})
+    outcome = dataclasses.replace(PASSING, errors={"out": TensorError(1e-6, 0.0, 0.0, 2.0)})
     report = verify_report([outcome], settings={}, env=ENV, seconds=0.0)
     loaded = json.loads(write_json(tmp_path / "r.json", report).read_text())
     assert loaded["cases"][0]["errors"]["out"]["ratio"] == "inf"
