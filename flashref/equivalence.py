@@ -137,7 +137,12 @@ class Case:
 
     @classmethod
     def from_name(cls, name: str, seed: int = 0) -> "Case":
-        """The inverse of ``name``."""
+        """The inverse of ``name`` (a packed family's name gives its case: flashref/packed_equivalence.py)."""
+        from flashref.packed_equivalence import from_name as packed_from_name
+
+        packed = packed_from_name(name, seed)
+        if packed is not None:
+            return packed
         text = name.strip()
         m = cls._NAME.match(text)
         if m is None:
@@ -426,8 +431,10 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
       ``LAMBDA sqrt(sum c_i^2)``) and is the smaller one once a few terms add up;
     - dk = scale dS^T Q: ``scale |dS|^T |Q| + scale min(E^T |Q|, LAMBDA sqrt((E^2)^T |Q|^2))``.
     """
-    from flashref.reference.attention import (expand_kv_heads, masked_scores, probabilities_from_lse,
-                                              reduce_kv_heads)
+    from flashref.reference.attention import expand_kv_heads, probabilities_from_lse, reduce_kv_heads, score_tile
+
+    def masked_scores(q, k_full, spec):  # the oracle's masked scores (-inf where hidden)
+        return score_tile(q, k_full, spec)[0]
     from flashref.reference.attention_inputs import check_attention_inputs
 
     q, k, v, dout = (_float64(t) for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
@@ -499,6 +506,8 @@ def judge(kernel_error: float, baseline_error: float, factor: float, slack: floa
 
 def check_case(case: Case, device: str = "cpu") -> CaseResult:
     """Run one case through kernel, baseline and oracle and apply the rule to each tensor."""
+    if hasattr(case, "check"):  # the packed families (varlen, kvcache) run themselves
+        return case.check(device)
     start = time.perf_counter()
     inputs = make_inputs(case, device)
     ref = oracle_attention(case, inputs)
@@ -542,10 +551,12 @@ QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
 
 
-def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0) -> list[Case]:
+def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0, packed: bool = True) -> list[Case]:
     """The cases of ``preset`` ("quick", "ci", "full"), optionally restricted to some dtypes
     (names), head dims, or to causal (True: both alignments) / non-causal (False) masking.
-    Case seeds are ``seed, seed + 1, ...``."""
+    Case seeds are ``seed, seed + 1, ...``. ``packed``: also the families of the packed entry
+    points (``flash_attention_varlen``, ``flash_attention_with_kvcache``;
+    flashref/packed_equivalence.py), after the dense cases."""
     if preset not in ("quick", "ci", "full"):
         raise ValueError(f"preset must be 'quick', 'ci' or 'full', got {preset!r}")
     dtypes = tuple(dtypes) if dtypes is not None else DTYPES
@@ -567,5 +578,11 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
         for index, ((lq, lk), (c, a), d, dt) in enumerate(product(seqlens, masks, head_dims, dtypes)):
             b, hq, hkv = layouts[index % len(layouts)]
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
+    else:
+        cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
+    # The packed entry points (issue 11): flash_attention_varlen and flash_attention_with_kvcache.
+    if not packed:
         return cases
-    return _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
+    from flashref.packed_equivalence import packed_sweep
+
+    return cases + packed_sweep(preset, dtypes=dtypes, head_dims=head_dims, causal=causal, seed=seed + len(cases))
