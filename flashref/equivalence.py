@@ -559,6 +559,7 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
     flashref/packed_equivalence.py), after the dense cases."""
     if preset not in ("quick", "ci", "full"):
         raise ValueError(f"preset must be 'quick', 'ci' or 'full', got {preset!r}")
+    requested_head_dims = head_dims  # the packed families have their own head dims unless filtered
     dtypes = tuple(dtypes) if dtypes is not None else DTYPES
     for d in dtypes:
         if d not in DTYPES:
@@ -585,4 +586,5 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
         return cases
     from flashref.packed_equivalence import packed_sweep
 
-    return cases + packed_sweep(preset, dtypes=dtypes, head_dims=head_dims, causal=causal, seed=seed + len(cases))
+    return cases + packed_sweep(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal,
+                                seed=seed + len(cases))
