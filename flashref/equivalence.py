@@ -50,8 +50,8 @@ import numpy as np
 DTYPES = ("float16", "bfloat16", "float32")
 # The tensors the rule judges, in report order; a variant with a gradient of its own (dsinks)
 # appends its name here and to FACTORS, and is judged whenever the oracle returns it.
-TENSORS = ("out", "dq", "dk", "dv")
-FACTORS = {"out": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0}
+TENSORS = ("out", "dq", "dk", "dv", "dsinks")
+FACTORS = {"out": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "dsinks": 3.0}
 CAUSAL_MODES = ((False, "top_left"), (True, "top_left"), (True, "bottom_right"))
 
 # Unit roundoff (half an ulp at 1) of float32, the kernels' accumulator, and of each dtype.
@@ -109,6 +109,14 @@ class Case:
     causal_alignment: str
     kv_lens: bool
     seed: int = 0
+    # The attention variants (issue 10), each off by default: (left, right) with -1 unbounded;
+    # softcap 0 = off; ALiBi slopes "" (none), "h" ((Hq,)) or "bh" ((B, Hq)); sinks (Hq,)
+    # (judged: dsinks); dropout probability (the kernel's Philox mask, replayed by the oracle).
+    window: tuple = (-1, -1)
+    softcap: float = 0.0
+    alibi: str = ""
+    sinks: bool = False
+    dropout_p: float = 0.0
 
     _NAME = re.compile(r"b(\d+)-hq(\d+)-hkv(\d+)-lq(\d+)-lk(\d+)-d(\d+)-(float16|bfloat16|float32)"
                        r"-(noncausal|causal_top_left|causal_bottom_right)-(kvlens|dense)")
@@ -120,6 +128,9 @@ class Case:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.causal_alignment not in ("top_left", "bottom_right"):
             raise ValueError(f"causal_alignment must be 'top_left' or 'bottom_right', got {self.causal_alignment!r}")
+        if self.alibi not in ("", "h", "bh"):
+            raise ValueError(f"alibi must be '', 'h' or 'bh', got {self.alibi!r}")
+        object.__setattr__(self, "window", tuple(int(w) for w in self.window))
 
     @property
     def name(self) -> str:
@@ -172,6 +183,20 @@ class Case:
     def config(self) -> dict[str, Any]:
         """The case's fields as plain data (for reports)."""
         return dataclasses.asdict(self)
+
+
+def _window_text(w: int) -> str:
+    return "inf" if w < 0 else str(w)
+
+
+Case.SUFFIXES = (
+    Suffix("window", r"win(\d+|inf)_(\d+|inf)", lambda w: f"win{_window_text(w[0])}_{_window_text(w[1])}",
+           lambda m: tuple(-1 if g == "inf" else int(g) for g in m.groups())),
+    Suffix("softcap", r"softcap([0-9.]+)", lambda c: f"softcap{c:g}", lambda m: float(m.group(1))),
+    Suffix("alibi", r"alibi_(h|bh)", lambda a: f"alibi_{a}", lambda m: m.group(1)),
+    Suffix("sinks", r"sinks", lambda _: "sinks", lambda m: True),
+    Suffix("dropout_p", r"dropout([0-9.]+)", lambda p: f"dropout{p:g}", lambda m: float(m.group(1))),
+)
 
 
 # ---------------------------------------------------------------------------- results
@@ -275,6 +300,9 @@ class CaseInputs:
     v: Any
     dout: Any
     kv_lens: Any
+    alibi_slopes: Any = None  # float32 (Hq,) or (B, Hq)
+    sinks: Any = None  # float32 (Hq,)
+    dropout_seed: int | None = None
 
 
 def make_inputs(case: Case, device: str = "cpu") -> CaseInputs:
@@ -301,7 +329,16 @@ def make_inputs(case: Case, device: str = "cpu") -> CaseInputs:
         # all-padding (every output 0) and passes without testing anything.
         kv_lens[:1] = kv_lens[:1].clamp(min=(case.seqlen_k + 1) // 2)
         kv_lens = kv_lens.to(device)
-    return CaseInputs(q, k, v, dout, kv_lens)
+    # The variants' inputs are drawn after the plain ones, so a plain case's numbers do not move.
+    alibi_slopes = sinks = dropout_seed = None
+    if case.alibi:
+        shape = (case.heads_q,) if case.alibi == "h" else (case.batch, case.heads_q)
+        alibi_slopes = (torch.rand(*shape, generator=gen) * 0.5).to(device)  # ALiBi's slopes lie in (0, 1)
+    if case.sinks:
+        sinks = (torch.randn(case.heads_q, generator=gen) + 1.0).to(device)
+    if case.dropout_p > 0:
+        dropout_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return CaseInputs(q, k, v, dout, kv_lens, alibi_slopes, sinks, dropout_seed)
 
 
 def attention_kwargs(case: Case, inputs: CaseInputs) -> dict[str, Any]:
@@ -309,13 +346,26 @@ def attention_kwargs(case: Case, inputs: CaseInputs) -> dict[str, Any]:
 
     The one place they are built: the oracle gets the same dict with tensors turned into
     NumPy arrays (``_for_oracle``) and the baseline reads its mask from the oracle with it."""
-    return dict(causal=case.causal, causal_alignment=case.causal_alignment, kv_lens=inputs.kv_lens)
+    kw = dict(causal=case.causal, causal_alignment=case.causal_alignment, kv_lens=inputs.kv_lens)
+    # Variant keywords appear only when the variant is on (a plain case's call is unchanged).
+    if case.window != (-1, -1):
+        kw["window_size"] = case.window
+    if case.softcap:
+        kw["softcap"] = case.softcap
+    if inputs.alibi_slopes is not None:
+        kw["alibi_slopes"] = inputs.alibi_slopes
+    if inputs.sinks is not None:
+        kw["sinks"] = inputs.sinks
+    if case.dropout_p > 0:
+        kw.update(dropout_p=case.dropout_p, dropout_seed=inputs.dropout_seed)
+    return kw
 
 
 def _for_oracle(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     import torch
 
-    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    return {k: (v.detach().cpu().double().numpy() if v.is_floating_point() else v.detach().cpu().numpy())
+            if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
 
 
 def _float64(t) -> np.ndarray:
@@ -331,8 +381,8 @@ def oracle_attention(case: Case, inputs: CaseInputs) -> dict[str, np.ndarray]:
     q, k, v, dout = (_float64(t) for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
     kw = _for_oracle(attention_kwargs(case, inputs))
     out, lse = attention_forward(q, k, v, **kw)
-    dq, dk, dv = attention_backward(q, k, v, out, lse, dout, **kw)
-    return dict(out=out, dq=dq, dk=dk, dv=dv, lse=lse)
+    grads = attention_backward(q, k, v, out, lse, dout, **kw)  # dq, dk, dv(, dsinks)
+    return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out, lse=lse)
 
 
 @contextlib.contextmanager
@@ -372,43 +422,71 @@ def float32_matmuls_in_ieee():
 
 
 def baseline_attention(case: Case, inputs: CaseInputs) -> dict:
-    """Plain unfused attention in the case's dtype with torch autograd: {"out", "dq", "dk", "dv"}.
+    """Plain unfused attention in the case's dtype with torch autograd: {"out", "dq", "dk", "dv"}
+    (and "dsinks" with sinks).
 
-    S = scale * q k^T materialised (B, Hq, Lq, Lk); softmax; P v. The mask is the oracle's
-    ``attention_mask`` (a mask rule wrong in the kernels cannot be repeated here); fully
-    masked rows get zero scores before the softmax and zero weights after it, so they output
-    0 (not NaN). float32 matmuls run without TF32 whatever the process's torch settings."""
+    S = scale * q k^T materialised (B, Hq, Lq, Lk); the softcap (``c tanh(S / c)``) and the
+    ALiBi bias (the oracle's, rounded to the dtype) in the dtype; softmax (over one more
+    column, the sink's logit, with sinks); the dropout keep mask (the oracle's Philox replay)
+    times ``1 / (1 - p)``; P v. The mask is the oracle's ``attention_mask`` (a mask rule wrong
+    in the kernels cannot be repeated here); fully masked rows get zero scores before the
+    softmax and zero weights after it, so they output 0 (not NaN). float32 matmuls run without
+    TF32 whatever the process's torch settings."""
     import torch
 
     from flashref.reference import attention_mask
+    from flashref.reference.attention_inputs import check_attention_inputs
 
     kw = _for_oracle(attention_kwargs(case, inputs))
-    visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=max(case.batch, 1), **kw)
+    mask_kw = {key: kw[key] for key in ("causal", "causal_alignment", "kv_lens", "window_size") if key in kw}
+    visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=max(case.batch, 1), **mask_kw)
     mask = torch.from_numpy(np.ascontiguousarray(visible)).to(inputs.q.device)  # (B, 1, Lq, Lk)
+    spec = check_attention_inputs(inputs.q.shape, inputs.k.shape, inputs.v.shape, **kw)
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))
+    wrt = [q, k, v]
     group = case.heads_q // case.heads_kv
     with float32_matmuls_in_ieee():
         k_full, v_full = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         empty_rows = ~mask.any(dim=-1, keepdim=True)
         scores = (q @ k_full.transpose(-1, -2)) * (1.0 / math.sqrt(case.head_dim))
-        scores = scores.masked_fill(~mask, float("-inf")).masked_fill(empty_rows, 0.0)
-        probs = torch.softmax(scores, dim=-1).masked_fill(~mask, 0.0)
+        if case.softcap:
+            scores = case.softcap * torch.tanh(scores / case.softcap)
+        alibi = spec.alibi()
+        if alibi is not None:
+            scores = scores + torch.from_numpy(alibi).to(scores)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if inputs.sinks is None:
+            probs = torch.softmax(scores.masked_fill(empty_rows, 0.0), dim=-1).masked_fill(~mask, 0.0)
+        else:  # the sink's column keeps every row's softmax finite
+            sinks = inputs.sinks.detach().clone().to(q.dtype).requires_grad_()
+            wrt.append(sinks)
+            column = sinks[None, :, None, None].expand(*scores.shape[:3], 1)
+            probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
+        dropout = spec.dropout_scale()
+        if dropout is not None:
+            probs = probs * torch.from_numpy(dropout).to(probs)
         out = probs @ v_full
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), inputs.dout)
-    return dict(out=out.detach(), dq=dq, dk=dk, dv=dv)
+        grads = torch.autograd.grad(out, wrt, inputs.dout)
+    return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out.detach())
 
 
 def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
-    """flash_attention forward and backward with NaN-poisoned outputs: {"out", "dq", "dk", "dv"}."""
+    """flash_attention forward and backward with NaN-poisoned outputs: {"out", "dq", "dk", "dv"}
+    (and "dsinks" with sinks)."""
     import torch
 
     from flashref.kernels import flash_attention, poisoned_outputs
 
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))
+    kw = attention_kwargs(case, inputs)
+    wrt = [q, k, v]
+    if inputs.sinks is not None:
+        kw["sinks"] = inputs.sinks.detach().clone().requires_grad_()
+        wrt.append(kw["sinks"])
     with poisoned_outputs():
-        out = flash_attention(q, k, v, **attention_kwargs(case, inputs))
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), inputs.dout)
-    return dict(out=out.detach(), dq=dq, dk=dk, dv=dv)
+        out = flash_attention(q, k, v, **kw)
+        grads = torch.autograd.grad(out, wrt, inputs.dout)
+    return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out.detach())
 
 
 # ---------------------------------------------------------------------------- the slack
@@ -430,11 +508,14 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
       (Hoeffding: a sum of independent zero-mean terms bounded by ``c_i`` exceeds
       ``LAMBDA sqrt(sum c_i^2)``) and is the smaller one once a few terms add up;
     - dk = scale dS^T Q: ``scale |dS|^T |Q| + scale min(E^T |Q|, LAMBDA sqrt((E^2)^T |Q|^2))``.
-    """
-    from flashref.reference.attention import expand_kv_heads, probabilities_from_lse, reduce_kv_heads, score_tile
 
-    def masked_scores(q, k_full, spec):  # the oracle's masked scores (-inf where hidden)
-        return score_tile(q, k_full, spec)[0]
+    Variants: with dropout, ``P`` in out, dv and ``dP`` carry ``keep / (1 - p)`` and ``D`` the
+    rounding of the stored ``O`` (``rowsum |dO| half_ulp(O) / u32``); with a softcap
+    ``|dS|`` and ``E`` carry ``1 - tanh^2`` (<= 1); with sinks, ``dsinks[h] = -sum_{b,i}
+    p_sink D``: ``sum p_sink (|D| + DS_ROUNDING rowsum|dO o O|)``.
+    """
+    from flashref.reference.attention import (expand_kv_heads, probabilities_from_lse, reduce_kv_heads,
+                                              score_tile, sink_logits)
     from flashref.reference.attention_inputs import check_attention_inputs
 
     q, k, v, dout = (_float64(t) for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
@@ -443,14 +524,32 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     scale, group = spec.softmax_scale, spec.group
     k_full, v_full = expand_kv_heads(k, group), expand_kv_heads(v, group)
     out, lse = ref["out"], ref["lse"]
-    probs = probabilities_from_lse(masked_scores(q, k_full, spec), lse)  # 0 where masked, on empty rows
+    scores, dcap = score_tile(q, k_full, spec)
+    probs = probabilities_from_lse(scores, lse)  # 0 where masked, on empty rows
+    dropout = spec.dropout_scale()  # keep / (1 - p) or None
+    dropped = probs if dropout is None else probs * dropout
     abs_k, abs_v = np.abs(k_full), np.abs(v_full)
-    m_out = probs @ abs_v
-    m_dv = reduce_kv_heads(probs.swapaxes(-1, -2) @ np.abs(dout), group)
+    m_out = dropped @ abs_v
+    m_dv = reduce_kv_heads(dropped.swapaxes(-1, -2) @ np.abs(dout), group)
     dprobs = dout @ v_full.swapaxes(-1, -2)
+    m_dprobs = np.abs(dout) @ abs_v.swapaxes(-1, -2)
+    if dropout is not None:
+        dprobs, m_dprobs = dprobs * dropout, m_dprobs * dropout
     delta = np.sum(dout * out, axis=-1)[..., None]
-    error_ds = DS_ROUNDING * probs * (np.abs(dout) @ abs_v.swapaxes(-1, -2) + np.sum(np.abs(dout * out), axis=-1)[..., None])
-    abs_ds, error_ds2 = probs * np.abs(dprobs - delta), error_ds**2
+    m_delta = np.sum(np.abs(dout * out), axis=-1)[..., None]
+    error_ds = DS_ROUNDING * probs * (m_dprobs + m_delta)
+    if dropout is not None:
+        # D = rowsum(dO o O) reads O as stored, rounded to the dtype. Without dropout a row that
+        # sees one key (where the baseline is exact) has O = v exactly; with dropout
+        # O = v / (1 - p) is not representable, and D errs by up to rowsum(|dO| h), h = half_ulp(O)
+        # (independent roundings: LAMBDA sqrt(rowsum(dO^2 h^2)) with the same odds as above).
+        h = half_ulp(out, case.dtype)
+        rounding = np.minimum(np.sum(np.abs(dout) * h, axis=-1), LAMBDA * np.sqrt(np.sum((dout * h) ** 2, axis=-1)))
+        error_ds = error_ds + probs * rounding[..., None] / U32
+    abs_ds = probs * np.abs(dprobs - delta)
+    if dcap is not None:
+        abs_ds, error_ds = abs_ds * dcap, error_ds * dcap
+    error_ds2 = error_ds**2
     carried_dq = np.minimum(error_ds @ abs_k, LAMBDA * np.sqrt(error_ds2 @ abs_k**2))
     m_dq = scale * (abs_ds @ abs_k + carried_dq)
     abs_q = np.abs(q)
@@ -459,7 +558,12 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     carried_dk = np.minimum(reduce_kv_heads(error_ds.swapaxes(-1, -2) @ abs_q, group),
                             LAMBDA * np.sqrt(reduce_kv_heads(error_ds2.swapaxes(-1, -2) @ abs_q**2, group)))
     m_dk = m_dk + scale * carried_dk
-    return dict(out=m_out, dq=m_dq, dk=m_dk, dv=m_dv)
+    result = dict(out=m_out, dq=m_dq, dk=m_dk, dv=m_dv)
+    sink = sink_logits(spec)  # (1, Hq, 1) or None
+    if sink is not None:
+        p_sink = np.exp(sink - lse)  # lse >= sink: never above 1
+        result["dsinks"] = np.sum(p_sink * (np.abs(delta[..., 0]) + DS_ROUNDING * m_delta[..., 0]), axis=(0, 2))
+    return result
 
 
 def half_ulp(x: np.ndarray, dtype: str) -> np.ndarray:
@@ -546,6 +650,43 @@ def _covering(seqlens, head_dims, dtypes, masks, layouts, kv_lens_options, seed)
     return cases
 
 
+# The attention variants (issues 10, 14): each alone, then the combinations models use, as
+# ``Case`` fields over a plain case; ``_variant_cases`` gives each family its own shapes.
+VARIANT_FAMILIES = (
+    dict(window=(19, 0)),  # sliding window (its right edge is causal's)
+    dict(window=(5, 9), causal=False),  # a two-sided window narrower than a block
+    dict(softcap=5.0),
+    dict(alibi="h", causal=True),
+    dict(alibi="bh", causal=True, causal_alignment="bottom_right", kv_lens=True),
+    dict(sinks=True),
+    dict(sinks=True, causal=True),
+    dict(dropout_p=0.2),
+    dict(dropout_p=0.3, causal=True),
+    dict(window=(24, -1), softcap=10.0, causal=True, causal_alignment="bottom_right", kv_lens=True),
+)
+# Small shapes: the variants change the score pipeline, not the tiling the plain sweep covers.
+VARIANT_SEQLENS = ((17, 17), (33, 47), (113, 57), (1, 97), (64, 90))
+VARIANT_HEAD_DIMS = (32, 64, 128)
+
+
+def _variant_cases(seqlens, head_dims, dtypes, layouts, repeats, seed) -> list[Case]:
+    """``repeats`` cases per family of VARIANT_FAMILIES, the shape axes advancing with different
+    strides (every value meets several families); the last family gets GQA."""
+    cases = []
+    index = 0
+    for family_index, family in enumerate(VARIANT_FAMILIES):
+        for _ in range(repeats):
+            lq, lk = seqlens[index % len(seqlens)]
+            b, hq, hkv = layouts[(index // 2) % len(layouts)] if family_index < len(VARIANT_FAMILIES) - 1 else (2, 4, 2)
+            fields = {**dict(causal=False, causal_alignment="top_left", kv_lens=False), **family}
+            cases.append(Case(batch=min(b, 2), heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk,
+                              head_dim=head_dims[(index + index // 3) % len(head_dims)],
+                              dtype=dtypes[(index + 2 * (index // 3)) % len(dtypes)], seed=seed + 10_000 + index,
+                              **fields))
+            index += 1
+    return cases
+
+
 LARGE_CASE = 100_000  # Lq * Lk above which the covering sweeps use batch 1
 QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
@@ -554,9 +695,11 @@ QUICK_HEAD_DIMS = (40, 64, 128)
 def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0, packed: bool = True) -> list[Case]:
     """The cases of ``preset`` ("quick", "ci", "full"), optionally restricted to some dtypes
     (names), head dims, or to causal (True: both alignments) / non-causal (False) masking.
-    Case seeds are ``seed, seed + 1, ...``. ``packed``: also the families of the packed entry
-    points (``flash_attention_varlen``, ``flash_attention_with_kvcache``;
-    flashref/packed_equivalence.py), after the dense cases."""
+    Case seeds are ``seed, seed + 1, ...`` (the variant families': ``seed + 10000, ...``).
+    Every preset ends with the variant families (``VARIANT_FAMILIES``): once each in "quick",
+    twice in "ci", four times in "full".
+    ``packed``: then the families of the packed entry points (``flash_attention_varlen``,
+    ``flash_attention_with_kvcache``; flashref/packed_equivalence.py), seeds ``seed + 20000, ...``."""
     if preset not in ("quick", "ci", "full"):
         raise ValueError(f"preset must be 'quick', 'ci' or 'full', got {preset!r}")
     requested_head_dims = head_dims  # the packed families have their own head dims unless filtered
@@ -573,6 +716,10 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
     for d in head_dims:
         if not (isinstance(d, int) and 1 <= d <= 256):
             raise ValueError(f"head_dims must be integers in [1, 256], got {d!r}")
+    repeats = {"quick": 1, "ci": 2, "full": 4}[preset]
+    variant_dims = tuple(head_dims) if head_dims is not None else VARIANT_HEAD_DIMS
+    variants = [c for c in _variant_cases(VARIANT_SEQLENS, variant_dims, dtypes, layouts, repeats, seed)
+                if causal is None or c.causal == causal]
     if preset == "full":
         # Every (seqlens, mask, head dim, dtype); layouts and kv_lens still cycle.
         cases = []
@@ -581,10 +728,11 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
     else:
         cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
+    cases = cases + variants
     # The packed entry points (issue 11): flash_attention_varlen and flash_attention_with_kvcache.
     if not packed:
         return cases
     from flashref.packed_equivalence import packed_sweep
 
     return cases + packed_sweep(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal,
-                                seed=seed + len(cases))
+                                seed=seed + 20000)

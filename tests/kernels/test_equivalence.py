@@ -74,7 +74,7 @@ def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
     inputs = eq.make_inputs(case)
     ref, base, kern = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs), eq.kernel_attention(case, inputs)
     assert all(e.passed for e in eq.judge_all(case, inputs, ref, base, kern).values())
-    for key in eq.TENSORS:
+    for key in (t for t in eq.TENSORS if t in kern):
         mutated = dict(kern)
         t = kern[key].clone()
         index = int(t.abs().argmax())
@@ -134,7 +134,7 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
             continue
         ref, base = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs)
         mags = eq.magnitudes(case, inputs, ref)
-        for key in eq.TENSORS:
+        for key in (t for t in eq.TENSORS if t in ref):
             slack = eq.slack(case, mags[key], ref[key])
             term = eq.FACTORS[key] * eq.max_abs_error(base[key], ref[key])
             worst[(case.dtype, key)] = max(worst.get((case.dtype, key), 0.0), slack / term)
