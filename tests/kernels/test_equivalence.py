@@ -61,7 +61,7 @@ def ulp(x: float, dtype: str) -> float:
 
 
 # The rule allows factor x the baseline's error, itself a few ulps of the largest element.
-MUTATION_ULPS = {"float16": 8, "bfloat16": 8, "float32": 32}
+MUTATION_ULPS = {"float16": 8, "bfloat16": 8, "float32": 64}
 
 
 @pytest.mark.interp

@@ -113,10 +113,10 @@ EMPTY_SHAPES = [  # (B, Hq, Hkv, Lq, Lk, causal)
 
 @pytest.mark.interp
 @pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=[str(s) for s in EMPTY_SHAPES])
-def test_empty_tensors_give_empty_or_masked_results(shape):
+def test_empty_tensors_give_empty_or_masked_results(shape, seed):
     b, hq, hkv, lq, lk, causal = shape
-    q, k, v = randn(b, hq, lq, 16, seed=0), randn(b, hkv, lk, 16, seed=1), randn(b, hkv, lk, 16, seed=2)
-    dout = randn(b, hq, lq, 16, seed=3)
+    q, k, v = randn(b, hq, lq, 16, seed=seed + 0), randn(b, hkv, lk, 16, seed=seed + 1), randn(b, hkv, lk, 16, seed=seed + 2)
+    dout = randn(b, hq, lq, 16, seed=seed + 3)
     with poisoned_outputs():
         out, lse, dq, dk, dv = grads(q, k, v, dout, causal=causal)
     assert out.shape == q.shape and lse.shape == (b, hq, lq)
@@ -130,13 +130,13 @@ def test_empty_tensors_give_empty_or_masked_results(shape):
 @pytest.mark.interp
 @pytest.mark.smoke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fully_masked_rows_give_zeros_minus_inf_and_zero_grads(dtype):
+def test_fully_masked_rows_give_zeros_minus_inf_and_zero_grads(dtype, seed):
     # Batch 0: kv_len 0 (every row masked). Batch 1: bottom_right aligns the queries with the
     # last Lq of its kv_len = 30 keys (shift 30 - Lq), so its first Lq - 30 rows see no key.
     b, hq, hkv, lq, lk, d = 2, 2, 1, 45, 33, 24
-    q, k, v = randn(b, hq, lq, d, seed=10, dtype=dtype), randn(b, hkv, lk, d, seed=11, dtype=dtype), randn(
-        b, hkv, lk, d, seed=12, dtype=dtype)
-    dout = randn(b, hq, lq, d, seed=13, dtype=dtype)
+    q, k, v = randn(b, hq, lq, d, seed=seed + 10, dtype=dtype), randn(b, hkv, lk, d, seed=seed + 11, dtype=dtype), randn(
+        b, hkv, lk, d, seed=seed + 12, dtype=dtype)
+    dout = randn(b, hq, lq, d, seed=seed + 13, dtype=dtype)
     kv_lens = torch.tensor([0, 30], device=DEVICE)
     kw = dict(causal=True, causal_alignment="bottom_right", kv_lens=kv_lens)
     with poisoned_outputs():
@@ -161,8 +161,8 @@ def test_fully_masked_rows_give_zeros_minus_inf_and_zero_grads(dtype):
 @pytest.mark.interp
 @pytest.mark.smoke
 @pytest.mark.parametrize("alignment", ["top_left", "bottom_right"])
-def test_lse_matches_the_oracle(alignment):
-    q, k, v = randn(2, 3, 37, 40, seed=20), randn(2, 3, 70, 40, seed=21), randn(2, 3, 70, 40, seed=22)
+def test_lse_matches_the_oracle(alignment, seed):
+    q, k, v = randn(2, 3, 37, 40, seed=seed + 20), randn(2, 3, 70, 40, seed=seed + 21), randn(2, 3, 70, 40, seed=seed + 22)
     kv_lens = torch.tensor([70, 41], device=DEVICE)
     _, lse = flash_attention(q, k, v, causal=True, causal_alignment=alignment, kv_lens=kv_lens, return_lse=True)
     _, ref_lse = oracle(q, k, v, causal=True, causal_alignment=alignment, kv_lens=kv_lens)
@@ -173,9 +173,9 @@ def test_lse_matches_the_oracle(alignment):
 
 
 @pytest.mark.interp
-def test_softmax_scale_is_honoured():
-    q, k, v = randn(1, 2, 19, 32, seed=30), randn(1, 2, 23, 32, seed=31), randn(1, 2, 23, 32, seed=32)
-    dout = randn(1, 2, 19, 32, seed=33)
+def test_softmax_scale_is_honoured(seed):
+    q, k, v = randn(1, 2, 19, 32, seed=seed + 30), randn(1, 2, 23, 32, seed=seed + 31), randn(1, 2, 23, 32, seed=seed + 32)
+    dout = randn(1, 2, 19, 32, seed=seed + 33)
     out, _, dq, dk, dv = grads(q, k, v, dout, softmax_scale=0.37)
     ref = oracle(q, k, v, dout, softmax_scale=0.37)
     for x, r in zip((out, dq, dk, dv), ref[:1] + ref[2:]):
@@ -184,13 +184,13 @@ def test_softmax_scale_is_honoured():
 
 @pytest.mark.interp
 @pytest.mark.smoke
-def test_transposed_views_work_without_a_copy():
+def test_transposed_views_work_without_a_copy(seed):
     # (B, L, H, D) storage, viewed as (B, H, L, D): strides (L*H*D, D, H*D, 1).
     b, lq, lk, hq, hkv, d = 2, 29, 41, 4, 2, 32
-    q = randn(b, lq, hq, d, seed=40).transpose(1, 2)
-    k = randn(b, lk, hkv, d, seed=41).transpose(1, 2)
-    v = randn(b, lk, hkv, d, seed=42).transpose(1, 2)
-    dout = randn(b, lq, hq, d, seed=43).transpose(1, 2)
+    q = randn(b, lq, hq, d, seed=seed + 40).transpose(1, 2)
+    k = randn(b, lk, hkv, d, seed=seed + 41).transpose(1, 2)
+    v = randn(b, lk, hkv, d, seed=seed + 42).transpose(1, 2)
+    dout = randn(b, lq, hq, d, seed=seed + 43).transpose(1, 2)
     assert not q.is_contiguous()
     copies = []
     original = torch.Tensor.contiguous
@@ -212,9 +212,9 @@ def test_transposed_views_work_without_a_copy():
 
 
 @pytest.mark.interp
-def test_expanded_upstream_gradient_with_zero_strides():
+def test_expanded_upstream_gradient_with_zero_strides(seed):
     # out.sum().backward() hands the backward a stride-0 expanded dout.
-    q, k, v = (randn(1, 2, 21, 16, seed=s).requires_grad_() for s in (50, 51, 52))
+    q, k, v = (randn(1, 2, 21, 16, seed=seed + s).requires_grad_() for s in (50, 51, 52))
     flash_attention(q, k, v, causal=True).sum().backward()
     ref = oracle(q, k, v, torch.ones(1, 2, 21, 16), causal=True)
     for x, r in zip((q.grad, k.grad, v.grad), ref[2:]):
@@ -242,8 +242,8 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("causal", [False, True])
-def test_backward_is_deterministic_and_race_free(causal):
-    q, k, v, dout = (randn(2, 8, 1000, 128, seed=s, dtype=torch.bfloat16) for s in (60, 61, 62, 63))
+def test_backward_is_deterministic_and_race_free(causal, seed):
+    q, k, v, dout = (randn(2, 8, 1000, 128, seed=seed + s, dtype=torch.bfloat16) for s in (60, 61, 62, 63))
     k, v = k[:, :2], v[:, :2]  # GQA: dk/dv summed over 4 query heads, in registers
     first = grads(q, k, v, dout, causal=causal)
     for _ in range(3):
@@ -253,11 +253,11 @@ def test_backward_is_deterministic_and_race_free(causal):
 
 
 @pytest.mark.interp
-def test_large_logits_do_not_overflow():
+def test_large_logits_do_not_overflow(seed):
     # Scores around 1e4: exp would overflow without the running max.
-    q = randn(1, 2, 300, 64, seed=70) * 30.0
-    k = randn(1, 2, 300, 64, seed=71) * 30.0
-    v, dout = randn(1, 2, 300, 64, seed=72), randn(1, 2, 300, 64, seed=73)
+    q = randn(1, 2, 300, 64, seed=seed + 70) * 30.0
+    k = randn(1, 2, 300, 64, seed=seed + 71) * 30.0
+    v, dout = randn(1, 2, 300, 64, seed=seed + 72), randn(1, 2, 300, 64, seed=seed + 73)
     out, lse, dq, dk, dv = grads(q.half(), k.half(), v.half(), dout.half())
     assert float((q @ k.transpose(-1, -2)).abs().max()) / math.sqrt(64) > 1e3
     for t in (out, lse, dq, dk, dv):

@@ -5,21 +5,15 @@ torch appears only here, in tests: it is an independent implementation, never th
 
 from __future__ import annotations
 
-import os
-import secrets
-
 import numpy as np
-
-SEED_ENV = "FLASHREF_SEED"
+from seeding import SEED_ENV, derived_seed, session_seed
 
 
 def fresh_rng(label: str = "") -> np.random.Generator:
-    """A new generator with a fresh seed, printed so a failing run can be replayed.
-
-    Set FLASHREF_SEED=<n> to replay; pytest shows the printed seed of a failing test.
-    """
-    seed = int(os.environ.get(SEED_ENV, secrets.randbits(32)))
-    print(f"{label} seed: {SEED_ENV}={seed}")
+    """A generator seeded from this run's fresh seed (tests/seeding.py), printed so a failing
+    run can be replayed with FLASHREF_SEED=<n>."""
+    seed = derived_seed(label)
+    print(f"{label} seed: {seed} (replay: {SEED_ENV}={session_seed()})")
     return np.random.default_rng(seed)
 
 
