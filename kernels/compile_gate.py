@@ -488,3 +488,91 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoding kernels (kernels/decode.py, issue 11): split-KV attention over a contiguous or
+# paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
+# signature of their own and one tile per head dim (kernels/kvcache.py picks it).
+DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",
+                        "LseP": "*fp32", "Sinks": "*fp32", "Lse": "*fp32"}
+DECODE_SCALAR_TYPES = {"qk_scale": "fp32", "softcap_in": "fp32"}
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """One decoding specialization: kernel "decode_split" or "decode_combine", head dim,
+    dtype, paged (page size 16) or contiguous, and the split kernel's tile."""
+
+    kernel: str
+    head_dim: int
+    dtype: str
+    paged: bool
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+
+    @property
+    def variant(self) -> str:
+        return "paged" if self.paged else "contiguous"
+
+
+def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES) -> list[DecodeSpec]:
+    """The dispatcher's decode launches (kernels/kvcache.py: BLOCK_M 64, BLOCK_N 64 up to head dim
+    128 and 32 above; the combine once per head dim and dtype)."""
+    specs = []
+    for d, dt in product(head_dims, dtypes):
+        block_n = 64 if padded_head_dim(d) <= 128 else 32
+        specs += [DecodeSpec("decode_split", d, dt, paged, block_n=block_n) for paged in (False, True)]
+        specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
+    return specs
+
+
+def _decode_signature(fn, spec: DecodeSpec):
+    elem = _TRITON_TYPE[spec.dtype]
+    constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": padded_head_dim(spec.head_dim), "UPCAST": False}
+    if spec.kernel == "decode_split":
+        constexprs.update(BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, GROUP=4, PAGE_SIZE=16 if spec.paged else 1,
+                          PAGED=spec.paged, CAUSAL=True, WINDOW=False, SOFTCAP=False, ALIBI=False,
+                          DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
+    else:
+        constexprs.update(BLOCK_S=16, SINKS=False)
+    signature, attrs = {}, {}
+    for index, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+        elif name.startswith("stride_") and name.endswith("d"):
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        elif name.startswith("stride_"):
+            signature[name] = "i32"
+        elif name in DECODE_POINTER_TYPES:
+            signature[name] = DECODE_POINTER_TYPES[name]
+        elif name[0].isupper():  # Q, KCache, VCache, Out
+            signature[name] = f"*{elem}"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = DECODE_SCALAR_TYPES.get(name, "i32")
+    return signature, constexprs, attrs
+
+
+def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
+    """Compile one decoding specialization for ``arch`` and measure it (as ``compile_specialization``)."""
+    if triton_is_interpreting():
+        raise RuntimeError("compile_decode needs triton imported without TRITON_INTERPRET")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    module = importlib.import_module(f"{__package__}.decode")
+    fn = getattr(module, f"{spec.kernel}_kernel")
+    signature, constexprs, attrs = _decode_signature(fn, spec)
+    start = time.perf_counter()
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
+                              options={"num_warps": spec.num_warps, "num_stages": 2})
+    seconds = time.perf_counter() - start
+    usage = resource_usage(compiled.asm["cubin"])
+    return CompileRow(
+        kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.kernel == "decode_split",
+        BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, num_warps=spec.num_warps, num_stages=2,
+        registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
+        spills=usage.get("LOCAL", 0) + usage.get("STACK", 0), uses_wgmma="wgmma" in compiled.asm["ptx"],
+        compile_seconds=round(seconds, 2), variant=spec.variant)

@@ -83,6 +83,11 @@ def decode_split_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    k_base = KCache + h_kv.to(tl.int64) * stride_kh
+    v_base = VCache + h_kv.to(tl.int64) * stride_vh
+    if not PAGED:
+        k_base += b.to(tl.int64) * stride_kb
+        v_base += b.to(tl.int64) * stride_vb
     lo = split * chunk
     hi = tl.minimum(lo + chunk, seqlen_k)
     offs_n = tl.arange(0, BLOCK_N)
@@ -93,12 +98,12 @@ def decode_split_kernel(
             page = tl.load(BlockTable + b * stride_bt_b + keys // PAGE_SIZE, mask=key_ok, other=0)
             k_row = page.to(tl.int64) * stride_kb + (keys % PAGE_SIZE) * stride_kn
             v_row = page.to(tl.int64) * stride_vb + (keys % PAGE_SIZE) * stride_vn
-        else:
-            k_row = b.to(tl.int64) * stride_kb + keys.to(tl.int64) * stride_kn
-            v_row = b.to(tl.int64) * stride_vb + keys.to(tl.int64) * stride_vn
-        kt = tl.load(KCache + h_kv.to(tl.int64) * stride_kh + k_row[None, :] + offs_d[:, None] * stride_kd,
+        else:  # one sequence's rows: a 64-bit base, 32-bit offsets (fewer registers per key)
+            k_row = keys * stride_kn
+            v_row = keys * stride_vn
+        kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * stride_kd,
                      mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(VCache + h_kv.to(tl.int64) * stride_vh + v_row[:, None] + offs_d[None, :] * stride_vd,
+        v = tl.load(v_base + v_row[:, None] + offs_d[None, :] * stride_vd,
                     mask=key_ok[:, None] & d_ok[None, :], other=0.0)
         if UPCAST:
             kt = kt.to(tl.float32)
