@@ -519,12 +519,13 @@ class DecodeSpec:
 
 def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES) -> list[DecodeSpec]:
     """The dispatcher's decode launches (kernels/kvcache.py, Hopper: 16-bit BLOCK_M 64, BLOCK_N 64 up
-    to head dim 128 and 32 above; float32 16 x 32; the combine once per head dim and dtype)."""
+    to head dim 128 and 32 above; float32 16 x 32 on 8 warps; the combine once per head dim and dtype)."""
     specs = []
     for d, dt in product(head_dims, dtypes):
         # float32 takes exact FMA dots (no MMA): small tiles, as the main kernels' float32 rows.
-        block_m, block_n = (16, 32) if dt == "float32" else (64, 64 if padded_head_dim(d) <= 128 else 32)
-        specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n) for paged in (False, True)]
+        block_m, block_n, warps = (16, 32, 8) if dt == "float32" else (64, 64 if padded_head_dim(d) <= 128 else 32, 4)
+        specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps)
+                  for paged in (False, True)]
         specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
     return specs
 

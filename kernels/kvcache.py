@@ -185,12 +185,12 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
         block_m, block_n, warps = 16, 16, 1
     else:  # the compile gate's rows (compile_gate.decode_specs): Hopper's wgmma needs M = 64
         hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
-        if q.dtype == torch.float32:  # exact FMA dots, no MMA: small tiles (no spills)
-            block_m, block_n = 16, 32
+        if q.dtype == torch.float32:  # exact FMA dots, no MMA: small tiles on 8 warps (no spills)
+            block_m, block_n, warps = 16, 32, 8
         else:
             block_m = 64 if hopper else max(16, min(64, triton.next_power_of_2(rows)))
             block_n = 64 if block_d <= 128 else 32
-        warps = 4
+            warps = 4
     m_blocks = triton.cdiv(rows, block_m)
     splits = num_splits or num_splits_heuristic(batch, heads_kv, m_blocks, capacity, block_n, _sm_count(q.device))
     splits = max(1, min(splits, triton.cdiv(max(capacity, 1), block_n)))
