@@ -38,6 +38,14 @@ from .attention_forward import _LOG2E_K, tanh
 from .rounding import to_dot_operand, to_output
 
 
+def decode_block_n(head_dim: int) -> int:
+    """The 16-bit split kernel's key tile: 64 keys up to head dim 64, 32 at 128, 16 at 256 (the
+    (BLOCK_N, D) K and V tiles with their gathered addresses spill above that on 4 warps, the
+    compile gate's decode rows)."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    return 64 if block_d <= 64 else 32 if block_d == 128 else 16
+
+
 @triton.jit
 def decode_split_kernel(
     Q, KCache, VCache, BlockTable, SeqLens, Alibi, OutP, LseP,

@@ -13,7 +13,7 @@ import torch
 import triton
 
 from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES, padded_head_dim
-from .decode import decode_combine_kernel, decode_split_kernel
+from .decode import decode_block_n, decode_combine_kernel, decode_split_kernel
 from .flash_attention import (
     FLOAT32_DOT_PRECISION,
     INTERPRETED,
@@ -189,7 +189,7 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
             block_m, block_n, warps = 16, 32, 8
         else:
             block_m = 64 if hopper else max(16, min(64, triton.next_power_of_2(rows)))
-            block_n = 64 if block_d <= 128 else 32
+            block_n = decode_block_n(head_dim)
             warps = 4
     m_blocks = triton.cdiv(rows, block_m)
     splits = num_splits or num_splits_heuristic(batch, heads_kv, m_blocks, capacity, block_n, _sm_count(q.device))
