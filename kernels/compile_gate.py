@@ -494,7 +494,7 @@ if __name__ == "__main__":
 # The decoding kernels (kernels/decode.py, issue 11): split-KV attention over a contiguous or
 # paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
 # signature of their own and one tile per head dim (kernels/kvcache.py picks it).
-from .decode import decode_block_n  # noqa: E402  (the dispatcher's tile rule, one place)
+from .decode import decode_tile  # noqa: E402  (the dispatcher's tile rule, one place)
 
 DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",
                         "LseP": "*fp32", "Sinks": "*fp32", "Lse": "*fp32"}
@@ -519,13 +519,12 @@ class DecodeSpec:
         return "paged" if self.paged else "contiguous"
 
 
-def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES) -> list[DecodeSpec]:
-    """The dispatcher's decode launches (kernels/kvcache.py, Hopper: 16-bit BLOCK_M 64 and
-    ``decode_block_n``; float32 16 x 32 on 8 warps; the combine once per head dim and dtype)."""
+def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90") -> list[DecodeSpec]:
+    """The dispatcher's decode launches on ``arch`` (``decode.decode_tile``: the split kernel
+    contiguous and paged, and the combine, once per head dim and dtype)."""
     specs = []
     for d, dt in product(head_dims, dtypes):
-        # float32 takes exact FMA dots (no MMA): small tiles, as the main kernels' float32 rows.
-        block_m, block_n, warps = (16, 32, 8) if dt == "float32" else (64, decode_block_n(d), 4)
+        block_m, block_n, warps = decode_tile(d, dt, hopper=arch == "sm_90")
         specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps)
                   for paged in (False, True)]
         specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))

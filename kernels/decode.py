@@ -38,12 +38,17 @@ from .attention_forward import _LOG2E_K, tanh
 from .rounding import to_dot_operand, to_output
 
 
-def decode_block_n(head_dim: int) -> int:
-    """The 16-bit split kernel's key tile: 64 keys up to head dim 64, 32 at 128, 16 at 256 (the
-    (BLOCK_N, D) K and V tiles with their gathered addresses spill above that on 4 warps, the
-    compile gate's decode rows)."""
+def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the split kernel, the compile gate's decode rows:
+    float32 (exact FMA dots) 16 x 32 on 8 warps; 16-bit on Hopper BLOCK_M 64 (wgmma's M) with a
+    key tile of 64 / 32 / 16 keys at head dims up to 64 / 128 / 256, on Ampere BLOCK_M 16 (mma's
+    M; more packed rows take more programs) with the same key tiles; 4 warps. Larger tiles spill
+    the (BLOCK_N, D) K and V tiles with their gathered addresses."""
+    if dtype == "float32":
+        return 16, 32, 8
     block_d = max(16, triton.next_power_of_2(head_dim))
-    return 64 if block_d <= 64 else 32 if block_d == 128 else 16
+    block_n = 64 if block_d <= 64 else 32 if block_d == 128 else 16
+    return (64 if hopper else 16), block_n, 4
 
 
 @triton.jit

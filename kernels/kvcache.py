@@ -13,7 +13,7 @@ import torch
 import triton
 
 from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES, padded_head_dim
-from .decode import decode_block_n, decode_combine_kernel, decode_split_kernel
+from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .flash_attention import (
     FLOAT32_DOT_PRECISION,
     INTERPRETED,
@@ -183,14 +183,9 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     rows = seqlen_q * group
     if INTERPRETED:
         block_m, block_n, warps = 16, 16, 1
-    else:  # the compile gate's rows (compile_gate.decode_specs): Hopper's wgmma needs M = 64
+    else:  # the compile gate's rows (compile_gate.decode_specs)
         hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
-        if q.dtype == torch.float32:  # exact FMA dots, no MMA: small tiles on 8 warps (no spills)
-            block_m, block_n, warps = 16, 32, 8
-        else:
-            block_m = 64 if hopper else max(16, min(64, triton.next_power_of_2(rows)))
-            block_n = decode_block_n(head_dim)
-            warps = 4
+        block_m, block_n, warps = decode_tile(head_dim, str(q.dtype).removeprefix("torch."), hopper)
     m_blocks = triton.cdiv(rows, block_m)
     splits = num_splits or num_splits_heuristic(batch, heads_kv, m_blocks, capacity, block_n, _sm_count(q.device))
     splits = max(1, min(splits, triton.cdiv(max(capacity, 1), block_n)))

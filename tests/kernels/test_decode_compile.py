@@ -16,7 +16,7 @@ import json, sys
 from flashref.kernels import compile_gate as cg
 rows = []
 for arch in ("sm_90", "sm_80"):
-    for spec in cg.decode_specs(head_dims=(128,), dtypes=("bfloat16",)):
+    for spec in cg.decode_specs(head_dims=(128,), dtypes=("bfloat16",), arch=arch):
         row = cg.compile_decode(spec, arch)
         rows.append(dict(row.as_dict(), problems=cg.problems(row)))
 print(json.dumps(rows))
@@ -29,6 +29,7 @@ def test_decode_specs_cover_every_bucket_dtype_and_layout():
     split = [s for s in specs if s.kernel == "decode_split"]
     assert {s.paged for s in split} == {False, True}
     assert all(s.block_m == 64 for s in split if s.dtype != "float32")  # Hopper's wgmma M
+    assert all(s.block_m == 16 for s in decode_specs(arch="sm_80") if s.kernel == "decode_split")
 
 
 @pytest.mark.slow
