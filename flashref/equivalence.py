@@ -496,7 +496,12 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     is about ``u32`` times it. Computed by the oracle with the same products on absolute values
     (docs/design.md, "The slack"):
 
-    - out = P V: ``P |V|``;  dv = P^T dO: ``P^T |dO|`` (summed over a GQA group);
+    - out = P V: ``P |V|``;  dv = P^T dO: ``P^T |dO|`` (summed over a GQA group), plus the
+      error of the backward's recomputed P, ``u32 W`` relative with
+      ``W = 1 + 2|S| + 3|lse| + scale |Q| |K|^T`` (the roundings of the exp2 argument
+      ``S log2e - lse log2e`` and of the recomputed raw q.k) on rows that see a single key (where
+      the baseline's P is exactly 1; elsewhere it errs alike), carried like the dS errors below:
+      ``min((P o W)^T |dO|, LAMBDA sqrt(((P o W)^2)^T dO^2))``;
     - dS = P o (dP - D), dP = dO V^T, D = rowsum(dO o O): the kernel forms dP and D as two
       float32 sums of D products each and subtracts them, so dS carries an absolute error of
       about ``u32 E`` with ``E = DS_ROUNDING P o (|dO| |V|^T + rowsum|dO o O|)`` -- even where dS is exactly 0
@@ -531,6 +536,20 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     abs_k, abs_v = np.abs(k_full), np.abs(v_full)
     m_out = dropped @ abs_v
     m_dv = reduce_kv_heads(dropped.swapaxes(-1, -2) @ np.abs(dout), group)
+    # The backward recomputes P = exp2(S log2e - lse log2e) from the stored lse (and S from a
+    # dot in another order), so its P carries a relative error of about u32 * W, where plain
+    # attention's P is exactly 1 (a row that sees one key). Separate per (i, j), so carried
+    # into dv like the dS errors into dq: the sure sum or LAMBDA deviations.
+    finite_lse = np.where(np.isfinite(lse), np.abs(lse), 0.0)[..., None]
+    w = (1.0 + np.where(np.isfinite(scores), 2.0 * np.abs(scores), 0.0) + 3.0 * finite_lse
+         + scale * (np.abs(q) @ abs_k.swapaxes(-1, -2)))
+    # Only rows that see a single key: elsewhere plain attention's own P carries errors of the
+    # same kind (its scores and exp round too) and the factor term covers them.
+    single = (np.isfinite(scores).sum(axis=-1, keepdims=True) == 1)
+    error_p = dropped * w * single
+    carried_dv = np.minimum(reduce_kv_heads(error_p.swapaxes(-1, -2) @ np.abs(dout), group),
+                            LAMBDA * np.sqrt(reduce_kv_heads((error_p**2).swapaxes(-1, -2) @ dout**2, group)))
+    m_dv = m_dv + carried_dv
     dprobs = dout @ v_full.swapaxes(-1, -2)
     m_dprobs = np.abs(dout) @ abs_v.swapaxes(-1, -2)
     if dropout is not None:

@@ -114,7 +114,7 @@ def _dkdv_query_blocks(
     stride_qm, stride_qd, stride_dom, stride_dod,
     rows, offs_d, lo, hi, seqlen_q, tile_shift, qk_scale,
     tile_window_shift, tile_alibi_shift, alibi_slope, softcap_in, seed, stream, key_counter,
-    seqlen_k, dropout_p, dropout_scale,
+    seqlen_k, dropout_p, dropout_scale, split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
     GRADS: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -128,11 +128,16 @@ def _dkdv_query_blocks(
     A "dv" pass needs neither V nor dP: the compiler drops the unused tile and products.
     Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
     so the caller zeroes those rows once, before the store. Shifts are tile-relative (minus the
-    key block's start); ``key_counter = start_n`` for the dropout counters.
+    key block's start); ``key_counter = start_n`` for the dropout counters. With a window the
+    masked call walks both masked ranges in one loop (``split``, ``gap`` as in the forward).
     """
     offs_m_base = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
-    for start_m in range(lo, hi, BLOCK_M):
+    for block_start in range(lo, hi, BLOCK_M):
+        start_m = block_start
+        if WINDOW:
+            if MASKED:
+                start_m = tl.where(block_start < split, block_start, block_start + gap)
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
         # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D).
@@ -311,30 +316,40 @@ def attention_backward_dkdv_kernel(
         if ALIBI:
             alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
         stream = b * heads_q + h
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-            stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
-            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-            seqlen_k, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        dk, dv = _dkdv_query_blocks(
-            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-            stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
-            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-            seqlen_k, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         if WINDOW:
+            # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
             dk, dv = _dkdv_query_blocks(
                 dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
                 stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, end, hi, seqlen_q, causal_shift - start_n, qk_scale,
+                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
                 window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale,
+                seqlen_k, dropout_p, dropout_scale, 0, 0,
+                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                stride_qm, stride_qd, stride_dom, stride_dod,
+                rows, offs_d, lo, mid + (hi - end), seqlen_q, causal_shift - start_n, qk_scale,
+                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+                seqlen_k, dropout_p, dropout_scale, mid, end - mid,
                 HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        else:
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                stride_qm, stride_qd, stride_dom, stride_dod,
+                rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
+                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+                seqlen_k, dropout_p, dropout_scale, 0, 0,
+                HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            dk, dv = _dkdv_query_blocks(
+                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                stride_qm, stride_qd, stride_dom, stride_dod,
+                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
+                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+                seqlen_k, dropout_p, dropout_scale, 0, 0,
+                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
                 CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
@@ -358,17 +373,23 @@ def _dq_key_blocks(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
     window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, dropout_scale,
+    split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False,
 ):
-    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K.
+    """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K (with a
+    window, the masked call walks two ranges: ``split``, ``gap`` as in the forward).
     With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
-    for start_n in range(lo, hi, BLOCK_N):
+    for block_start in range(lo, hi, BLOCK_N):
+        start_n = block_start
+        if WINDOW:
+            if MASKED:
+                start_n = tl.where(block_start < split, block_start, block_start + gap)
         keys = start_n + offs_n_base
         if TMA:  # bulk copies, zero past kv_len and HEAD_DIM
             kt = tl.trans(load_rows(k_base, start_n))
@@ -499,28 +520,34 @@ def attention_backward_dq_kernel(
     if VARLEN:
         hi = tl.where(start_m < seqlen_q, hi, 0)  # a block past the sequence's end: no work
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    lo = 0
     if WINDOW:
-        lo, a, mid = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
         dq = _dq_key_blocks(
             dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
+            offs_m, offs_d, edge, full_end, seqlen_k_visible, causal_shift, qk_scale,
             window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
             WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        lo = a
-    dq = _dq_key_blocks(
-        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-    dq = _dq_key_blocks(
-        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        dq = _dq_key_blocks(
+            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, lo, edge + (hi - full_end), seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+            edge, full_end - edge, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    else:
+        dq = _dq_key_blocks(
+            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        dq = _dq_key_blocks(
+            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

@@ -121,8 +121,10 @@ def window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M: tl.constexpr, BLO
     """With a left window (key j visible to row i only if ``j >= i + window_shift``), the key
     blocks of a query block ``[start_m, start_m + BLOCK_M)`` are ``[lo, a)`` (masked: the
     window's left edge), ``[a, b)`` (every row sees them whole: no mask) and ``[b, hi)``
-    (masked: diagonal and tail), with ``lo <= a <= b <= hi`` unless the window hides the whole
-    query block (then every range is empty). ``mid``, ``hi``: the bounds without the window."""
+    (masked: diagonal and tail), with ``a <= b <= hi`` and ``lo <= a`` unless the window hides
+    the whole query block (then ``a = hi < lo`` and every range is empty). ``lo``, ``b`` are
+    multiples of ``BLOCK_N`` and so is ``a`` unless ``a = hi``, so ``b - a`` is a whole number of
+    blocks whenever ``[b, hi)`` is not empty. ``mid``, ``hi``: the bounds without the window."""
     # Block-aligned first key of the first row's window; the last row's window starts latest.
     lo = (tl.maximum(start_m + window_shift, 0) // BLOCK_N) * BLOCK_N
     full_from = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 + window_shift, 0), BLOCK_N) * BLOCK_N
@@ -135,17 +137,24 @@ def window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M: tl.constexpr, BLO
 def _forward_key_blocks(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
     offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
-    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p,
+    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False,
 ):
-    """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block.
+    """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block. With a
+    window the masked call walks two ranges in one loop: blocks from ``split`` on are moved
+    ``gap`` keys right (``[lo, split)`` then ``[split + gap, hi + gap)``): one masked loop body
+    in the kernel instead of two keeps the register pressure of the plain kernel.
     With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
-    for start_n in range(lo, hi, BLOCK_N):
+    for block_start in range(lo, hi, BLOCK_N):
+        start_n = block_start
+        if WINDOW:
+            if MASKED:
+                start_n = tl.where(block_start < split, block_start, block_start + gap)
         keys = start_n + offs_n
         # k^T tile (BLOCK_D, BLOCK_N) and v tile (BLOCK_N, BLOCK_D).
         if TMA:  # bulk copies, zero past kv_len and HEAD_DIM (the masks below)
@@ -309,25 +318,30 @@ def attention_forward_kernel(
         # stores nothing (its rows are masked).
         hi = tl.where(start_m < seqlen_q, hi, 0)
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    lo = 0
     if WINDOW:
-        lo, a, mid = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
         acc, m_i, l_i = _forward_key_blocks(
             acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, lo, a, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
+            offs_m, offs_d, edge, full_end, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, edge, 0,
+            HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        acc, m_i, l_i = _forward_key_blocks(
+            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, lo, edge + (hi - full_end), seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, edge, full_end - edge,
             HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        lo = a
-    acc, m_i, l_i = _forward_key_blocks(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, lo, mid, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-    acc, m_i, l_i = _forward_key_blocks(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    else:
+        acc, m_i, l_i = _forward_key_blocks(
+            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
+            HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        acc, m_i, l_i = _forward_key_blocks(
+            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+            offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
+            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
+            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     seen = l_i > 0.0
