@@ -219,9 +219,21 @@ def test_bad_case_names_are_rejected(bad):
         Case.from_name(bad)
 
 
+def is_variant(case: Case) -> bool:
+    """A case of one of the variant families (eq.VARIANT_FAMILIES) rather than plain attention."""
+    return (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
+            or case.dropout_p > 0)
+
+
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
-    cases = sweep("ci", packed=False)
+    every = sweep("ci", packed=False)
+    # The plain covering design first, then every variant family twice.
+    cases = [c for c in every if not is_variant(c)]
+    variants = [c for c in every if is_variant(c)]
+    assert every[:len(cases)] == cases
     assert len(cases) == len(eq.CI_SEQLENS) * 3
+    assert len(variants) == 2 * len(eq.VARIANT_FAMILIES)
+    assert len({c.seed for c in every}) == len(every)
     axes = {
         "seqlens": lambda c: (c.seqlen_q, c.seqlen_k),
         "head_dim": lambda c: c.head_dim,
@@ -247,8 +259,12 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 
 def test_sweep_filters_and_presets():
-    quick = sweep("quick", packed=False)
+    every = sweep("quick", packed=False)
+    quick = [c for c in every if not is_variant(c)]
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
+    # Each variant family once; with the packed families `flashref verify --quick` stays small.
+    assert len(every) - len(quick) == len(eq.VARIANT_FAMILIES)
+    assert len(every) < len(sweep("quick")) <= 30
     only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, packed=False)
     assert {c.dtype for c in only_bf16} == {"bfloat16"} and {c.head_dim for c in only_bf16} == {64}
     assert not any(c.causal for c in only_bf16) and min(c.seed for c in only_bf16) == 100
