@@ -389,8 +389,10 @@ def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks, varlen: Varlen | N
     if out.numel() == 0:
         return out, lse
     if seqlen_k == 0 or k.shape[0] == 0:  # every row sees no key (but the sink, if any)
-        sink_rows = sinks[:, None] if varlen is not None else sinks[None, :, None]
-        lse.copy_(sink_rows.expand_as(lse)) if sinks is not None else lse.fill_(float("-inf"))
+        if sinks is None:
+            lse.fill_(float("-inf"))
+        else:  # lse (Hq, total_q) with varlen, else (B, Hq, Lq)
+            lse.copy_((sinks[:, None] if varlen is not None else sinks[None, :, None]).expand_as(lse))
         return out.zero_(), lse
     cu_q, cu_k = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
     args = (q, k, v, out, lse, kv_lens, alibi, sinks, cu_q, cu_k,
