@@ -10,7 +10,7 @@ import torch
 from flashref.kernels import INTERPRETED, flash_attention_varlen, poisoned_outputs
 from flashref.reference import attention_varlen_backward, attention_varlen_forward
 from flashref.reference.philox import dropout_keep
-from varlen_cases import BASE_SEED, describe, errors, rule, torch_attention
+from varlen_cases import BASE_SEED, describe, errors, rule, torch_attention, varlen_slack
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRETED and not torch.cuda.is_available(),
@@ -102,7 +102,9 @@ def test_varlen_by_the_rule(index):
     if sinks is not None:
         base["dsinks"] = bgrads[3]
 
-    verdict = rule(errors(kern, ref), errors(base, ref))
+    slacks = varlen_slack(dtype_name, q, k, v, dout, ref, ref_lse, cu_q.tolist(), cu_k.tolist(), **common,
+                          alibi=alibi, sinks=sinks, dropout_p=p)
+    verdict = rule(errors(kern, ref), errors(base, ref), slacks)
     assert all(e.passed for e in verdict.values()), f"{name} seed {seed}: {describe(verdict)}"
     # lse: (Hq, total_q), -inf exactly where the oracle's is (rows with no key and no sink).
     ref_lse = np.asarray(ref_lse)
