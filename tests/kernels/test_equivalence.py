@@ -119,7 +119,10 @@ def degenerate(case: Case, inputs) -> bool:
     (dS = 1 * (dP - dP) = 0), with two nearly so (dS = P0 P1 (dP0 - dP1)), while the kernel's
     D = rowsum(dO o O) is a separate float32 sum whose rounding does not cancel; there the
     slack, not the factor, carries the bound (docs/design.md)."""
-    kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in eq.attention_kwargs(case, inputs).items()}
+    # Only the visibility keywords: the variants' softcap, ALiBi, sinks and dropout change
+    # scores and weights, not which keys a row sees.
+    kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in eq.attention_kwargs(case, inputs).items()
+          if k in ("causal", "causal_alignment", "kv_lens", "window_size")}
     visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=case.batch, **kw).sum(axis=-1)
     return bool(((visible == 1) | (visible == 2)).any())
 
