@@ -148,7 +148,12 @@ class Case:
 
     @classmethod
     def from_name(cls, name: str, seed: int = 0) -> "Case":
-        """The inverse of ``name``."""
+        """The inverse of ``name`` (a packed family's name gives its case: flashref/packed_equivalence.py)."""
+        from flashref.packed_equivalence import from_name as packed_from_name
+
+        packed = packed_from_name(name, seed)
+        if packed is not None:
+            return packed
         text = name.strip()
         m = cls._NAME.match(text)
         if m is None:
@@ -636,6 +641,8 @@ def judge(kernel_error: float, baseline_error: float, factor: float, slack: floa
 
 def check_case(case: Case, device: str = "cpu") -> CaseResult:
     """Run one case through kernel, baseline and oracle and apply the rule to each tensor."""
+    if hasattr(case, "check"):  # the packed families (varlen, kvcache) run themselves
+        return case.check(device)
     start = time.perf_counter()
     inputs = make_inputs(case, device)
     ref = oracle_attention(case, inputs)
@@ -716,14 +723,17 @@ QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
 
 
-def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0) -> list[Case]:
+def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0, packed: bool = True) -> list[Case]:
     """The cases of ``preset`` ("quick", "ci", "full"), optionally restricted to some dtypes
     (names), head dims, or to causal (True: both alignments) / non-causal (False) masking.
     Case seeds are ``seed, seed + 1, ...`` (the variant families': ``seed + 10000, ...``).
     Every preset ends with the variant families (``VARIANT_FAMILIES``): once each in "quick",
-    twice in "ci", four times in "full"."""
+    twice in "ci", four times in "full".
+    ``packed``: then the families of the packed entry points (``flash_attention_varlen``,
+    ``flash_attention_with_kvcache``; flashref/packed_equivalence.py), seeds ``seed + 20000, ...``."""
     if preset not in ("quick", "ci", "full"):
         raise ValueError(f"preset must be 'quick', 'ci' or 'full', got {preset!r}")
+    requested_head_dims = head_dims  # the packed families have their own head dims unless filtered
     dtypes = tuple(dtypes) if dtypes is not None else DTYPES
     for d in dtypes:
         if d not in DTYPES:
@@ -747,5 +757,13 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
         for index, ((lq, lk), (c, a), d, dt) in enumerate(product(seqlens, masks, head_dims, dtypes)):
             b, hq, hkv = layouts[index % len(layouts)]
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
-        return cases + variants
-    return _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed) + variants
+    else:
+        cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
+    cases = cases + variants
+    # The packed entry points (issue 11): flash_attention_varlen and flash_attention_with_kvcache.
+    if not packed:
+        return cases
+    from flashref.packed_equivalence import packed_sweep
+
+    return cases + packed_sweep(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal,
+                                seed=seed + 20000)

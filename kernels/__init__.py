@@ -6,8 +6,10 @@ with Triton's interpreter; otherwise they compile for the GPU.
 
 from .configs import KernelConfig, configs_for
 from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, last_dropout_seed, poisoned_outputs
+from .flash_attention_varlen import flash_attention_varlen
+from .kvcache import flash_attention_with_kvcache
 
-__all__ = ["flash_attention", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
+__all__ = ["flash_attention", "flash_attention_varlen", "flash_attention_with_kvcache", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
            "configs_for"]
 
 from .sdpa_routing import SDPARoutingError, sdpa_routing  # noqa: E402 -- issue 12: route torch SDPA to the kernels

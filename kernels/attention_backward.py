@@ -41,6 +41,7 @@ from .attention_forward import (
     LOG2E,
     _LOG2E_K,
     dropout_keep,
+    sequence_start,
     tanh,
     unmasked_key_end,
     visible_key_end,
@@ -52,11 +53,12 @@ from .tile_loads import load_rows, rows_descriptor
 
 @triton.jit
 def attention_backward_delta_kernel(
-    Out, DOut, Delta, Lse, Sinks, DSinks,
+    Out, DOut, Delta, Lse, Sinks, DSinks, CuSeqQ,
     stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     heads_q, seqlen_q,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, SINKS: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in float32.
 
@@ -66,24 +68,33 @@ def attention_backward_delta_kernel(
     delta``, stored (unnegated) at ``DSinks[b * Hq + h, pid_m]`` (float32, contiguous
     (B * Hq, cdiv(Lq, BLOCK_M))): the host sums it over b and the blocks in a fixed order, so
     dsinks is deterministic (no atomics).
+    ``VARLEN``: packed (total_q, Hq, D) with ``CuSeqQ`` (B + 1,) int32, ``seqlen_q`` = total_q;
+    Delta and Lse are (Hq, total_q) (see the forward kernel).
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
     h = pid_bh % heads_q
+    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    row = pid_bh.to(tl.int64) * seqlen_q
+    if VARLEN:
+        q_start = tl.load(CuSeqQ + b)
+        row = h.to(tl.int64) * seqlen_q + q_start
+        seqlen_q = tl.load(CuSeqQ + b + 1) - q_start
+        o_base += q_start.to(tl.int64) * stride_om
+        do_base += q_start.to(tl.int64) * stride_dom
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < seqlen_q)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    o = tl.load(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
-    do = tl.load(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                 + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
+    o = tl.load(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od, mask=mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, delta, mask=offs_m < seqlen_q)
+    tl.store(Delta + row + offs_m, delta, mask=offs_m < seqlen_q)
     if SINKS:
         # exp(sink - lse) is the sink's softmax weight: never above 1, and lse >= sink.
         row_ok = offs_m < seqlen_q
-        lse = tl.load(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, mask=row_ok, other=0.0)
+        lse = tl.load(Lse + row + offs_m, mask=row_ok, other=0.0)
         sink = tl.load(Sinks + h)
         p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * _LOG2E_K), 0.0)
         tl.store(DSinks + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
@@ -181,7 +192,7 @@ def _dkdv_query_blocks(
 
 @triton.jit
 def attention_backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV, KvLens, Alibi,
+    Q, K, V, DOut, Lse, Delta, DK, DV, KvLens, Alibi, CuSeqQ, CuSeqK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -196,7 +207,7 @@ def attention_backward_dkdv_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
@@ -208,7 +219,7 @@ def attention_backward_dkdv_kernel(
     whose every row sees the whole key block (unmasked); blocks above the diagonal are skipped.
     With a left window (``WINDOW``) a third, masked range follows (the rows whose window starts
     inside the key block) and rows whose window starts past it are skipped.
-    Variant arguments as in the forward kernel.
+    Variant arguments (and ``VARLEN``'s packed layout) as in the forward kernel.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -216,12 +227,28 @@ def attention_backward_dkdv_kernel(
     h_kv = pid_bh % heads_kv
     group_size = heads_q // heads_kv
     seqlen_k_visible = seqlen_k
+    # Rows the key block may store: k's padded length, or this sequence's keys (VARLEN: the
+    # next rows of the packed k belong to the next sequence).
+    seqlen_k_rows = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    total_q = seqlen_q
+    if VARLEN:
+        q_start, k_start, seqlen_q, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
+        seqlen_k_rows = seqlen_k_visible
+        # Move the query-side pointers to the sequence's first row once: nothing per-sequence
+        # stays live across the loops but total_q (registers are tight at head dim 128+).
+        Q += q_start.to(tl.int64) * stride_qm
+        DOut += q_start.to(tl.int64) * stride_dom
+        Lse += q_start
+        Delta += q_start
     if SHIFT_KV_LEN:
-        causal_shift += seqlen_k_visible
-        window_shift += seqlen_k_visible
-        alibi_shift += seqlen_k_visible
+        kv_shift = seqlen_k_visible
+        if VARLEN:
+            kv_shift -= seqlen_q
+        causal_shift += kv_shift
+        window_shift += kv_shift
+        alibi_shift += kv_shift
 
     start_n = pid_n * BLOCK_N
     offs_d = tl.arange(0, BLOCK_D)
@@ -229,15 +256,19 @@ def attention_backward_dkdv_kernel(
     # what the store needs after the loops is then two pointers and the thread index, not
     # per-row offsets (at head dim 256 the loops need every register; long-lived values spill).
     rows = tl.arange(0, BLOCK_N)
-    kv_mask = (rows < seqlen_k - start_n)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    tile = b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n.to(tl.int64) * stride_kn
+    kv_mask = (rows < seqlen_k_rows - start_n)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    if VARLEN:
+        start_n_row = start_n + k_start  # the key block's first row in the packed k
+    else:
+        start_n_row = start_n
+    tile = b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n_row.to(tl.int64) * stride_kn
     k = tl.load(K + tile + rows[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
-    tile = b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n.to(tl.int64) * stride_vn
+    tile = b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n_row.to(tl.int64) * stride_vn
     v = tl.load(V + tile + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
     dk_tile = (DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
-               + start_n.to(tl.int64) * stride_dkn)
+               + start_n_row.to(tl.int64) * stride_dkn)
     dv_tile = (DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
-               + start_n.to(tl.int64) * stride_dvn)
+               + start_n_row.to(tl.int64) * stride_dvn)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -279,6 +310,8 @@ def attention_backward_dkdv_kernel(
             q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
             do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
         row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
+        if VARLEN:
+            row_base = h.to(tl.int64) * total_q  # Lse, Delta (Hq, total_q); Q, dO, Lse, Delta pre-offset
         alibi_slope = 0.0
         if ALIBI:
             alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
@@ -324,7 +357,7 @@ def attention_backward_dkdv_kernel(
     visible = (rows < seqlen_k_visible - start_n)[:, None]
     # Written as a different expression from kv_mask on purpose: CSE would otherwise keep the
     # load's mask alive across the loops (spilled at head dim 256).
-    store_mask = (rows + start_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    store_mask = (rows + start_n < seqlen_k_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
     if GRADS != "dv":
         dk = tl.where(visible, dk * softmax_scale, 0.0)
         tl.store(dk_tile + rows[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
@@ -348,7 +381,8 @@ def _dq_key_blocks(
     TMA: tl.constexpr = False,
 ):
     """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K (with a
-    window, the masked call walks two ranges: ``split``, ``gap`` as in the forward)."""
+    window, the masked call walks two ranges: ``split``, ``gap`` as in the forward).
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for block_start in range(lo, hi, BLOCK_N):
@@ -404,7 +438,7 @@ def _dq_key_blocks(
 
 @triton.jit
 def attention_backward_dq_kernel(
-    Q, K, V, DOut, Lse, Delta, DQ, KvLens, Alibi,
+    Q, K, V, DOut, Lse, Delta, DQ, KvLens, Alibi, CuSeqQ, CuSeqK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -418,7 +452,7 @@ def attention_backward_dq_kernel(
     CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
-    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
+    ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
     DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
@@ -432,10 +466,18 @@ def attention_backward_dq_kernel(
     seqlen_k_visible = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    lse_row = pid_bh.to(tl.int64) * seqlen_q
+    if VARLEN:
+        q_start, k_start, seqlen_q_b, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
+        lse_row = h.to(tl.int64) * seqlen_q + q_start  # Lse, Delta: (Hq, total_q); seqlen_q = total_q
+        seqlen_q = seqlen_q_b
     if SHIFT_KV_LEN:
-        causal_shift += seqlen_k_visible
-        window_shift += seqlen_k_visible
-        alibi_shift += seqlen_k_visible
+        kv_shift = seqlen_k_visible
+        if VARLEN:
+            kv_shift -= seqlen_q
+        causal_shift += kv_shift
+        window_shift += kv_shift
+        alibi_shift += kv_shift
     alibi_slope = 0.0
     if ALIBI:
         alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
@@ -448,6 +490,15 @@ def attention_backward_dq_kernel(
 
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    dq_base = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    if VARLEN:
+        q_base += q_start.to(tl.int64) * stride_qm
+        do_base += q_start.to(tl.int64) * stride_dom
+        dq_base += q_start.to(tl.int64) * stride_dqm
+        k_base += k_start.to(tl.int64) * stride_kn
+        v_base += k_start.to(tl.int64) * stride_vn
     if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
         q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
         do = load_rows(rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
@@ -458,16 +509,16 @@ def attention_backward_dq_kernel(
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
-    lse2 = _load_lse_log2(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, row_ok)
-    delta = tl.load(Delta + pid_bh.to(tl.int64) * seqlen_q + offs_m, mask=row_ok, other=0.0)
+    lse2 = _load_lse_log2(Lse + lse_row + offs_m, row_ok)
+    delta = tl.load(Delta + lse_row + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
     if TMA:
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
+    if VARLEN:
+        hi = tl.where(start_m < seqlen_q, hi, 0)  # a block past the sequence's end: no work
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
     if WINDOW:
         lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
@@ -498,6 +549,5 @@ def attention_backward_dq_kernel(
             0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
             WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
-    tl.store(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-             + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+    tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

@@ -85,6 +85,18 @@ def dropout_keep(seed, rows, keys, seqlen_k, stream, dropout_p):
 
 
 @triton.jit
+def sequence_start(CuSeqQ, CuSeqK, b):
+    """Where packed sequence b starts and how long it is (``VARLEN``): ``(q_start, k_start,
+    seqlen_q, seqlen_k)`` from ``cu_seqlens_q/k`` ((B + 1,) int32). Its rows are ``q_start + i``
+    of the packed q (``k_start + j`` of k, v); its lse (and delta) row for head h starts at
+    ``h * total_q + q_start`` of the (Hq, total_q) array. Four scalar loads per program: no
+    host sync, no padding."""
+    q_start = tl.load(CuSeqQ + b)
+    k_start = tl.load(CuSeqK + b)
+    return q_start, k_start, tl.load(CuSeqQ + b + 1) - q_start, tl.load(CuSeqK + b + 1) - k_start
+
+
+@triton.jit
 def visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
     """One past the last key any row of the query block ``[start_m, start_m + BLOCK_M)`` sees."""
     hi = seqlen_k_visible
@@ -134,7 +146,8 @@ def _forward_key_blocks(
     """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block. With a
     window the masked call walks two ranges in one loop: blocks from ``split`` on are moved
     ``gap`` keys right (``[lo, split)`` then ``[split + gap, hi + gap)``): one masked loop body
-    in the kernel instead of two keeps the register pressure of the plain kernel."""
+    in the kernel instead of two keeps the register pressure of the plain kernel.
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     for block_start in range(lo, hi, BLOCK_N):
@@ -198,7 +211,7 @@ def _forward_key_blocks(
 
 @triton.jit
 def attention_forward_kernel(
-    Q, K, V, Out, Lse, KvLens, Alibi, Sinks,
+    Q, K, V, Out, Lse, KvLens, Alibi, Sinks, CuSeqQ, CuSeqK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -212,7 +225,7 @@ def attention_forward_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
-    TMA: tl.constexpr = False,
+    VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """out, lse for one (query block, batch x head).
 
@@ -224,7 +237,10 @@ def attention_forward_kernel(
     (causal and/or a right window, folded into one shift by the host); ``WINDOW``: the left
     bound ``j >= i + window_shift``. ``SHIFT_KV_LEN``: add ``kv_len[b]`` to the three shifts.
     ``seed``, ``dropout_p``, ``dropout_scale``: see ``dropout_keep`` (read only if DROPOUT).
-    ``HEAD_DIM`` is padded to the power of two
+    ``VARLEN``: packed sequences (see ``sequence_start``): ``b`` is sequence b of
+    ``CuSeqQ``/``CuSeqK`` ((B + 1,) int32), the batch strides are 0, ``seqlen_q`` is
+    ``total_q`` (Lse is (Hq, total_q)) and ``seqlen_k`` is ``max_seqlen_k`` (the dropout
+    counters' row stride). ``HEAD_DIM`` is padded to the power of two
     ``BLOCK_D`` (masked loads, zero padding adds nothing to a dot product).
     ``UPCAST``: set under Triton's interpreter, whose ``tl.dot`` treats bfloat16 as raw uint16
     bits (garbage); tiles are widened to float32 first there, which is also exactly what a GPU's
@@ -243,11 +259,20 @@ def attention_forward_kernel(
     seqlen_k_visible = seqlen_k
     if HAS_KV_LENS:
         seqlen_k_visible = tl.load(KvLens + b)
+    lse_row = pid_bh.to(tl.int64) * seqlen_q
+    if VARLEN:
+        q_start, k_start, seqlen_q_b, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
+        lse_row = h.to(tl.int64) * seqlen_q + q_start  # Lse: (Hq, total_q), total_q passed as seqlen_q
+        seqlen_q = seqlen_q_b
     if SHIFT_KV_LEN:
-        # "bottom_right" with kv_lens: the queries are the last Lq tokens of this sequence.
-        causal_shift += seqlen_k_visible
-        window_shift += seqlen_k_visible
-        alibi_shift += seqlen_k_visible
+        # "bottom_right" with kv_lens: the queries are the last Lq tokens of this sequence
+        # (with VARLEN the host's shifts are 0-based and the kernel adds Lk_b - Lq_b).
+        kv_shift = seqlen_k_visible
+        if VARLEN:
+            kv_shift -= seqlen_q
+        causal_shift += kv_shift
+        window_shift += kv_shift
+        alibi_shift += kv_shift
     alibi_slope = 0.0
     if ALIBI:
         alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
@@ -261,6 +286,12 @@ def attention_forward_kernel(
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
     v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
+    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    if VARLEN:
+        q_base += q_start.to(tl.int64) * stride_qm
+        o_base += q_start.to(tl.int64) * stride_om
+        k_base += k_start.to(tl.int64) * stride_kn
+        v_base += k_start.to(tl.int64) * stride_vn
     if TMA:
         q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
         # From here on k_base, v_base are descriptors; keys past kv_len load as zeros.
@@ -282,6 +313,10 @@ def attention_forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
+    if VARLEN:
+        # The grid covers max_seqlen_q: a block past this sequence's end visits no key and
+        # stores nothing (its rows are masked).
+        hi = tl.where(start_m < seqlen_q, hi, 0)
     mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
     if WINDOW:
         lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
@@ -317,7 +352,6 @@ def attention_forward_kernel(
     LN2: tl.constexpr = 0.6931471805599453
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
 
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
              to_output(out, Out.dtype.element_ty, UPCAST), mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_ok)
+    tl.store(Lse + lse_row + offs_m, lse, mask=row_ok)

@@ -96,9 +96,11 @@ class Variant:
 # never compile a kernel with a switch it does not know about.
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
-    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "TMA": False,
+    "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False, "TMA": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
+_VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+               ("DROPOUT", True))
 VARIANTS = (
     Variant("plain", head_dims=GATE_HEAD_DIMS, all_configs=True),
     Variant("kv_lens", (("HAS_KV_LENS", True),)),
@@ -114,6 +116,10 @@ VARIANTS = (
                                                 ("DROPOUT", True))),
     Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
                                                       ("DROPOUT", True), ("SINKS", True))),  # the forward
+    # Packed sequences (issue 11, flash_attention_varlen): the prologue only; then with every variant.
+    Variant("varlen", (("VARLEN", True),)),
+    Variant("varlen_all_variants", _VARLEN_ALL),
+    Variant("varlen_all_variants_sinks", _VARLEN_ALL + (("SINKS", True),)),  # the forward and delta
 )
 # The Hopper path (kernels/tile_loads.py): tiles through tensor descriptors. The dispatcher
 # takes it on sm_90 for 16-bit inputs only; its rows must show TMA bulk copies and wgmma.
@@ -129,7 +135,7 @@ VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
                 "dropout_scale": "fp32", "seed": "i64"}
 POINTER_TYPES = {"Lse": "*fp32", "Delta": "*fp32", "Alibi": "*fp32", "Sinks": "*fp32", "DSinks": "*fp32",
-                 "KvLens": "*i32"}
+                 "KvLens": "*i32", "CuSeqQ": "*i32", "CuSeqK": "*i32"}
 
 _TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 _KERNEL_SYMBOLS = {
@@ -279,8 +285,8 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             if d not in variant.head_dims or dt not in variant.dtypes:
                 continue
             if kernel == "backward_delta":
-                # Its one switch is SINKS (the dsinks partial sums); plain or the sinks row.
-                if variant.name == "plain" or variant.name == "sinks":
+                # Its switches are SINKS (the dsinks partial sums) and VARLEN (packed rows).
+                if variant.name in ("plain", "sinks", "varlen", "varlen_all_variants_sinks"):
                     specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG, variant.name))
                 continue
             if not variant_applies(variant, kernel):
@@ -493,3 +499,94 @@ def _main() -> None:
 
 if __name__ == "__main__":
     _main()
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoding kernels (kernels/decode.py, issue 11): split-KV attention over a contiguous or
+# paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
+# signature of their own and one tile per head dim (kernels/kvcache.py picks it).
+from .decode import decode_tile  # noqa: E402  (the dispatcher's tile rule, one place)
+
+DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",
+                        "LseP": "*fp32", "Sinks": "*fp32", "Lse": "*fp32"}
+DECODE_SCALAR_TYPES = {"qk_scale": "fp32", "softcap_in": "fp32"}
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """One decoding specialization: kernel "decode_split" or "decode_combine", head dim,
+    dtype, paged (page size 16) or contiguous, and the split kernel's tile."""
+
+    kernel: str
+    head_dim: int
+    dtype: str
+    paged: bool
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+
+    @property
+    def variant(self) -> str:
+        return "paged" if self.paged else "contiguous"
+
+
+def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90") -> list[DecodeSpec]:
+    """The dispatcher's decode launches on ``arch`` (``decode.decode_tile``: the split kernel
+    contiguous and paged, and the combine, once per head dim and dtype)."""
+    specs = []
+    for d, dt in product(head_dims, dtypes):
+        block_m, block_n, warps = decode_tile(d, dt, hopper=arch == "sm_90")
+        specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps)
+                  for paged in (False, True)]
+        specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
+    return specs
+
+
+def _decode_signature(fn, spec: DecodeSpec):
+    elem = _TRITON_TYPE[spec.dtype]
+    constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": padded_head_dim(spec.head_dim), "UPCAST": False}
+    if spec.kernel == "decode_split":
+        constexprs.update(BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, GROUP=4, PAGE_SIZE=16 if spec.paged else 1,
+                          PAGED=spec.paged, CAUSAL=True, WINDOW=False, SOFTCAP=False, ALIBI=False,
+                          DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
+    else:
+        constexprs.update(BLOCK_S=16, SINKS=False)
+    signature, attrs = {}, {}
+    for index, param in enumerate(fn.params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+        elif name.startswith("stride_") and name.endswith("d"):
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        elif name.startswith("stride_"):
+            signature[name] = "i32"
+        elif name in DECODE_POINTER_TYPES:
+            signature[name] = DECODE_POINTER_TYPES[name]
+        elif name[0].isupper():  # Q, KCache, VCache, Out
+            signature[name] = f"*{elem}"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = DECODE_SCALAR_TYPES.get(name, "i32")
+    return signature, constexprs, attrs
+
+
+def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
+    """Compile one decoding specialization for ``arch`` and measure it (as ``compile_specialization``)."""
+    if triton_is_interpreting():
+        raise RuntimeError("compile_decode needs triton imported without TRITON_INTERPRET")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    module = importlib.import_module(f"{__package__}.decode")
+    fn = getattr(module, f"{spec.kernel}_kernel")
+    signature, constexprs, attrs = _decode_signature(fn, spec)
+    start = time.perf_counter()
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", ARCHS[arch], 32),
+                              options={"num_warps": spec.num_warps, "num_stages": 2})
+    seconds = time.perf_counter() - start
+    usage = resource_usage(compiled.asm["cubin"])
+    return CompileRow(
+        kernel=spec.kernel, arch=arch, head_dim=spec.head_dim, dtype=spec.dtype, causal=spec.kernel == "decode_split",
+        BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, num_warps=spec.num_warps, num_stages=2,
+        registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
+        spills=usage.get("LOCAL", 0) + usage.get("STACK", 0), uses_wgmma="wgmma" in compiled.asm["ptx"],
+        compile_seconds=round(seconds, 2), variant=spec.variant)

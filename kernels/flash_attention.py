@@ -145,7 +145,7 @@ def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
         key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS",
-             "SHIFT_KV_LEN", "WINDOW", "SOFTCAP", "ALIBI", "DROPOUT", *extra_key],
+             "SHIFT_KV_LEN", "WINDOW", "SOFTCAP", "ALIBI", "DROPOUT", "VARLEN", *extra_key],
         prune_configs_by={"early_config_prune": config_pruner(name)},
     )(kernel)
 
@@ -318,13 +318,34 @@ def _resolve(q, k, causal, causal_alignment, scale, kv_lens, window_size, softca
         dropout_p=float(dropout_p), dropout_scale=1.0 / (1.0 - float(dropout_p)), seed=seed)
 
 
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
+@dataclass(frozen=True)
+class Varlen:
+    """Packed sequences (``flash_attention_varlen``): q (total_q, Hq, D), k and v
+    (total_k, Hkv, D); sequence b is rows ``cu_q[b]:cu_q[b + 1]`` of q and ``cu_k[b]:cu_k[b + 1]``
+    of k and v. cu_q, cu_k: (B + 1,) int32 on q's device, already checked."""
+
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+
+    @property
+    def batch(self) -> int:
+        return self.cu_q.shape[0] - 1
 
 
-def _meta(q, params: _Params, kv_lens, alibi):
-    head_dim = q.shape[3]
+def _strides(t: torch.Tensor, varlen: Varlen | None = None) -> tuple[int, ...]:
+    """The kernels' (batch, head, row, dim) strides; a packed (total, H, D) tensor has no batch
+    axis (stride 0: the kernels add ``cu_seqlens[b] * row stride`` instead)."""
+    if varlen is None:
+        return tuple(t.stride())
+    return (0, t.stride(1), t.stride(0), t.stride(2))
+
+
+def _meta(q, params: _Params, kv_lens, alibi, varlen: Varlen | None = None):
+    head_dim = q.shape[-1]
     return dict(
+        VARLEN=varlen is not None,
         HEAD_DIM=head_dim,
         BLOCK_D=padded_head_dim(head_dim),
         CAUSAL=params.right_bound,
@@ -348,28 +369,46 @@ def _fixed(config: KernelConfig) -> dict:
     return dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n)
 
 
-def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks):
-    """Launch the forward. Returns out (q's layout and dtype) and lse (B, Hq, Lq) float32."""
-    batch, heads_q, seqlen_q, _ = q.shape
-    heads_kv, seqlen_k = k.shape[1], k.shape[2]
+def _dims(q, k, varlen: Varlen | None):
+    """(batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, grid_k, lse shape): the seqlens
+    are the kernels' ``seqlen_q``/``seqlen_k`` arguments (with ``varlen``: total_q, and
+    max_seqlen_k, the dropout counters' row stride), grid_q/grid_k the rows the grids cover."""
+    if varlen is None:
+        batch, heads_q, seqlen_q, _ = q.shape
+        seqlen_k = k.shape[2]
+        return batch, heads_q, k.shape[1], seqlen_q, seqlen_k, seqlen_q, seqlen_k, (batch, heads_q, seqlen_q)
+    total_q, heads_q = q.shape[:2]
+    return (varlen.batch, heads_q, k.shape[1], total_q, varlen.max_k, varlen.max_q, varlen.max_k,
+            (heads_q, total_q))
+
+
+def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks, varlen: Varlen | None = None):
+    """Launch the forward. Returns out (q's layout and dtype) and lse float32: (B, Hq, Lq), or
+    (Hq, total_q) with ``varlen``."""
+    batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, _, lse_shape = _dims(q, k, varlen)
     out = _new_buffer(q)
-    lse = _new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
+    lse = _new_buffer(q, shape=lse_shape, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
-    if seqlen_k == 0:  # every row sees no key (but the sink, if any)
-        lse.copy_(sinks[None, :, None].expand_as(lse)) if sinks is not None else lse.fill_(float("-inf"))
+    if seqlen_k == 0 or k.shape[0] == 0:  # every row sees no key (but the sink, if any)
+        if sinks is None:
+            lse.fill_(float("-inf"))
+        else:  # lse (Hq, total_q) with varlen, else (B, Hq, Lq)
+            lse.copy_((sinks[:, None] if varlen is not None else sinks[None, :, None]).expand_as(lse))
         return out.zero_(), lse
-    args = (q, k, v, out, lse, kv_lens, alibi, sinks,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+    cu_q, cu_k = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
+    args = (q, k, v, out, lse, kv_lens, alibi, sinks, cu_q, cu_k,
+            *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
             _alibi_batch_stride(alibi),
             heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
             *_variant_scalars(params))
-    meta = dict(_meta(q, params, kv_lens, alibi), SINKS=sinks is not None, TMA=_tma_ok(q, k, v))
+    meta = dict(_meta(q, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
+                TMA=varlen is None and _tma_ok(q, k, v))
     if INTERPRETED:
-        grid = (triton.cdiv(seqlen_q, INTERPRETER_CONFIG.block_m), batch * heads_q)
+        grid = (triton.cdiv(grid_q, INTERPRETER_CONFIG.block_m), batch * heads_q)
         attention_forward_kernel[grid](*args, **meta, **_fixed(INTERPRETER_CONFIG))
     else:
-        _FORWARD[lambda m: (triton.cdiv(seqlen_q, m["BLOCK_M"]), batch * heads_q)](*args, **meta)
+        _FORWARD[lambda m: (triton.cdiv(grid_q, m["BLOCK_M"]), batch * heads_q)](*args, **meta)
     return out, lse
 
 
@@ -378,36 +417,40 @@ def _alibi_batch_stride(alibi) -> int:
     return 0 if alibi is None or alibi.dim() == 1 else alibi.stride(0)
 
 
-def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks):
+def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks, varlen: Varlen | None = None):
     """Launch delta, dK/dV and dQ. Returns dq, dk, dv in the layouts and dtypes of q, k, v, and
     dsinks (Hq,) float32 when ``sinks`` is given (else None)."""
-    batch, heads_q, seqlen_q, head_dim = q.shape
-    heads_kv, seqlen_k = k.shape[1], k.shape[2]
+    batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, grid_k, lse_shape = _dims(q, k, varlen)
+    head_dim = q.shape[-1]
     dq, dk, dv = _new_buffer(q), _new_buffer(k), _new_buffer(v)
     dsinks = None if sinks is None else torch.zeros_like(sinks)
-    if q.numel() == 0 or k.numel() == 0:  # nothing to sum over: every gradient is 0
+    if q.numel() == 0 or k.numel() == 0 or grid_k == 0:  # nothing to sum over: every gradient is 0
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
-    delta = _new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
+    delta = _new_buffer(q, shape=lse_shape, dtype=torch.float32)
     block_d = padded_head_dim(head_dim)
     delta_block_m = 16 if INTERPRETED else 64
-    delta_grid = (triton.cdiv(seqlen_q, delta_block_m), batch * heads_q)
+    delta_grid = (triton.cdiv(grid_q, delta_block_m), batch * heads_q)
     partial = None
     if sinks is not None:
         partial = _new_buffer(q, shape=(batch * heads_q, delta_grid[0]), dtype=torch.float32)
     attention_backward_delta_kernel[delta_grid](
-        out, dout, delta, lse, sinks, partial, *_strides(out), *_strides(dout), heads_q, seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block_m, SINKS=sinks is not None)
+        out, dout, delta, lse, sinks, partial, None if varlen is None else varlen.cu_q,
+        *_strides(out, varlen), *_strides(dout, varlen), heads_q, seqlen_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block_m, SINKS=sinks is not None,
+        VARLEN=varlen is not None)
     if sinks is not None:
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = dict(_meta(q, params, kv_lens, alibi), TMA=_tma_ok(q, k, v, dout))
-    qkv_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(dout))
+    meta = dict(_meta(q, params, kv_lens, alibi, varlen), TMA=varlen is None and _tma_ok(q, k, v, dout))
+    cu = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
+    qkv_strides = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
     tail = (*_variant_scalars(params),)
-    dkdv_args = (q, k, v, dout, lse, delta, dk, dv, kv_lens, alibi, *qkv_strides, *_strides(dk), *_strides(dv),
+    dkdv_args = (q, k, v, dout, lse, delta, dk, dv, kv_lens, alibi, *cu, *qkv_strides, *_strides(dk, varlen),
+                 *_strides(dv, varlen),
                  _alibi_batch_stride(alibi),
                  heads_q, heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale, params.scale, *tail)
-    dq_args = (q, k, v, dout, lse, delta, dq, kv_lens, alibi, *qkv_strides, *_strides(dq),
+    dq_args = (q, k, v, dout, lse, delta, dq, kv_lens, alibi, *cu, *qkv_strides, *_strides(dq, varlen),
                _alibi_batch_stride(alibi),
                heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
                params.scale, *tail)
@@ -415,15 +458,15 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks):
     if INTERPRETED:
         c = INTERPRETER_CONFIG
         for grads in dkdv_passes(head_dim):
-            attention_backward_dkdv_kernel[(triton.cdiv(seqlen_k, c.block_n), batch * heads_kv)](
+            attention_backward_dkdv_kernel[(triton.cdiv(grid_k, c.block_n), batch * heads_kv)](
                 *dkdv_args, **meta, **_fixed(c), GRADS=grads)
-        attention_backward_dq_kernel[(triton.cdiv(seqlen_q, c.block_m), batch * heads_q)](
+        attention_backward_dq_kernel[(triton.cdiv(grid_q, c.block_m), batch * heads_q)](
             *dq_args, **meta, **_fixed(c))
     else:
         for grads in dkdv_passes(head_dim):
-            _DKDV[lambda m: (triton.cdiv(seqlen_k, m["BLOCK_N"]), batch * heads_kv)](
+            _DKDV[lambda m: (triton.cdiv(grid_k, m["BLOCK_N"]), batch * heads_kv)](
                 *dkdv_args, **meta, GRADS=grads)
-        _DQ[lambda m: (triton.cdiv(seqlen_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)
+        _DQ[lambda m: (triton.cdiv(grid_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)
     return dq, dk, dv, dsinks
 
 

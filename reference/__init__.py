@@ -7,6 +7,8 @@ from .explain import AttentionTrace, TraceStep, explain_attention
 from .blocked_attention import AttentionTile, blocked_attention_backward, blocked_attention_forward
 from .merge_attention import merge_attention
 from .sdpa import scaled_dot_product_attention
+from .varlen import attention_varlen_backward, attention_varlen_forward
+from .kvcache import append_to_kvcache, attention_with_kvcache
 
 __all__ = [
     # attention oracle
@@ -23,6 +25,10 @@ __all__ = [
     "merge_attention",
     "scaled_dot_product_attention",
     "AttentionTile",
+    "attention_varlen_forward",
+    "attention_varlen_backward",
+    "attention_with_kvcache",
+    "append_to_kvcache",
 ]
 # --- end attention oracle -------------------------------------------------------------
 

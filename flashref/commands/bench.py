@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="every length, head dim, dtype, masking and direction")
     p.set_defaults(preset=None)
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/bench-<UTC time>)")
+    p.add_argument("--sweep", choices=("attention", "varlen", "decode"), default="attention",
+                   help="attention: the TFLOP/s sweep (default); varlen: packed sequences vs padded SDPA and the "
+                        "dense kernel with kv_lens; decode: KV-cache decoding GB/s vs SDPA and gather + SDPA "
+                        "(flashref/packed_benchmark.py)")
     p.add_argument("--dtype", type=comma_list(str, B.DTYPES_FULL), default=None, help="e.g. bfloat16,float16")
     p.add_argument("--head-dim", type=comma_list(int, B.HEAD_DIMS_FULL), default=None, help="e.g. 64,128")
     p.add_argument("--seqlen", type=comma_list(int), default=None, help="e.g. 512,4096,16384")
@@ -97,7 +101,37 @@ def run(args: argparse.Namespace) -> int:
             print("  flashref bench --cpu")
             print("  or: python " + " ".join(command[1:]).replace(str(_bench_dir()), "bench/"))
         return 1
+    if args.sweep != "attention":
+        return _run_packed(args, console)
     return _run_gpu(args, console)
+
+
+def _run_packed(args: argparse.Namespace, console) -> int:
+    """The varlen or decode sweep (issue 11): bench.json, results.md (and bench.jsonl as it goes)."""
+    from flashref import packed_benchmark as P
+    from flashref.reporting import write_json
+
+    out = args.out or Path("runs") / f"bench-{args.sweep}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    out.mkdir(parents=True, exist_ok=True)
+    stream = (out / "bench.jsonl").open("w")
+
+    def on_point(point) -> None:
+        stream.write(json.dumps(point.as_dict()) + "\n")
+        stream.flush()
+        shown = f"{point.value:.0f} {point.unit}" if point.status == "ok" else point.status
+        console.print(f"{point.sweep} {point.config} {point.implementation}: {shown}")
+
+    copy_gbs = P.copy_bandwidth_gbs() if args.sweep == "decode" else None
+    if copy_gbs is not None:
+        console.print(f"device copy bandwidth: {copy_gbs:.0f} GB/s")
+    points = (P.run_varlen(seed=args.seed, on_point=on_point) if args.sweep == "varlen"
+              else P.run_decode(seed=args.seed, on_point=on_point))
+    stream.close()
+    write_json(out / "bench.json", {"sweep": args.sweep, "copy_bandwidth_gbs": copy_gbs,
+                                    "points": [p.as_dict() for p in points]})
+    (out / "results.md").write_text(P.markdown(points, copy_gbs))
+    console.print(f"wrote {out / 'bench.json'} and {out / 'results.md'}")
+    return 0
 
 
 def _run_gpu(args: argparse.Namespace, console) -> int:

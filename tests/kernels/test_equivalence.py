@@ -23,7 +23,7 @@ from flashref.equivalence import Case, check_case, sweep
 from flashref.kernels import INTERPRETED
 from flashref.reference import attention_mask
 
-CI_CASES = sweep("ci", seed=session_seed() // 1000 * 1000)
+CI_CASES = sweep("ci", seed=session_seed() // 1000 * 1000, packed=False)
 # A few cheap cases spanning dtypes, alignments, GQA/MQA and kv_lens; CI reruns them on 3.6.
 SMOKE = {c.name for c in CI_CASES if c.seqlen_q * c.seqlen_k <= 239 * 3 or c.seqlen_q == 17}
 
@@ -129,7 +129,7 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
     """Requirement (b) of issue 9: slack < factor * baseline error for every tensor of every
     non-degenerate CI case, on this run's fresh inputs (no kernel needed)."""
     checked, worst = 0, {}
-    for case in sweep("ci", seed=session_seed() % 2**20 * 100):
+    for case in sweep("ci", seed=session_seed() % 2**20 * 100, packed=False):
         inputs = eq.make_inputs(case)
         if degenerate(case, inputs):
             continue
@@ -222,9 +222,21 @@ def test_bad_case_names_are_rejected(bad):
         Case.from_name(bad)
 
 
+def is_variant(case: Case) -> bool:
+    """A case of one of the variant families (eq.VARIANT_FAMILIES) rather than plain attention."""
+    return (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
+            or case.dropout_p > 0)
+
+
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
-    cases = sweep("ci")
+    every = sweep("ci", packed=False)
+    # The plain covering design first, then every variant family twice.
+    cases = [c for c in every if not is_variant(c)]
+    variants = [c for c in every if is_variant(c)]
+    assert every[:len(cases)] == cases
     assert len(cases) == len(eq.CI_SEQLENS) * 3
+    assert len(variants) == 2 * len(eq.VARIANT_FAMILIES)
+    assert len({c.seed for c in every}) == len(every)
     axes = {
         "seqlens": lambda c: (c.seqlen_q, c.seqlen_k),
         "head_dim": lambda c: c.head_dim,
@@ -250,12 +262,16 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 
 def test_sweep_filters_and_presets():
-    quick = sweep("quick")
+    every = sweep("quick", packed=False)
+    quick = [c for c in every if not is_variant(c)]
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
-    only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100)
+    # Each variant family once; with the packed families `flashref verify --quick` stays small.
+    assert len(every) - len(quick) == len(eq.VARIANT_FAMILIES)
+    assert len(every) < len(sweep("quick")) <= 30
+    only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, packed=False)
     assert {c.dtype for c in only_bf16} == {"bfloat16"} and {c.head_dim for c in only_bf16} == {64}
     assert not any(c.causal for c in only_bf16) and min(c.seed for c in only_bf16) == 100
-    assert {c.causal_alignment for c in sweep("ci", causal=True)} == {"top_left", "bottom_right"}
+    assert {c.causal_alignment for c in sweep("ci", causal=True, packed=False)} == {"top_left", "bottom_right"}
     assert len(sweep("full")) > len(sweep("ci"))
     for bad in (dict(preset="huge"), dict(preset="ci", dtypes=["float64"]), dict(preset="ci", head_dims=[0])):
         with pytest.raises(ValueError):

@@ -1,0 +1,196 @@
+"""Decoding kernels: split-KV attention of a few new query tokens against a (paged) KV cache,
+and the combine of the splits.
+
+Oracle twins: ``flashref.reference.attention_with_kvcache`` (the whole call) and
+``flashref.reference.merge_attention`` (the combine, exactly its formula).
+
+``decode_split_kernel``: one program per (query tile, batch x kv head, split). The keys of
+sequence b are ``[0, L_b)`` with ``L_b`` = cache_seqlens[b] + Lnew (after the append); split s
+takes ``[s * chunk, min((s + 1) * chunk, L_b))`` (``chunk`` a multiple of ``BLOCK_N`` chosen
+by the host from the cache's capacity, so the grid needs no sync). It writes the split's
+partial ``(out_s, lse_s)`` in float32, the forward kernel's online softmax restricted to
+its keys (an empty split: ``out_s = 0``, ``lse_s = -inf``).
+
+Pack GQA (FlashAttention-3's ``pack_gqa``): the ``group = Hq / Hkv`` query heads that read one
+kv head are stacked into the M tile with the query tokens: tile row ``r`` is query token
+``r // group`` of query head ``hkv * group + r % group``, so one decoded token of a GQA
+model still gives a ``group``-row tile and K/V are read once for the whole group.
+
+Keys live at logical position j of sequence b: contiguous cache ``(B, Lmax, Hkv, D)`` row
+``[b, j]``; paged cache ``(num_pages, page_size, Hkv, D)`` row
+``[block_table[b, j // page_size], j % page_size]`` (a gathered page index per key column:
+any ``page_size``, any ``BLOCK_N``).
+
+Query token i sits at position ``p_i = L_b - Lq + i`` (bottom-right). Score pipeline as in
+the forward kernel: ``softcap``, ``- slope * |p_i - j|`` (ALiBi), visible iff ``j < L_b``,
+``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left`` (window).
+
+``decode_combine_kernel``: one program per (batch x query head, query token): with
+``m = max_s lse_s``, ``lse = m + log(sum_s exp(lse_s - m))`` (logaddexp over the splits) and
+``out = sum_s exp(lse_s - lse) out_s``; the sink, when given, is one more partial with
+``out = 0`` and ``lse = sinks[h]``. Every lse ``-inf``: ``out = 0``, ``lse = -inf``.
+"""
+
+import triton
+import triton.language as tl
+
+from .attention_forward import _LOG2E_K, tanh
+from .rounding import to_dot_operand, to_output
+
+
+def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the split kernel, the compile gate's decode rows:
+    float32 (exact FMA dots) 16 x 32 on 8 warps; 16-bit on Hopper BLOCK_M 64 (wgmma's M) with a
+    key tile of 64 / 32 / 16 keys at head dims up to 64 / 128 / 256, on Ampere BLOCK_M 16 (mma's
+    M; more packed rows take more programs) with the same key tiles; 4 warps. Larger tiles spill
+    the (BLOCK_N, D) K and V tiles with their gathered addresses."""
+    if dtype == "float32":
+        return 16, 32, 8
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_n = 64 if block_d <= 64 else 32 if block_d == 128 else 16
+    return (64 if hopper else 16), block_n, 4
+
+
+@triton.jit
+def decode_split_kernel(
+    Q, KCache, VCache, BlockTable, SeqLens, Alibi, OutP, LseP,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kn, stride_kh, stride_kd,
+    stride_vb, stride_vn, stride_vh, stride_vd,
+    stride_bt_b, stride_alibi_b,
+    heads_q, heads_kv, seqlen_q, chunk, causal_shift, window_shift, qk_scale, softcap_in,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
+    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Partial attention of one split. Q: (B, Hq, Lq, D); caches as in the module docstring
+    (``stride_kb`` is the page stride when PAGED); BlockTable (B, max_pages) int32 (PAGED);
+    SeqLens (B,) int32 = L_b; OutP (S, B, Hq, Lq, D) and LseP (S, B, Hq, Lq) float32,
+    contiguous. ``causal_shift`` = right bound (0 for causal), ``window_shift`` = -left;
+    ``qk_scale`` and ``softcap_in`` as in the forward kernel."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = pid_bh // heads_kv
+    h_kv = pid_bh % heads_kv
+    seqlen_k = tl.load(SeqLens + b)
+
+    # Packed rows: token i = r // GROUP of query head h_kv * GROUP + r % GROUP.
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    tok = rows // GROUP
+    head = h_kv * GROUP + rows % GROUP
+    row_ok = tok < seqlen_q
+    pos = seqlen_k - seqlen_q + tok  # the token's position in its sequence (bottom-right)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None].to(tl.int64) * stride_qh
+                + tok[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if ALIBI:
+        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (_LOG2E_K / qk_scale)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    k_base = KCache + h_kv.to(tl.int64) * stride_kh
+    v_base = VCache + h_kv.to(tl.int64) * stride_vh
+    if not PAGED:
+        k_base += b.to(tl.int64) * stride_kb
+        v_base += b.to(tl.int64) * stride_vb
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, seqlen_k)
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        keys = start_n + offs_n
+        key_ok = keys < hi
+        if PAGED:
+            page = tl.load(BlockTable + b * stride_bt_b + keys // PAGE_SIZE, mask=key_ok, other=0)
+            k_row = page.to(tl.int64) * stride_kb + (keys % PAGE_SIZE) * stride_kn
+            v_row = page.to(tl.int64) * stride_vb + (keys % PAGE_SIZE) * stride_vn
+        else:  # one sequence's rows: a 64-bit base, 32-bit offsets (fewer registers per key)
+            k_row = keys * stride_kn
+            v_row = keys * stride_vn
+        kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * stride_kd,
+                     mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+        v = tl.load(v_base + v_row[:, None] + offs_d[None, :] * stride_vd,
+                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+        if SOFTCAP:
+            qk = tanh(qk * softcap_in)
+        if ALIBI:
+            qk = qk - slope[:, None] * tl.abs(pos[:, None] - keys[None, :]).to(tl.float32)
+        visible = key_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= pos[:, None] + causal_shift)
+        if WINDOW:
+            visible = visible & (keys[None, :] >= pos[:, None] + window_shift)
+        qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        p_in = to_dot_operand(p, v.dtype, UPCAST)
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(p_in, v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    seen = l_i > 0.0
+    l_safe = tl.where(seen, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    LN2: tl.constexpr = 0.6931471805599453
+    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+    # OutP[split, b, head, tok, :], LseP[split, b, head, tok]: contiguous.
+    row_index = ((split * (tl.num_programs(1) // heads_kv) + b) * heads_q + head).to(tl.int64) * seqlen_q + tok
+    tl.store(LseP + row_index, lse, mask=row_ok)
+    tl.store(OutP + row_index[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def decode_combine_kernel(
+    OutP, LseP, Sinks, Out, Lse,
+    stride_ob, stride_oh, stride_om, stride_od,
+    heads_q, seqlen_q, num_splits, rows_per_split,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, SINKS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Merge the splits of one row (b, h, token): ``merge_attention`` over S partials (and the
+    sink). OutP (S, B, Hq, Lq, D), LseP (S, B, Hq, Lq) float32 contiguous (``rows_per_split`` =
+    B * Hq * Lq); Out (B, Hq, Lq, D) any strides, q's dtype; Lse (B, Hq, Lq) float32."""
+    row = tl.program_id(0)  # (b * Hq + h) * Lq + token
+    tok = row % seqlen_q
+    bh = row // seqlen_q
+    b = bh // heads_q
+    h = bh % heads_q
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < num_splits
+    lse_s = tl.load(LseP + offs_s.to(tl.int64) * rows_per_split + row, mask=s_ok, other=float("-inf"))
+    m = tl.max(lse_s, 0)
+    if SINKS:
+        sink = tl.load(Sinks + h)
+        m = tl.maximum(m, sink)
+    m_sub = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp(lse_s - m_sub)  # exp(-inf) = 0: empty splits weigh nothing
+    total = tl.sum(w, 0)
+    if SINKS:
+        total += tl.exp(sink - m_sub)
+    seen = total > 0.0
+    lse = tl.where(seen, m_sub + tl.log(tl.where(seen, total, 1.0)), float("-inf"))
+    lse_sub = tl.where(seen, lse, 0.0)
+    weights = tl.exp(lse_s - lse_sub)  # exp(lse_s - lse), the merge weights
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    parts = tl.load(OutP + (offs_s.to(tl.int64) * rows_per_split + row)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+    out = tl.sum(weights[:, None] * parts, 0)
+    tl.store(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + tok * stride_om + offs_d * stride_od,
+             to_output(out, Out.dtype.element_ty, UPCAST), mask=d_ok)
+    tl.store(Lse + row, lse)
