@@ -569,10 +569,10 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     delta = np.sum(dout * out, axis=-1)[..., None]
     m_delta = np.sum(np.abs(dout * out), axis=-1)[..., None]
     error_ds = DS_ROUNDING * probs * (m_dprobs + m_delta)
-    if dropout is not None:
+    if dropout is not None or spec.sinks is not None:
         # D = rowsum(dO o O) reads O as stored, rounded to the dtype. Without dropout a row that
         # sees one key (where the baseline is exact) has O = v exactly; with dropout
-        # O = v / (1 - p) is not representable, and D errs by up to rowsum(|dO| h), h = half_ulp(O)
+        # O = v / (1 - p) is not representable, nor with a sink O = P v, P < 1, and D errs by up to rowsum(|dO| h), h = half_ulp(O)
         # (independent roundings: LAMBDA sqrt(rowsum(dO^2 h^2)) with the same odds as above).
         h = half_ulp(out, case.dtype)
         rounding = np.minimum(np.sum(np.abs(dout) * h, axis=-1), LAMBDA * np.sqrt(np.sum((dout * h) ** 2, axis=-1)))

@@ -73,9 +73,16 @@ _SIXTEEN_BIT_256 = {
 # take 16x16 tiles on 4 warps: 16x32 left an 8-byte stack frame at 64 registers on 4 or 8 warps
 # (forward at 16 and 40, dK/dV at 40 and 64, sm_80 and sm_90). Same dots: the float32 numerics
 # do not depend on the warp count; the tile only changes the order of the float32 sums.
+# dK/dV above 64: 16x32 on 4 warps left an 8-byte stack frame on sm_80 under triton 3.6 (d=96,
+# causal); 16x16 on 4 warps is clean at 96 and 128, sm_80 and sm_90, causal or not, on 3.6 and
+# 3.9. Up to 64, triton 3.6 leaves 8 bytes with 16x16 on 4 warps (sm_90, d=40, causal) where 3.9
+# does not, and 3.9 leaves 8 bytes on 8 warps (sm_90, d=40, non-causal) where 3.6 does not: the
+# table follows the installed triton there (both checked at 40 and 64, sm_80 and sm_90).
+_TRITON_36 = triton.__version__.startswith("3.6")
+_FLOAT32_DKDV_UP_TO_64 = _C(16, 16, 8, 1) if _TRITON_36 else _C(16, 16, 4, 1)
 _FLOAT32_BY_BUCKET = {
-    64: {"forward": (_C(16, 16, 4, 1),), "backward_dkdv": (_C(16, 16, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
-    128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+    64: {"forward": (_C(16, 16, 4, 1),), "backward_dkdv": (_FLOAT32_DKDV_UP_TO_64,), "backward_dq": (_C(16, 16, 8, 1),)},
+    128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 16, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
     256: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
 }
 # At a padded head dim of 16 the 16x16 4-warp dK/dV tile left an 8-byte stack frame at 64

@@ -139,7 +139,8 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
             slack = eq.slack(case, mags[key], ref[key])
             term = eq.FACTORS[key] * eq.max_abs_error(base[key], ref[key])
             worst[(case.dtype, key)] = max(worst.get((case.dtype, key), 0.0), slack / term)
-            if case.dtype != "float32" and not (case.dropout_p > 0 and key in ("dq", "dk")) and key != "dsinks":
+            if (case.dtype != "float32" and not ((case.dropout_p > 0 or case.sinks) and key in ("dq", "dk"))
+                    and key != "dsinks"):
                 # float32: the kernel is genuinely less exact than plain float32 attention (dS's
                 # D = rowsum(dO o O) cancels apart from dP, P is recomputed from a float32 lse,
                 # exp2's argument rounds), by more than the factor where sums are short; the
@@ -147,7 +148,8 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
                 # asserted; the mutation test shows what the float32 rule still catches.
                 # Dropout's dq / dk likewise: the kernel's D reads O as stored, and with dropout
                 # O = v / (1 - p) is not representable, an error the baseline (autograd, no D)
-                # does not have; its slack can reach the factor term (docs/design.md). dsinks is
+                # does not have (nor with a sink, O = P v with P < 1 on a one-key row); its
+                # slack can reach the factor term (docs/design.md). dsinks is
                 # one sum per head over every row: its slack is mostly the final rounding to the
                 # dtype, which is also most of the baseline's error, so the two are alike.
                 assert slack < term, (case.name, case.seed, key, slack, term)
