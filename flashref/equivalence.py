@@ -69,6 +69,8 @@ LAMBDA = 3.0
 # of n terms errs between 1 and n of those units; measured at Lk = 1 (where dS = 0 exactly and
 # only this error remains) up to 1.04 at head dim 256 over 30 seeds (docs/design.md), so 2.5.
 DS_ROUNDING = 2.5
+# The kernels' tanh (exp2, 1 - e, 1 + e, one division): its error on t, in units of u32 |t|.
+TANH_ROUNDING = 4.0
 
 # FlashAttention's test shapes: lengths that miss every block size, Lq != Lk both ways.
 CI_SEQLENS = ((1, 239), (3, 799), (113, 203), (127, 512), (128, 217), (239, 1), (256, 512), (512, 256),
@@ -546,8 +548,15 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     # attention's P is exactly 1 (a row that sees one key). Separate per (i, j), so carried
     # into dv like the dS errors into dq: the sure sum or LAMBDA deviations.
     finite_lse = np.where(np.isfinite(lse), np.abs(lse), 0.0)[..., None]
-    w = (1.0 + np.where(np.isfinite(scores), 2.0 * np.abs(scores), 0.0) + 3.0 * finite_lse
-         + scale * (np.abs(q) @ abs_k.swapaxes(-1, -2)))
+    finite_scores = np.where(np.isfinite(scores), np.abs(scores), 0.0)
+    # The recomputed raw q.k errs by u32 scale |q||k|^T (a float32 sum of D products). A
+    # softcap passes that error on times 1 - t^2 (0 once tanh saturates: raw logits near 1e4
+    # must not widen the bound by their size), and its own tanh (exp2, 1 -+ e, a division)
+    # errs by about TANH_ROUNDING u32 |t|, i.e. TANH_ROUNDING u32 |S| on the capped score.
+    raw_error = scale * (np.abs(q) @ abs_k.swapaxes(-1, -2))  # in units of u32
+    if dcap is not None:
+        raw_error = raw_error * dcap + TANH_ROUNDING * finite_scores
+    w = 1.0 + 2.0 * finite_scores + 3.0 * finite_lse + raw_error
     # Every row: plain attention's softmax rounds its P once or twice, the recomputation from a
     # float32 lse rounds by u32 W; where a key's dv sums few rows (Lq = 1, a narrow window) the
     # factor term cannot absorb the difference (a float32 row of 10 keys: dv 4x the baseline).
@@ -557,7 +566,7 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     m_dv = m_dv + carried_dv
     # The forward's p = exp2(S log2e - m) rounds its argument too, by u32 (1 + |S| + |lse|)
     # relative (m ~ lse); normalisation turns those errors e_ij into sum_j P_ij e_ij (v_j - o_i).
-    error_fwd = dropped * (1.0 + np.where(np.isfinite(scores), np.abs(scores), 0.0) + finite_lse)
+    error_fwd = dropped * (1.0 + finite_scores + finite_lse + (0.0 if dcap is None else raw_error))
     abs_out = np.abs(out)
     m_out = m_out + np.minimum(
         error_fwd @ abs_v + error_fwd.sum(axis=-1, keepdims=True) * abs_out,
@@ -579,7 +588,14 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
         error_ds = error_ds + probs * rounding[..., None] / U32
     abs_ds = probs * np.abs(dprobs - delta)
     if dcap is not None:
-        abs_ds, error_ds = abs_ds * dcap, error_ds * dcap
+        # dS = P (dP - D) (1 - t^2): P's recomputation error (u32 W relative) enters dS too,
+        # and 1 - t^2 is formed from the rounded t, an absolute error of about
+        # 2|t| dt + 1 with dt = TANH_ROUNDING |t| + (1 - t^2) (the raw q.k error / softcap).
+        t = np.sqrt(np.clip(1.0 - dcap, 0.0, 1.0))
+        raw_x = scale * (np.abs(q) @ abs_k.swapaxes(-1, -2)) / case.softcap
+        error_dcap = 2.0 * t * (TANH_ROUNDING * t + dcap * raw_x) + 1.0
+        error_ds = (error_ds + abs_ds * w) * dcap + abs_ds * error_dcap
+        abs_ds = abs_ds * dcap
     error_ds2 = error_ds**2
     carried_dq = np.minimum(error_ds @ abs_k, LAMBDA * np.sqrt(error_ds2 @ abs_k**2))
     m_dq = scale * (abs_ds @ abs_k + carried_dq)

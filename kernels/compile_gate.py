@@ -38,6 +38,8 @@ from .flash_attention import FLOAT32_DOT_PRECISION
 from .configs import (
     BUCKETS,
     DKDV_LAUNCHES,
+    DROPOUT_MMA_SYNC,
+    DROPOUT_TABLE,
     KERNEL_NAMES,
     REGISTERS_PER_THREAD,
     TABLE_SCHEMA,
@@ -215,12 +217,26 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     if row.get("shared_memory", 0) > limit:
         found.append(f"smem {row['shared_memory']} > {limit} B")
     if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
-            and not row.get("uses_wgmma")):
+            and not row.get("uses_wgmma") and not _mma_sync_by_design(row)):
         found.append("no wgmma")
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
         found.append("no TMA")
     return found
+
+
+def _mma_sync_by_design(row: Mapping[str, Any]) -> bool:
+    """The dropout launches whose only spill-free tile is too narrow for wgmma
+    (``configs.DROPOUT_MMA_SYNC``): a row of a variant with DROPOUT, of one of those launches,
+    at exactly the dropout table's tile."""
+    variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
+    if variant is None or ("DROPOUT", True) not in variant.constexprs:
+        return False
+    bucket = min(b for b in BUCKETS if padded_head_dim(row["head_dim"]) <= b)
+    if (row["kernel"], bucket) not in DROPOUT_MMA_SYNC:
+        return False
+    tile = KernelConfig(row["BLOCK_M"], row["BLOCK_N"], row["num_warps"], row["num_stages"])
+    return tile in DROPOUT_TABLE.get((row["kernel"], bucket, row["dtype"] == "float32"), ())
 
 
 def passes(row: "CompileRow | Mapping[str, Any]") -> bool:
@@ -272,10 +288,12 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
     the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
     own head dims (intersected with ``head_dims``); ``configs``: a function
-    ``(kernel, head_dim, torch dtype) -> configs`` (default ``configs.dispatcher_configs`` on
-    ``arch``: the default tables and the committed tuned winners for that arch). The delta
+    ``(kernel, head_dim, torch dtype, dropout) -> configs`` (default
+    ``configs.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
+    winners for that arch; a variant with ``DROPOUT`` on takes the dropout table). The delta
     kernel has no causal or variant form and one config."""
-    configs = configs or (lambda kernel, d, dtype: dispatcher_configs(kernel, d, dtype, arch))
+    configs = configs or (lambda kernel, d, dtype, dropout: dispatcher_configs(kernel, d, dtype, arch,
+                                                                               dropout=dropout))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
@@ -291,8 +309,9 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
                 continue
             if not variant_applies(variant, kernel):
                 continue
+            dropout = ("DROPOUT", True) in variant.constexprs
             for name, c in product(launch_names(kernel, d), causal):
-                chosen_configs = configs(name, d, getattr(torch, dt))
+                chosen_configs = configs(name, d, getattr(torch, dt), dropout)
                 for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
                     specs.append(Specialization(name, d, dt, c, config, variant.name))
     return specs

@@ -99,6 +99,32 @@ for _kernel in KERNEL_NAMES:
     for _bucket in (64, 128, 256):
         _TABLE[(_kernel, _bucket, True)] = _FLOAT32_BY_BUCKET[_bucket][_kernel]
 
+# Dropout regenerates its Philox keep mask in every tile of the backward (ten rounds of 32-bit
+# multiplies on the (row, key) counters, live next to the float32 accumulators), which costs
+# registers the default tiles do not have everywhere. (launch name, bucket, float32?) -> configs,
+# for the launches where the default spilled with DROPOUT on (the compile gate, sm_90 and sm_80,
+# with every variant on: docs/kernels.md); every other launch keeps its default table.
+# Measured with every variant on (the gate's all_variants, tma_all_variants, varlen_all_variants
+# and dropout rows, causal or not, float16 and bfloat16, sm_90 and sm_80):
+# - dK/dV at 128: 32x64 w8 s2 spilled 40-64 B on sm_90; 16x64 w8 s2 is clean (one stage or
+#   four warps spilled 168-456 B);
+# - dQ at 256: 64x32 w8 s2 spilled up to 144 B; 64x16 w8 s2 is clean;
+# - the forward at 256: 64x32 w8 s2 spilled 8 B (packed sequences); 64x16 w8 s2 is clean;
+# - the dK and dV passes at 256: every tile with the 64 key rows that Hopper's wgmma needs spilled
+#   (16-688 B: 16x64 on 4 or 8 warps, 1-3 stages, 32x64); a 32-key tile is clean (dK on 8 warps;
+#   dV on 4: on 8 it left an 8-byte stack frame at 128 registers) but too narrow for wgmma, so
+#   these two launches run on mma.sync on Hopper too
+#   (``DROPOUT_MMA_SYNC``; the compile gate accepts exactly them without wgmma);
+# - float32 dK/dV at 128: 16x16 w4 s1 left 16 B on sm_80; 16x16 w8 s1 is clean.
+DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("backward_dkdv", 128, False): (KernelConfig(16, 64, 8, 2),),
+    ("backward_dq", 256, False): (KernelConfig(64, 16, 8, 2),),
+    ("forward", 256, False): (KernelConfig(64, 16, 8, 2),),
+    ("backward_dk", 256, False): (KernelConfig(16, 32, 8, 2),),
+    ("backward_dv", 256, False): (KernelConfig(16, 32, 4, 2),),
+    ("backward_dkdv", 128, True): (KernelConfig(16, 16, 8, 1),),
+}
+DROPOUT_MMA_SYNC = {("backward_dk", 256), ("backward_dv", 256)}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -118,9 +144,16 @@ def dkdv_passes(head_dim: int) -> tuple[str, ...]:
     return ("dkdv",) if padded_head_dim(head_dim) <= 128 else ("dk", "dv")
 
 
-def configs_for(kernel: str, head_dim: int, dtype: torch.dtype) -> tuple[KernelConfig, ...]:
+def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, dropout: bool = False) -> tuple[KernelConfig, ...]:
     """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
-    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``)."""
+    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``); ``dropout``: for a
+    launch with the ``DROPOUT`` switch on, which has tables of its own where the default
+    tile spills (``DROPOUT_TABLE``)."""
+    if dropout:
+        bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
+        own = DROPOUT_TABLE.get((kernel, bucket, dtype == torch.float32))
+        if own is not None:
+            return own
     if kernel in DKDV_LAUNCHES:
         kernel = "backward_dkdv"
     if kernel not in KERNEL_NAMES:
@@ -140,6 +173,9 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
     seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
+    for (name, _, _), table in DROPOUT_TABLE.items():
+        seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
+                    and c not in seen)
     seen.extend(c for c in CANDIDATE_SPACE.get(kernel, ()) if c not in seen)
     return [c.as_triton() for c in seen]
 
@@ -166,8 +202,11 @@ def config_pruner(kernel: str):
         if kernel == "backward_dkdv":
             name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
         q = args["Q"]
-        chosen = _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("CAUSAL")), q.device)
-        defaults = configs_for(kernel, args["HEAD_DIM"], q.dtype)
+        dropout = bool(args.get("DROPOUT"))
+        # Tuning measures launches without dropout: a dropout launch keeps its gate-checked table.
+        chosen = None if dropout else (
+            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("CAUSAL")), q.device))
+        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, dropout=dropout)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs
                     if KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
@@ -339,8 +378,12 @@ def tuned_configs_for_arch(kernel: str, head_dim: int, dtype: torch.dtype, arch:
     return tuple(dict.fromkeys(found))
 
 
-def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str) -> tuple[KernelConfig, ...]:
-    """What the dispatcher can launch on ``arch``: the default table, then tuned winners."""
+def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *,
+                       dropout: bool = False) -> tuple[KernelConfig, ...]:
+    """What the dispatcher can launch on ``arch``: the default table, then tuned winners
+    (a launch with dropout: its own table only, see ``config_pruner``)."""
+    if dropout:
+        return configs_for(kernel, head_dim, dtype, dropout=True)
     return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
                                 *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
 

@@ -43,10 +43,14 @@ def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]
     float32 (exact FMA dots) 16 x 32 on 8 warps; 16-bit on Hopper BLOCK_M 64 (wgmma's M) with a
     key tile of 64 / 32 / 16 keys at head dims up to 64 / 128 / 256, on Ampere BLOCK_M 16 (mma's
     M; more packed rows take more programs) with the same key tiles; 4 warps. Larger tiles spill
-    the (BLOCK_N, D) K and V tiles with their gathered addresses."""
+    the (BLOCK_N, D) K and V tiles with their gathered addresses. On Ampere at head dim 256
+    the 16 x 16 tile on 4 warps left a 16-byte stack frame with a contiguous cache (168
+    registers; 8 warps: 8 bytes), 16 x 32 on 8 warps is clean (232 registers, paged or not)."""
     if dtype == "float32":
         return 16, 32, 8
     block_d = max(16, triton.next_power_of_2(head_dim))
+    if not hopper and block_d == 256:
+        return 16, 32, 8
     block_n = 64 if block_d <= 64 else 32 if block_d == 128 else 16
     return (64 if hopper else 16), block_n, 4
 
