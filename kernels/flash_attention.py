@@ -167,19 +167,27 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, head_dim)") -> None:
+    """The checks every entry point makes on its attention tensors (``named``: argument name ->
+    value, q first): torch tensors, 4-D (``layout`` names the axes in the message), float16 /
+    bfloat16 / float32, and q's dtype and device. TypeError / ValueError naming the argument."""
+    (q_name, q), *others = named.items()
+    for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, seqlen, head_dim), got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must be 4-D {layout}, got shape {tuple(t.shape)}")
         if t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
-    for name, t in (("k", k), ("v", v)):
+    for name, t in others:
         if t.dtype != q.dtype:
-            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+            raise TypeError(f"{name} must have {q_name}'s dtype {q.dtype}, got {t.dtype}")
         if t.device != q.device:
-            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+            raise ValueError(f"{name} must be on {q_name}'s device {q.device}, got {t.device}")
+
+
+def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
+    check_attention_tensors({"q": q, "k": k, "v": v})
     batch, heads_q, _, head_dim = q.shape
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")

@@ -12,13 +12,14 @@ import math
 import torch
 import triton
 
-from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES, padded_head_dim
+from .configs import MAX_HEAD_DIM, padded_head_dim
 from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .flash_attention import (
     FLOAT32_DOT_PRECISION,
     INTERPRETED,
     _check_variants,
     _is_int,
+    check_attention_tensors,
     _new_buffer,
 )
 
@@ -43,15 +44,8 @@ def num_splits_heuristic(batch: int, heads_kv: int, m_blocks: int, capacity: int
 
 
 def _check(q, k_cache, v_cache, k, v, cache_seqlens, block_table, num_splits):
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D, got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
-        if t.dtype != q.dtype or t.device != q.device:
-            raise TypeError(f"{name} must have q's dtype {q.dtype} and device {q.device}, got {t.dtype} on {t.device}")
+    check_attention_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache},
+                            "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
     batch, heads_q, seqlen_q, head_dim = q.shape
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache and v_cache must have one shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")

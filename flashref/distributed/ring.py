@@ -49,8 +49,6 @@ from torch.autograd.function import once_differentiable
 from .layout import LAYOUTS
 from .merge import merge_attention_
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
 ALL_ROWS = slice(None)
 
 
@@ -214,18 +212,10 @@ class RingAttentionFunction(torch.autograd.Function):
 
 def _check_local(q, k, v, causal, softmax_scale, layout) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (batch, heads, seqlen_local, head_dim), got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+    from flashref.kernels.configs import MAX_HEAD_DIM
+    from flashref.kernels.flash_attention import check_attention_tensors
+
+    check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")
     if k.shape != v.shape:
         raise ValueError(f"v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
     batch, heads_q, seqlen, head_dim = q.shape

@@ -27,7 +27,7 @@ from flashref.kernels.compile_gate import (
     resource_usage,
     specializations,
 )
-from flashref.kernels.configs import KERNEL_NAMES, configs_for
+from flashref.kernels.configs import KERNEL_NAMES, KernelConfig, configs_for
 
 
 def assert_clean(rows: list[CompileRow]):
@@ -176,3 +176,34 @@ def test_tma_rows_exist_only_where_the_dispatcher_takes_the_path():
     row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 160, 131072, 0, True, 1.0,
                      variant="tma", uses_tma=False)
     assert problems(row) == ["no TMA"]
+
+
+def test_dropout_launches_take_the_dropout_table_and_only_they_run_without_wgmma():
+    """configs.DROPOUT_TABLE: the gate enumerates it for every variant with DROPOUT, the
+    dispatcher's pruner picks it when the launch has DROPOUT, and the one exemption from
+    "no wgmma" (DROPOUT_MMA_SYNC) holds for exactly those rows at exactly that tile."""
+    from flashref.kernels import configs
+
+    specs = specializations(head_dims=(128, 256), dtypes=("bfloat16",), causal=(True,),
+                            variants=("plain", "dropout", "all_variants"))
+    for s in specs:
+        if s.kernel == "backward_delta":
+            continue
+        expected = configs.configs_for(s.kernel, s.head_dim, torch.bfloat16, dropout=s.variant != "plain")
+        assert s.config in expected if s.variant == "plain" else s.config == expected[0], s
+    assert {s.config for s in specs if s.variant == "dropout" and s.kernel == "backward_dk"} == {KernelConfig(16, 32, 8, 2)}
+
+    def pruned(name, dropout):
+        tiles = [c.as_triton() for c in (KernelConfig(16, 64, 8, 2), KernelConfig(32, 64, 8, 2))]
+        prune = configs.config_pruner(name)
+        kept = prune(tiles, {"Q": torch.empty(1, dtype=torch.bfloat16), "HEAD_DIM": 128, "DROPOUT": dropout})
+        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]
+
+    assert pruned("backward_dkdv", True) == [(16, 64)] and pruned("backward_dkdv", False) == [(32, 64)]
+
+    row = CompileRow("backward_dk", "sm_90", 256, "bfloat16", True, 16, 32, 8, 2, 254, 60000, 0, False, 1.0,
+                     variant="all_variants")
+    assert problems(row) == []
+    assert problems(dataclasses.replace(row, variant="window")) == ["no wgmma"]  # no dropout: no excuse
+    assert problems(dataclasses.replace(row, BLOCK_N=64)) == ["no wgmma"]  # another tile
+    assert problems(dataclasses.replace(row, kernel="backward_dq", BLOCK_M=64, BLOCK_N=16)) == ["no wgmma"]

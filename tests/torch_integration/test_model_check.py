@@ -47,3 +47,14 @@ def test_the_model_check_catches_a_slightly_wrong_attention(seed, monkeypatch):
     result = check_model(ModelCase(dtype="float32", seed=seed, **SMALL), DEVICE)
     assert not result.passed
     assert not next(c for c in result.checks if c.name == "output").error.passed
+
+
+def test_the_activation_is_part_of_the_case_and_checked():
+    relu = ModelCase(dtype="bfloat16", activation="relu", **SMALL)
+    assert "-postnorm-relu-bfloat16" in relu.name and ModelCase.from_name(relu.name) == relu
+    assert ModelCase(**SMALL).activation == "gelu"  # smooth: the rule needs it (module docstring)
+    assert model_check._torch_model(relu).encoder.layers[0].activation is torch.nn.functional.relu
+    with pytest.raises(ValueError, match="activation"):
+        ModelCase(activation="tanh")
+    with pytest.raises(ValueError, match="gelu-bfloat16"):
+        ModelCase.from_name("transformer-e1d1-dm16-h2-ff32-b2-s7-t5-postnorm-bfloat16")
