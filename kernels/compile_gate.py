@@ -38,9 +38,11 @@ from .flash_attention import FLOAT32_DOT_PRECISION
 from .configs import (
     BUCKETS,
     DKDV_LAUNCHES,
-    DROPOUT_MMA_SYNC,
     DROPOUT_TABLE,
     KERNEL_NAMES,
+    MMA_SYNC_VARIANT_LAUNCHES,
+    SCORE_VARIANT_SWITCHES,
+    VARIANT_TABLE,
     REGISTERS_PER_THREAD,
     TABLE_SCHEMA,
     KernelConfig,
@@ -186,6 +188,7 @@ class CompileRow:
     compile_seconds: float
     variant: str = "plain"
     uses_tma: bool = False  # cp.async.bulk.tensor (Hopper's tensor-memory accelerator) in the PTX
+    maxnreg: int | None = None  # the config's .maxnreg (float32 launches: 255)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -226,17 +229,18 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
 
 
 def _mma_sync_by_design(row: Mapping[str, Any]) -> bool:
-    """The dropout launches whose only spill-free tile is too narrow for wgmma
-    (``configs.DROPOUT_MMA_SYNC``): a row of a variant with DROPOUT, of one of those launches,
-    at exactly the dropout table's tile."""
+    """The score-variant launches whose only spill-free tile is too narrow for wgmma
+    (``configs.MMA_SYNC_VARIANT_LAUNCHES``): a row of a variant with a score switch on, of one of
+    those launches, at exactly its variant table's tile."""
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
-    if variant is None or ("DROPOUT", True) not in variant.constexprs:
+    if variant is None or not {name for name, on in variant.constexprs if on} & set(SCORE_VARIANT_SWITCHES):
         return False
     bucket = min(b for b in BUCKETS if padded_head_dim(row["head_dim"]) <= b)
-    if (row["kernel"], bucket) not in DROPOUT_MMA_SYNC:
+    if (row["kernel"], bucket) not in MMA_SYNC_VARIANT_LAUNCHES:
         return False
-    tile = KernelConfig(row["BLOCK_M"], row["BLOCK_N"], row["num_warps"], row["num_stages"])
-    return tile in DROPOUT_TABLE.get((row["kernel"], bucket, row["dtype"] == "float32"), ())
+    tile = KernelConfig(row["BLOCK_M"], row["BLOCK_N"], row["num_warps"], row["num_stages"], row.get("maxnreg"))
+    key = (row["kernel"], bucket, row["dtype"] == "float32")
+    return tile in DROPOUT_TABLE.get(key, ()) + VARIANT_TABLE.get(key, ())
 
 
 def passes(row: "CompileRow | Mapping[str, Any]") -> bool:
@@ -288,12 +292,13 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
     the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
     own head dims (intersected with ``head_dims``); ``configs``: a function
-    ``(kernel, head_dim, torch dtype, dropout) -> configs`` (default
+    ``(kernel, head_dim, torch dtype, switches on) -> configs`` (default
     ``configs.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
-    winners for that arch; a variant with ``DROPOUT`` on takes the dropout table). The delta
-    kernel has no causal or variant form and one config."""
-    configs = configs or (lambda kernel, d, dtype, dropout: dispatcher_configs(kernel, d, dtype, arch,
-                                                                               dropout=dropout))
+    winners for that arch; a variant with a score switch on takes its table, as the
+    dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
+    configs = configs or (lambda kernel, d, dtype, switches: dispatcher_configs(
+        kernel, d, dtype, arch, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
+        dropout="DROPOUT" in switches))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
@@ -309,9 +314,9 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
                 continue
             if not variant_applies(variant, kernel):
                 continue
-            dropout = ("DROPOUT", True) in variant.constexprs
+            switches = {name for name, on in variant.constexprs if on}
             for name, c in product(launch_names(kernel, d), causal):
-                chosen_configs = configs(name, d, getattr(torch, dt), dropout)
+                chosen_configs = configs(name, d, getattr(torch, dt), switches)
                 for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
                     specs.append(Specialization(name, d, dt, c, config, variant.name))
     return specs
@@ -462,10 +467,11 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
     fn = compilable_kernel(spec.kernel)
     signature, constexprs, attrs = _signature(fn, spec)
     start = time.perf_counter()
-    compiled = triton.compile(
-        ASTSource(fn, signature, constexprs, attrs),
-        target=GPUTarget("cuda", ARCHS[arch], 32),
-        options={"num_warps": spec.config.num_warps, "num_stages": spec.config.num_stages})
+    options = {"num_warps": spec.config.num_warps, "num_stages": spec.config.num_stages}
+    if spec.config.maxnreg is not None:
+        options["maxnreg"] = spec.config.maxnreg
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs),
+                              target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
     seconds = time.perf_counter() - start
     usage = resource_usage(compiled.asm["cubin"])
     return CompileRow(
@@ -476,7 +482,7 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0),
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2), variant=spec.variant,
-        uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"])
+        uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg)
 
 
 def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:

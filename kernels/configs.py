@@ -39,10 +39,16 @@ class KernelConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    maxnreg: int | None = None  # ptxas's per-thread register cap (.maxnreg); None: ptxas decides
 
     def as_triton(self) -> triton.Config:
         return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n},
-                             num_warps=self.num_warps, num_stages=self.num_stages)
+                             num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
+
+    @classmethod
+    def of_triton(cls, config: triton.Config) -> "KernelConfig":
+        return cls(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages,
+                   config.maxnreg)
 
 
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)
@@ -78,16 +84,32 @@ _SIXTEEN_BIT_256 = {
 # 3.9. Up to 64, triton 3.6 leaves 8 bytes with 16x16 on 4 warps (sm_90, d=40, causal) where 3.9
 # does not, and 3.9 leaves 8 bytes on 8 warps (sm_90, d=40, non-causal) where 3.6 does not: the
 # table follows the installed triton there (both checked at 40 and 64, sm_80 and sm_90).
+#
+# Most of those 8-40 byte frames were not register pressure: without a ``.maxnreg`` directive
+# ptxas compiled the float32 dK/dV kernel at 64-96 registers and parked three or four
+# long-lived values on the stack (STL before the key loop, LDL after it), and the variants
+# (window, softcap, kv_lens, dropout) brought it back at tiles the plain kernel had cleared. With
+# an explicit ``.maxnreg 255`` the same kernels take 92-186 registers and no stack (every such
+# row of the full compile report, sm_90 and sm_80). So every float32 launch carries
+# ``maxnreg=255`` (``_F``): the cap is the hardware's, the directive only stops the heuristic.
 _TRITON_36 = triton.__version__.startswith("3.6")
-_FLOAT32_DKDV_UP_TO_64 = _C(16, 16, 8, 1) if _TRITON_36 else _C(16, 16, 4, 1)
+
+
+def _F(block_m: int, block_n: int, num_warps: int, num_stages: int) -> KernelConfig:
+    """A float32 launch: exact FMA dots, ptxas told the full register file (see above)."""
+    return KernelConfig(block_m, block_n, num_warps, num_stages, maxnreg=REGISTERS_PER_THREAD)
+
+
+REGISTERS_PER_THREAD = 255
+_FLOAT32_DKDV_UP_TO_64 = _F(16, 16, 8, 1) if _TRITON_36 else _F(16, 16, 4, 1)
 _FLOAT32_BY_BUCKET = {
-    64: {"forward": (_C(16, 16, 4, 1),), "backward_dkdv": (_FLOAT32_DKDV_UP_TO_64,), "backward_dq": (_C(16, 16, 8, 1),)},
-    128: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 16, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
-    256: {"forward": (_C(16, 32, 8, 1),), "backward_dkdv": (_C(16, 32, 4, 1),), "backward_dq": (_C(16, 16, 8, 1),)},
+    64: {"forward": (_F(16, 16, 4, 1),), "backward_dkdv": (_FLOAT32_DKDV_UP_TO_64,), "backward_dq": (_F(16, 16, 8, 1),)},
+    128: {"forward": (_F(16, 32, 8, 1),), "backward_dkdv": (_F(16, 16, 4, 1),), "backward_dq": (_F(16, 16, 8, 1),)},
+    256: {"forward": (_F(16, 32, 8, 1),), "backward_dkdv": (_F(16, 32, 4, 1),), "backward_dq": (_F(16, 16, 8, 1),)},
 }
 # At a padded head dim of 16 the 16x16 4-warp dK/dV tile left an 8-byte stack frame at 64
 # registers on sm_80 (causal); 16x32 on 4 warps is clean there on sm_80 and sm_90.
-_FLOAT32_HEAD_DIM_16 = {"backward_dkdv": (_C(16, 32, 4, 1),)}
+_FLOAT32_HEAD_DIM_16 = {"backward_dkdv": (_F(16, 32, 4, 1),)}
 _TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {}
 # dK/dV at padded head dim 64: 32x64 w8 s2 spills 24 bytes on sm_80 with triton 3.6 (not 3.9);
 # a 16-row query block with one stage is clean on sm_80/sm_90 under both.
@@ -99,32 +121,37 @@ for _kernel in KERNEL_NAMES:
     for _bucket in (64, 128, 256):
         _TABLE[(_kernel, _bucket, True)] = _FLOAT32_BY_BUCKET[_bucket][_kernel]
 
-# Dropout regenerates its Philox keep mask in every tile of the backward (ten rounds of 32-bit
-# multiplies on the (row, key) counters, live next to the float32 accumulators), which costs
-# registers the default tiles do not have everywhere. (launch name, bucket, float32?) -> configs,
-# for the launches where the default spilled with DROPOUT on (the compile gate, sm_90 and sm_80,
-# with every variant on: docs/kernels.md); every other launch keeps its default table.
-# Measured with every variant on (the gate's all_variants, tma_all_variants, varlen_all_variants
-# and dropout rows, causal or not, float16 and bfloat16, sm_90 and sm_80):
-# - dK/dV at 128: 32x64 w8 s2 spilled 40-64 B on sm_90; 16x64 w8 s2 is clean (one stage or
-#   four warps spilled 168-456 B);
-# - dQ at 256: 64x32 w8 s2 spilled up to 144 B; 64x16 w8 s2 is clean;
-# - the forward at 256: 64x32 w8 s2 spilled 8 B (packed sequences); 64x16 w8 s2 is clean;
-# - the dK and dV passes at 256: every tile with the 64 key rows that Hopper's wgmma needs spilled
-#   (16-688 B: 16x64 on 4 or 8 warps, 1-3 stages, 32x64); a 32-key tile is clean (dK on 8 warps;
-#   dV on 4: on 8 it left an 8-byte stack frame at 128 registers) but too narrow for wgmma, so
-#   these two launches run on mma.sync on Hopper too
-#   (``DROPOUT_MMA_SYNC``; the compile gate accepts exactly them without wgmma);
-# - float32 dK/dV at 128: 16x16 w4 s1 left 16 B on sm_80; 16x16 w8 s1 is clean.
+# The score variants (window, softcap, ALiBi, dropout) cost registers the plain tiles do not
+# have everywhere: dropout regenerates its Philox keep mask in every tile of the backward (ten
+# rounds of 32-bit multiplies on the (row, key) counters, live next to the float32
+# accumulators), and window + softcap + ALiBi together add their masks and tanh. Measured with
+# the compile gate (every variant on: its all_variants, tma_all_variants, varlen_all_variants
+# and dropout rows, causal or not, float16 and bfloat16, sm_90 and sm_80), (launch name,
+# bucket, float32?) -> configs:
+# - dK/dV at 128 with dropout: 32x64 w8 s2 spilled 40-64 B on sm_90; 16x64 w8 s2 is clean (one
+#   stage or four warps spilled 168-456 B);
+# - dQ at 256 with dropout: 64x32 w8 s2 spilled up to 144 B; 64x16 w8 s2 is clean;
+# - the forward at 256 with dropout: 64x32 w8 s2 spilled 8 B (packed sequences); 64x16 w8 s2 is
+#   clean;
+# - the dK and dV passes at 256 with any score variant: window + softcap + ALiBi spilled 8-24 B in
+#   dK on sm_90 (each alone: 252-254 registers), dropout up to 112 B, and every tile with the 64
+#   key rows that Hopper's wgmma needs spilled with dropout (16-688 B: 16x64 on 4 or 8 warps,
+#   1-3 stages, 32x64). A 32-key tile is clean (dK on 8 warps; dV on 4: on 8 it left an 8-byte
+#   stack frame at 128 registers) but too narrow for wgmma, so with a score variant these two
+#   launches run on mma.sync on Hopper too (``MMA_SYNC_VARIANT_LAUNCHES``: the one place the
+#   compile gate accepts a 16-bit sm_90 row without wgmma).
+# Every other launch keeps its default table.
+SCORE_VARIANT_SWITCHES = ("WINDOW", "SOFTCAP", "ALIBI", "DROPOUT")
+VARIANT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("backward_dk", 256, False): (KernelConfig(16, 32, 8, 2),),
+    ("backward_dv", 256, False): (KernelConfig(16, 32, 4, 2),),
+}
 DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
     ("backward_dkdv", 128, False): (KernelConfig(16, 64, 8, 2),),
     ("backward_dq", 256, False): (KernelConfig(64, 16, 8, 2),),
     ("forward", 256, False): (KernelConfig(64, 16, 8, 2),),
-    ("backward_dk", 256, False): (KernelConfig(16, 32, 8, 2),),
-    ("backward_dv", 256, False): (KernelConfig(16, 32, 4, 2),),
-    ("backward_dkdv", 128, True): (KernelConfig(16, 16, 8, 1),),
 }
-DROPOUT_MMA_SYNC = {("backward_dk", 256), ("backward_dv", 256)}
+MMA_SYNC_VARIANT_LAUNCHES = {("backward_dk", 256), ("backward_dv", 256)}
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
 
@@ -144,16 +171,19 @@ def dkdv_passes(head_dim: int) -> tuple[str, ...]:
     return ("dkdv",) if padded_head_dim(head_dim) <= 128 else ("dk", "dv")
 
 
-def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, dropout: bool = False) -> tuple[KernelConfig, ...]:
+def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: bool = False,
+                dropout: bool = False) -> tuple[KernelConfig, ...]:
     """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
-    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``); ``dropout``: for a
-    launch with the ``DROPOUT`` switch on, which has tables of its own where the default
-    tile spills (``DROPOUT_TABLE``)."""
-    if dropout:
-        bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
-        own = DROPOUT_TABLE.get((kernel, bucket, dtype == torch.float32))
-        if own is not None:
-            return own
+    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``). ``variants``: the
+    launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
+    DROPOUT itself; each has a table of its own where the default tile spills
+    (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``)."""
+    bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
+    key = (kernel, bucket, dtype == torch.float32)
+    if dropout and key in DROPOUT_TABLE:
+        return DROPOUT_TABLE[key]
+    if (variants or dropout) and key in VARIANT_TABLE:
+        return VARIANT_TABLE[key]
     if kernel in DKDV_LAUNCHES:
         kernel = "backward_dkdv"
     if kernel not in KERNEL_NAMES:
@@ -173,7 +203,7 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
     seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
-    for (name, _, _), table in DROPOUT_TABLE.items():
+    for (name, _, _), table in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items()):
         seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
                     and c not in seen)
     seen.extend(c for c in CANDIDATE_SPACE.get(kernel, ()) if c not in seen)
@@ -203,13 +233,13 @@ def config_pruner(kernel: str):
             name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
         q = args["Q"]
         dropout = bool(args.get("DROPOUT"))
-        # Tuning measures launches without dropout: a dropout launch keeps its gate-checked table.
-        chosen = None if dropout else (
+        variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
+        # Tuning measures launches without score variants: those keep their gate-checked table.
+        chosen = None if variants else (
             _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("CAUSAL")), q.device))
-        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, dropout=dropout)
+        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
-            kept = [c for c in configs
-                    if KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+            kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
                 return kept
         raise ValueError(f"no launch configuration for {name} at head dim {args['HEAD_DIM']}")
@@ -235,7 +265,6 @@ CANDIDATE_SPACE = {
 }
 TABLES_DIR = Path(__file__).parent / "tables"
 TABLE_SCHEMA = "flashref.tile-table/1"
-REGISTERS_PER_THREAD = 255
 
 
 def accumulator_registers(kernel: str, config: KernelConfig, block_d: int) -> int:
@@ -378,12 +407,12 @@ def tuned_configs_for_arch(kernel: str, head_dim: int, dtype: torch.dtype, arch:
     return tuple(dict.fromkeys(found))
 
 
-def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *,
+def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *, variants: bool = False,
                        dropout: bool = False) -> tuple[KernelConfig, ...]:
     """What the dispatcher can launch on ``arch``: the default table, then tuned winners
-    (a launch with dropout: its own table only, see ``config_pruner``)."""
-    if dropout:
-        return configs_for(kernel, head_dim, dtype, dropout=True)
+    (a launch with a score variant: its table only, see ``config_pruner``)."""
+    if variants or dropout:
+        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout)
     return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
                                 *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
 

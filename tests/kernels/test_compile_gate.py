@@ -178,32 +178,48 @@ def test_tma_rows_exist_only_where_the_dispatcher_takes_the_path():
     assert problems(row) == ["no TMA"]
 
 
-def test_dropout_launches_take_the_dropout_table_and_only_they_run_without_wgmma():
-    """configs.DROPOUT_TABLE: the gate enumerates it for every variant with DROPOUT, the
-    dispatcher's pruner picks it when the launch has DROPOUT, and the one exemption from
-    "no wgmma" (DROPOUT_MMA_SYNC) holds for exactly those rows at exactly that tile."""
+def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
+    """configs.DROPOUT_TABLE / VARIANT_TABLE: the gate enumerates them for every variant with a
+    score switch, the dispatcher's pruner picks them when the launch has the switch, and the
+    one exemption from "no wgmma" (MMA_SYNC_VARIANT_LAUNCHES) holds for exactly those rows at
+    exactly that tile."""
     from flashref.kernels import configs
 
     specs = specializations(head_dims=(128, 256), dtypes=("bfloat16",), causal=(True,),
-                            variants=("plain", "dropout", "all_variants"))
+                            variants=("plain", "kv_lens", "window", "dropout", "all_variants"))
     for s in specs:
         if s.kernel == "backward_delta":
             continue
-        expected = configs.configs_for(s.kernel, s.head_dim, torch.bfloat16, dropout=s.variant != "plain")
+        expected = configs.configs_for(s.kernel, s.head_dim, torch.bfloat16,
+                                       variants=s.variant not in ("plain", "kv_lens"),
+                                       dropout=s.variant in ("dropout", "all_variants"))
         assert s.config in expected if s.variant == "plain" else s.config == expected[0], s
-    assert {s.config for s in specs if s.variant == "dropout" and s.kernel == "backward_dk"} == {KernelConfig(16, 32, 8, 2)}
+    dk_256 = {s.variant: s.config for s in specs if s.kernel == "backward_dk"}
+    assert dk_256["window"] == dk_256["dropout"] == KernelConfig(16, 32, 8, 2) != dk_256["kv_lens"]
 
-    def pruned(name, dropout):
+    def pruned(name, **switches):
         tiles = [c.as_triton() for c in (KernelConfig(16, 64, 8, 2), KernelConfig(32, 64, 8, 2))]
         prune = configs.config_pruner(name)
-        kept = prune(tiles, {"Q": torch.empty(1, dtype=torch.bfloat16), "HEAD_DIM": 128, "DROPOUT": dropout})
+        kept = prune(tiles, {"Q": torch.empty(1, dtype=torch.bfloat16), "HEAD_DIM": 128, **switches})
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]
 
-    assert pruned("backward_dkdv", True) == [(16, 64)] and pruned("backward_dkdv", False) == [(32, 64)]
+    assert pruned("backward_dkdv", DROPOUT=True) == [(16, 64)]
+    assert pruned("backward_dkdv", DROPOUT=False, WINDOW=True) == pruned("backward_dkdv") == [(32, 64)]
 
     row = CompileRow("backward_dk", "sm_90", 256, "bfloat16", True, 16, 32, 8, 2, 254, 60000, 0, False, 1.0,
-                     variant="all_variants")
-    assert problems(row) == []
-    assert problems(dataclasses.replace(row, variant="window")) == ["no wgmma"]  # no dropout: no excuse
+                     variant="window")
+    assert problems(row) == [] and problems(dataclasses.replace(row, variant="all_variants")) == []
+    assert problems(dataclasses.replace(row, variant="kv_lens")) == ["no wgmma"]  # no score variant: no excuse
     assert problems(dataclasses.replace(row, BLOCK_N=64)) == ["no wgmma"]  # another tile
     assert problems(dataclasses.replace(row, kernel="backward_dq", BLOCK_M=64, BLOCK_N=16)) == ["no wgmma"]
+
+
+def test_float32_launches_tell_ptxas_the_whole_register_file():
+    """Without .maxnreg ptxas parked a few values on the stack at 64-96 registers (configs.py)."""
+    from flashref.kernels import configs
+
+    for kernel in KERNEL_NAMES:
+        for head_dim in (16, 64, 128, 256):
+            assert all(c.maxnreg == 255 for c in configs_for(kernel, head_dim, torch.float32))
+            assert all(c.maxnreg is None for c in configs_for(kernel, head_dim, torch.bfloat16))
+    assert configs.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255
