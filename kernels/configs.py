@@ -56,11 +56,28 @@ INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=1, num_stage
 # Rows: (kernel, largest padded head dim, float32?) -> configs, default first.
 # fp16 and bf16 share rows (same bytes, same wgmma shapes). Every entry was compiled by the
 # compile gate for sm_90 and sm_80 (`flashref compile-report`); numbers in docs/kernels.md.
+#
+# Without a ``.maxnreg`` directive ptxas aims at an occupancy: it caps registers at what k
+# programs per SM leave (168 for three 4-warp programs, 128 or 80 for two or three 8-warp ones)
+# and parks what does not fit on the stack. Where the full compile report saw that (8-24 B of
+# stack at exactly those counts, sm_80: the forward 64x64 w4 s3 at head dim 40, dQ 64x32 w4 s3
+# at 64, dK/dV 16x64 w8 s1 at 16, the forward 128x64 w8 s3 at 64 with a softcap; and every
+# float32 row, below) the entry carries ``maxnreg=255`` (``_R``): ptxas then takes 109-218
+# registers and no stack. It trades the occupancy ptxas wanted for no spill, which is the gate's
+# rule; a GPU run will say whether the other entries' occupancy was worth more.
 _C = KernelConfig
+
+
+def _R(block_m: int, block_n: int, num_warps: int, num_stages: int) -> KernelConfig:
+    """A launch that tells ptxas the full register file (see above)."""
+    return KernelConfig(block_m, block_n, num_warps, num_stages, maxnreg=REGISTERS_PER_THREAD)
+
+
+REGISTERS_PER_THREAD = 255
 _SIXTEEN_BIT_UP_TO_128 = {
-    "forward": (_C(128, 64, 8, 3), _C(64, 64, 4, 3), _C(64, 32, 4, 2)),
+    "forward": (_C(128, 64, 8, 3), _R(64, 64, 4, 3), _C(64, 32, 4, 2)),
     "backward_dkdv": (_C(32, 64, 8, 2),),
-    "backward_dq": (_C(64, 32, 4, 2), _C(64, 32, 4, 3)),
+    "backward_dq": (_C(64, 32, 4, 2), _R(64, 32, 4, 3)),
 }
 _SIXTEEN_BIT_256 = {
     "forward": (_C(64, 32, 8, 2), _C(64, 64, 8, 1)),
@@ -95,12 +112,7 @@ _SIXTEEN_BIT_256 = {
 _TRITON_36 = triton.__version__.startswith("3.6")
 
 
-def _F(block_m: int, block_n: int, num_warps: int, num_stages: int) -> KernelConfig:
-    """A float32 launch: exact FMA dots, ptxas told the full register file (see above)."""
-    return KernelConfig(block_m, block_n, num_warps, num_stages, maxnreg=REGISTERS_PER_THREAD)
-
-
-REGISTERS_PER_THREAD = 255
+_F = _R  # every float32 launch: exact FMA dots, ptxas told the full register file
 _FLOAT32_DKDV_UP_TO_64 = _F(16, 16, 8, 1) if _TRITON_36 else _F(16, 16, 4, 1)
 _FLOAT32_BY_BUCKET = {
     64: {"forward": (_F(16, 16, 4, 1),), "backward_dkdv": (_FLOAT32_DKDV_UP_TO_64,), "backward_dq": (_F(16, 16, 8, 1),)},
@@ -113,7 +125,7 @@ _FLOAT32_HEAD_DIM_16 = {"backward_dkdv": (_F(16, 32, 4, 1),)}
 _TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {}
 # dK/dV at padded head dim 64: 32x64 w8 s2 spills 24 bytes on sm_80 with triton 3.6 (not 3.9);
 # a 16-row query block with one stage is clean on sm_80/sm_90 under both.
-_SIXTEEN_BIT_UP_TO_64 = {**_SIXTEEN_BIT_UP_TO_128, "backward_dkdv": (_C(16, 64, 8, 1),)}
+_SIXTEEN_BIT_UP_TO_64 = {**_SIXTEEN_BIT_UP_TO_128, "backward_dkdv": (_R(16, 64, 8, 1),)}
 for _kernel in KERNEL_NAMES:
     _TABLE[(_kernel, 64, False)] = _SIXTEEN_BIT_UP_TO_64[_kernel]
     _TABLE[(_kernel, 128, False)] = _SIXTEEN_BIT_UP_TO_128[_kernel]
@@ -146,6 +158,7 @@ for _kernel in KERNEL_NAMES:
 # Every other launch keeps its default table.
 SCORE_VARIANT_SWITCHES = ("WINDOW", "SOFTCAP", "ALIBI", "DROPOUT")
 VARIANT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("forward", 64, False): (_R(128, 64, 8, 3),),  # a softcap: 24 B of stack at 128 registers on sm_80
     ("forward", 128, False): (KernelConfig(128, 32, 8, 3),),
     ("backward_dk", 256, False): (KernelConfig(16, 32, 8, 2),),
     ("backward_dv", 256, False): (KernelConfig(16, 32, 4, 2),),

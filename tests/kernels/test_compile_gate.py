@@ -215,11 +215,13 @@ def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
 
 
 def test_float32_launches_tell_ptxas_the_whole_register_file():
-    """Without .maxnreg ptxas parked a few values on the stack at 64-96 registers (configs.py)."""
+    """Without .maxnreg ptxas parked a few values on the stack at 64-96 registers (configs.py);
+    16-bit entries carry it only where the compile report saw that."""
     from flashref.kernels import configs
 
     for kernel in KERNEL_NAMES:
         for head_dim in (16, 64, 128, 256):
             assert all(c.maxnreg == 255 for c in configs_for(kernel, head_dim, torch.float32))
-            assert all(c.maxnreg is None for c in configs_for(kernel, head_dim, torch.bfloat16))
+            assert all(c.maxnreg in (None, 255) for c in configs_for(kernel, head_dim, torch.bfloat16))
+    assert configs_for("forward", 128, torch.bfloat16)[0].maxnreg is None  # the default: ptxas decides
     assert configs.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255

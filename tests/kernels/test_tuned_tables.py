@@ -84,7 +84,7 @@ def fake_cuda(monkeypatch, tmp_path, name="NVIDIA H200", capability=(9, 0)):
 
 def chosen(kernel, args):
     picked = configs.config_pruner(kernel)(configs.all_triton_configs(kernel), args)
-    return [KernelConfig(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in picked]
+    return [KernelConfig.of_triton(c) for c in picked]
 
 
 def test_the_dispatcher_reads_the_devices_tuned_table_first(monkeypatch, tmp_path):
