@@ -549,20 +549,22 @@ class DecodeSpec:
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
+    variants: bool = False  # the split kernel with window, softcap and ALiBi on
 
     @property
     def variant(self) -> str:
-        return "paged" if self.paged else "contiguous"
+        return ("paged" if self.paged else "contiguous") + ("_window_softcap_alibi" if self.variants else "")
 
 
 def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90") -> list[DecodeSpec]:
     """The dispatcher's decode launches on ``arch`` (``decode.decode_tile``: the split kernel
-    contiguous and paged, and the combine, once per head dim and dtype)."""
+    contiguous and paged, plain and with window + softcap + ALiBi on, and the combine, once per
+    head dim and dtype)."""
     specs = []
     for d, dt in product(head_dims, dtypes):
         block_m, block_n, warps = decode_tile(d, dt, hopper=arch == "sm_90")
-        specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps)
-                  for paged in (False, True)]
+        specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps,
+                             variants=variants) for paged in (False, True) for variants in (False, True)]
         specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
     return specs
 
@@ -572,7 +574,8 @@ def _decode_signature(fn, spec: DecodeSpec):
     constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": padded_head_dim(spec.head_dim), "UPCAST": False}
     if spec.kernel == "decode_split":
         constexprs.update(BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, GROUP=4, PAGE_SIZE=16 if spec.paged else 1,
-                          PAGED=spec.paged, CAUSAL=True, WINDOW=False, SOFTCAP=False, ALIBI=False,
+                          PAGED=spec.paged, CAUSAL=True, WINDOW=spec.variants, SOFTCAP=spec.variants,
+                          ALIBI=spec.variants,
                           DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     else:
         constexprs.update(BLOCK_S=16, SINKS=False)

@@ -39,19 +39,24 @@ from .rounding import to_dot_operand, to_output
 
 
 def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) of the split kernel, the compile gate's decode rows:
-    float32 (exact FMA dots) 16 x 32 on 8 warps; 16-bit on Hopper BLOCK_M 64 (wgmma's M) with a
-    key tile of 64 / 32 / 16 keys at head dims up to 64 / 128 / 256, on Ampere BLOCK_M 16 (mma's
-    M; more packed rows take more programs) with the same key tiles; 4 warps. Larger tiles spill
-    the (BLOCK_N, D) K and V tiles with their gathered addresses. On Ampere at head dim 256
-    the 16 x 16 tile on 4 warps left a 16-byte stack frame with a contiguous cache (168
-    registers; 8 warps: 8 bytes), 16 x 32 on 8 warps is clean (232 registers, paged or not)."""
-    if dtype == "float32":
-        return 16, 32, 8
+    """(BLOCK_M, BLOCK_N, num_warps) of the split kernel, the compile gate's decode rows
+    (contiguous and paged, plain and with window + softcap + ALiBi, sm_90 and sm_80: all clean):
+
+    - 16-bit: BLOCK_M 64 on Hopper (wgmma's M), 16 on Ampere (mma's M; more packed rows take
+      more programs), with a key tile of 64 / 32 / 16 keys at head dims up to 64 / 128 / 256, on
+      4 warps. Larger tiles spill the (BLOCK_N, D) K and V tiles with their gathered addresses.
+      At head dim 256 the 4-warp tile spilled 16 B on both (contiguous cache, 255 and 168
+      registers): Hopper takes 8 warps (213-234 registers), Ampere 16 x 32 on 8 warps (232).
+    - float32 (exact FMA dots): 16 x 32 on 8 warps up to head dim 64; 16 x 16 on 8 warps at 128
+      (16 x 32 left 8-24 B of stack with a paged cache); 16 x 16 on 4 warps at 256 (16 x 32 on 8
+      spilled 72 B paged on sm_90, 16 x 16 on 8 left 24 B on sm_80).
+    """
     block_d = max(16, triton.next_power_of_2(head_dim))
-    if not hopper and block_d == 256:
-        return 16, 32, 8
-    block_n = 64 if block_d <= 64 else 32 if block_d == 128 else 16
+    if dtype == "float32":
+        return (16, 32, 8) if block_d <= 64 else (16, 16, 8) if block_d == 128 else (16, 16, 4)
+    if block_d == 256:
+        return (64, 16, 8) if hopper else (16, 32, 8)
+    block_n = 64 if block_d <= 64 else 32
     return (64 if hopper else 16), block_n, 4
 
 
