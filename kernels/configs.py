@@ -155,13 +155,21 @@ for _kernel in KERNEL_NAMES:
 # - the forward at 128 with window + softcap + ALiBi: 128x64 w8 s3 spilled 8-24 B on sm_80 (clean
 #   on sm_90); 128x32 w8 s3 is clean on both with every variant on (214 registers at most;
 #   64x64 w4 s3 and 128x64 w8 s2 were clean too, at 255).
+# - under triton 3.6 (the GPU machine's) the full sm_90 report found more: the 16x32 dK / dV
+#   tiles at 256 left 16-32 B of stack at ptxas's occupancy caps (128 / 168 registers) with a
+#   softcap or window + softcap + ALiBi, and dQ at 128 (64x32 w4 s2) spilled 8 B with every
+#   variant on the Hopper path. dV takes maxnreg=255 (clean on 3.6 and 3.9); dK takes it on 3.6
+#   only (on 3.9 the directive made ptxas spill 136 B with packed sequences, without it the
+#   tile is clean): the table follows the installed triton there, as the float32 dK/dV does;
+#   dQ at 128 takes 64x32 on 8 warps (clean on both, wgmma; 64x16 w4 left 8 B on sm_80 with 3.9).
 # Every other launch keeps its default table.
 SCORE_VARIANT_SWITCHES = ("WINDOW", "SOFTCAP", "ALIBI", "DROPOUT")
 VARIANT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
     ("forward", 64, False): (_R(128, 64, 8, 3),),  # a softcap: 24 B of stack at 128 registers on sm_80
     ("forward", 128, False): (KernelConfig(128, 32, 8, 3),),
-    ("backward_dk", 256, False): (KernelConfig(16, 32, 8, 2),),
-    ("backward_dv", 256, False): (KernelConfig(16, 32, 4, 2),),
+    ("backward_dq", 128, False): (KernelConfig(64, 32, 8, 2),),
+    ("backward_dk", 256, False): (_R(16, 32, 8, 2) if _TRITON_36 else KernelConfig(16, 32, 8, 2),),
+    ("backward_dv", 256, False): (_R(16, 32, 4, 2),),
 }
 DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
     ("backward_dkdv", 128, False): (KernelConfig(16, 64, 8, 2),),

@@ -195,7 +195,9 @@ def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
                                        dropout=s.variant in ("dropout", "all_variants"))
         assert s.config in expected if s.variant == "plain" else s.config == expected[0], s
     dk_256 = {s.variant: s.config for s in specs if s.kernel == "backward_dk"}
-    assert dk_256["window"] == dk_256["dropout"] == KernelConfig(16, 32, 8, 2) != dk_256["kv_lens"]
+    assert dk_256["window"] == dk_256["dropout"] == configs.VARIANT_TABLE[("backward_dk", 256, False)][0]
+    assert (dk_256["window"].block_m, dk_256["window"].block_n) == (16, 32) != (dk_256["kv_lens"].block_m,
+                                                                                dk_256["kv_lens"].block_n)
 
     def pruned(name, **switches):
         tiles = [c.as_triton() for c in (KernelConfig(16, 64, 8, 2), KernelConfig(32, 64, 8, 2))]
@@ -206,8 +208,9 @@ def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
     assert pruned("backward_dkdv", DROPOUT=True) == [(16, 64)]
     assert pruned("backward_dkdv", DROPOUT=False, WINDOW=True) == pruned("backward_dkdv") == [(32, 64)]
 
+    tile = configs.VARIANT_TABLE[("backward_dk", 256, False)][0]
     row = CompileRow("backward_dk", "sm_90", 256, "bfloat16", True, 16, 32, 8, 2, 254, 60000, 0, False, 1.0,
-                     variant="window")
+                     variant="window", maxnreg=tile.maxnreg)
     assert problems(row) == [] and problems(dataclasses.replace(row, variant="all_variants")) == []
     assert problems(dataclasses.replace(row, variant="kv_lens")) == ["no wgmma"]  # no score variant: no excuse
     assert problems(dataclasses.replace(row, BLOCK_N=64)) == ["no wgmma"]  # another tile
