@@ -26,6 +26,7 @@ One lock serialises decoding; requests are answered correctly, one model pass at
 # No `from __future__ import annotations` here: FastAPI reads the endpoint's annotations at
 # definition time, and the request model is local to create_app (fastapi is an optional extra).
 import hashlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -161,9 +162,16 @@ def create_app(generator: Generator):
         return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)},
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):  # logged by uvicorn; the server goes on
-        return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}"})
+    @app.middleware("http")
+    async def unexpected(request: Request, call_next):
+        # Caught here, inside Starlette's ServerErrorMiddleware: an exception handler for
+        # Exception answers the 500 but then re-raises, and uvicorn closes the connection, so a
+        # client reusing it for its next request could get "connection reset" (seen in CI).
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            logging.getLogger("flashref.serve").exception("unexpected failure on %s", request.url.path)
+            return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}"})
 
     @app.get("/health")
     def health() -> dict:
