@@ -553,9 +553,11 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     # softcap passes that error on times 1 - t^2 (0 once tanh saturates: raw logits near 1e4
     # must not widen the bound by their size), and its own tanh (exp2, 1 -+ e, a division)
     # errs by about TANH_ROUNDING u32 |t|, i.e. TANH_ROUNDING u32 |S| on the capped score.
-    raw_error = scale * (np.abs(q) @ abs_k.swapaxes(-1, -2))  # in units of u32
+    abs_q = np.abs(q)
+    abs_raw = scale * (abs_q @ abs_k.swapaxes(-1, -2))  # sum of |terms| of each raw q.k
+    raw_error = abs_raw  # in units of u32
     if dcap is not None:
-        raw_error = raw_error * dcap + TANH_ROUNDING * finite_scores
+        raw_error = abs_raw * dcap + TANH_ROUNDING * finite_scores
     w = 1.0 + 2.0 * finite_scores + 3.0 * finite_lse + raw_error
     # Every row: plain attention's softmax rounds its P once or twice, the recomputation from a
     # float32 lse rounds by u32 W; where a key's dv sums few rows (Lq = 1, a narrow window) the
@@ -592,14 +594,12 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
         # and 1 - t^2 is formed from the rounded t, an absolute error of about
         # 2|t| dt + 1 with dt = TANH_ROUNDING |t| + (1 - t^2) (the raw q.k error / softcap).
         t = np.sqrt(np.clip(1.0 - dcap, 0.0, 1.0))
-        raw_x = scale * (np.abs(q) @ abs_k.swapaxes(-1, -2)) / case.softcap
-        error_dcap = 2.0 * t * (TANH_ROUNDING * t + dcap * raw_x) + 1.0
+        error_dcap = 2.0 * t * (TANH_ROUNDING * t + dcap * abs_raw / case.softcap) + 1.0
         error_ds = (error_ds + abs_ds * w) * dcap + abs_ds * error_dcap
         abs_ds = abs_ds * dcap
     error_ds2 = error_ds**2
     carried_dq = np.minimum(error_ds @ abs_k, LAMBDA * np.sqrt(error_ds2 @ abs_k**2))
     m_dq = scale * (abs_ds @ abs_k + carried_dq)
-    abs_q = np.abs(q)
     m_dk = scale * reduce_kv_heads(abs_ds.swapaxes(-1, -2) @ abs_q, group)
     # The heads of a GQA group are separate sums too: their variances add before the root.
     carried_dk = np.minimum(reduce_kv_heads(error_ds.swapaxes(-1, -2) @ abs_q, group),

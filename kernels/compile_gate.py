@@ -220,7 +220,7 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     if row.get("shared_memory", 0) > limit:
         found.append(f"smem {row['shared_memory']} > {limit} B")
     if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
-            and not row.get("uses_wgmma") and not _mma_sync_by_design(row)):
+            and not row.get("uses_wgmma") and not mma_sync_by_design(row)):
         found.append("no wgmma")
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
@@ -228,7 +228,7 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     return found
 
 
-def _mma_sync_by_design(row: Mapping[str, Any]) -> bool:
+def mma_sync_by_design(row: Mapping[str, Any]) -> bool:
     """The score-variant launches whose only spill-free tile is too narrow for wgmma
     (``configs.MMA_SYNC_VARIANT_LAUNCHES``): a row of a variant with a score switch on, of one of
     those launches, at exactly its variant table's tile."""

@@ -217,7 +217,6 @@ def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: boo
         raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
     if dtype == torch.float32 and padded_head_dim(head_dim) == 16 and kernel in _FLOAT32_HEAD_DIM_16:
         return _FLOAT32_HEAD_DIM_16[kernel]
-    bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
     return _TABLE[(kernel, bucket, dtype == torch.float32)]
 
 

@@ -302,8 +302,8 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
         console.print(f"[bold red]FAIL[/]: {bad} of {len(rows)} specializations fail the compile gate "
                       f"(spills, shared memory, missing wgmma or compile errors)")
         return 1
-    on_mma_sync = sum(1 for r in rows if args.arch == "sm_90" and r.get("dtype") in ("float16", "bfloat16")
-                      and r.get("kernel") != "backward_delta" and not r.get("uses_wgmma"))
+    on_mma_sync = sum(1 for r in rows
+                      if args.arch == "sm_90" and not r.get("uses_wgmma") and _gate().mma_sync_by_design(r))
     wgmma = ""
     if args.arch == "sm_90":
         wgmma = " and 16-bit ones use wgmma" + (
