@@ -616,7 +616,10 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     sink = sink_logits(spec)  # (1, Hq, 1) or None
     if sink is not None:
         p_sink = np.exp(sink - lse)  # lse >= sink: never above 1
-        result["dsinks"] = np.sum(p_sink * (np.abs(delta[..., 0]) + DS_ROUNDING * m_delta[..., 0]), axis=(0, 2))
+        # D reads O as stored (rounded to the dtype: O = P v, P < 1 with a sink, is not
+        # representable), so each term also errs by rowsum(|dO| half_ulp(O)), as in dS above.
+        result["dsinks"] = np.sum(p_sink * (np.abs(delta[..., 0]) + DS_ROUNDING * m_delta[..., 0]
+                                            + rounding / U32), axis=(0, 2))
     return result
 
 
