@@ -11,7 +11,10 @@ then computes the output and EVERY parameter gradient three ways:
   the torch model's ``state_dict``;
 - ``kernel``: the torch model cast to ``dtype``, its attention on the kernels through
   ``flashref.kernels.sdpa_routing(fallback="error")`` (so nothing silently stays on torch);
-- ``base``: the same torch model in ``dtype`` on torch's math SDPA backend.
+- ``base``: the same torch model in ``dtype`` on torch's own attention, run twice: on the math
+  SDPA backend and on torch's fused backend for the device (the flash kernel on the CPU,
+  memory-efficient attention on CUDA, both of which take the masks). Each tensor's baseline
+  error is the larger of the two.
 
 Each tensor is judged by the project's rule (``flashref.equivalence.judge``):
 ``max|kernel - ref| <= factor * max|base - ref| + slack``, factor 2 for the output and 3 for
@@ -20,17 +23,25 @@ reference value: the kernels accumulate in float32, so an error that small says 
 against them; next to a baseline that has gone through a whole model's roundings it is
 negligible).
 
-The baseline error of one tensor is a single draw of a whole model's rounding: a gradient of
-16 elements whose max error happens to be 4x below its neighbours' would make a bound the
-kernel model (which rounds every other op the same way, on slightly different values) misses
-by chance (seen: float16, decoder norm3.bias, 1 seed in 8). So each tensor's baseline is its
-own error or its group's largest *relative* baseline error (max over the group's tensors of
-``max|base - ref| / max|ref|``) times the tensor's own scale ``max|ref|``, whichever is larger:
-still the same torch model on math SDPA in the same dtype, pooled over the tensors of one
-sublayer. The output is a group of its own. The kernel model and the baseline differ only in their attention, so the rule asks:
-does running a real model's attention on the kernels cost more accuracy than torch's own math
-attention in the same precision? GQA is not covered: ``nn.MultiheadAttention`` has no grouped
-kv heads (the kernel-level sweep covers GQA).
+The baseline error of one tensor is a draw of a whole model's rounding, and one draw can be
+lucky: a gradient whose max error happens to be 3x below its typical size makes a bound that a
+kernel model of ordinary accuracy misses by chance. Two things make the baseline sturdier.
+
+- Two independent roundings. Torch's math and fused attentions round differently, so the
+  model's roundings downstream of them differ too; the baseline takes the larger error of the
+  two. Seen in float16 (``encoder.layers.0.norm1.weight``, seed 935163935 of the e1d1 case):
+  math SDPA 2.16e-3, torch's CPU flash 6.68e-3, the kernels 6.68e-3, so a math-only baseline
+  failed the kernels at 3.1x, though they were exactly as accurate as torch's fused path.
+- Pooling over a group: each tensor's baseline is its own error or its group's largest
+  *relative* baseline error (max over the group's tensors of ``max|base - ref| / max|ref|``)
+  times the tensor's own scale ``max|ref|``, whichever is larger (seen before: float16,
+  decoder norm3.bias, 1 seed in 8 with a math-only, unpooled baseline). A group is the tensors
+  of one sublayer; the output is a group of its own.
+
+Both are torch's own attention in the same dtype, and the kernel model differs from them only
+in its attention, so the rule asks: does running a real model's attention on the kernels cost
+more accuracy than torch's attention in the same precision? GQA is not covered:
+``nn.MultiheadAttention`` has no grouped kv heads (the kernel-level sweep covers GQA).
 
 The feed-forward activation is GELU unless the case says ``relu``. The rule compares sizes of
 errors, so it needs a problem whose gradients move about as much as its forward values do.
@@ -125,6 +136,8 @@ class ModelResult:
     checks: list[TensorCheck] = field(default_factory=list)
     routed_calls: int = 0
     seconds: float = 0.0
+    baselines: tuple[str, ...] = ()  # torch's SDPA backends the baseline ran on
+    refused: str = ""  # why the fused baseline could not run, if it could not
 
     @property
     def passed(self) -> bool:
@@ -210,10 +223,21 @@ def oracle_model(case: ModelCase, problem: _Problem) -> tuple[np.ndarray, dict[s
     return out.data, {name: p.grad for name, p in model.named_parameters()}
 
 
-def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, kernels: bool):
-    """The torch model in the case's dtype: attention on the kernels (``kernels=True``, every
-    SDPA call must route) or on torch's math SDPA. Returns (output, {name: gradient}, routed)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def baseline_backends(device: str) -> tuple:
+    """Torch's attentions the baseline runs on: math, and the fused backend that takes an
+    arbitrary mask on ``device`` (flash on the CPU; on CUDA flash takes no mask, so the
+    memory-efficient kernel)."""
+    from torch.nn.attention import SDPBackend
+
+    fused = SDPBackend.FLASH_ATTENTION if device == "cpu" else SDPBackend.EFFICIENT_ATTENTION
+    return SDPBackend.MATH, fused
+
+
+def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, backend=None):
+    """The torch model in the case's dtype: attention on the kernels (``backend=None``, every
+    SDPA call must route) or on torch's SDPA ``backend`` alone (an ``SDPBackend``; torch
+    raises if it cannot take a call). Returns (output, {name: gradient}, routed calls)."""
+    from torch.nn.attention import sdpa_kernel
 
     dtype = getattr(torch, case.dtype)
     model = _torch_model(case)
@@ -221,16 +245,16 @@ def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, kernels:
     model = model.to(device=device, dtype=dtype).train()
     src, tgt, dout = (x.to(device=device, dtype=dtype) for x in (problem.src, problem.tgt, problem.dout))
     masks = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in problem.masks.items()}
-    if kernels:
+    if backend is None:
         from flashref.kernels import sdpa_routing
 
         context = sdpa_routing(fallback="error")
     else:
-        context = sdpa_kernel(SDPBackend.MATH)
+        context = sdpa_kernel(backend)
     with context:
         out = model(src, tgt, **masks)
         out.backward(dout)
-    routed = context.routed if kernels else 0
+    routed = context.routed if backend is None else 0
     return out.detach(), {name: p.grad for name, p in model.named_parameters()}, routed
 
 
@@ -239,14 +263,22 @@ def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
     start = time.perf_counter()
     problem = make_problem(case)
     ref_out, ref_grads = oracle_model(case, problem)
-    base_out, base_grads, _ = torch_model_run(case, problem, device, kernels=False)
-    kern_out, kern_grads, routed = torch_model_run(case, problem, device, kernels=True)
-    tensors = [("output", "output", kern_out, base_out, ref_out, OUT_FACTOR)]
-    tensors += [(name, parameter_group(name), kern_grads[name], base_grads[name], ref, GRAD_FACTOR)
+    bases, baselines, refused = [], [], ""
+    for backend in baseline_backends(device):
+        try:
+            bases.append(torch_model_run(case, problem, device, backend=backend))
+            baselines.append(backend.name.lower())
+        except RuntimeError as err:  # a fused backend that cannot take these masks: say so, judge on math alone
+            if not baselines:
+                raise
+            refused = f"{backend.name.lower()} refused the calls ({str(err).splitlines()[0]})"
+    kern_out, kern_grads, routed = torch_model_run(case, problem, device)
+    tensors = [("output", "output", kern_out, [b[0] for b in bases], ref_out, OUT_FACTOR)]
+    tensors += [(name, parameter_group(name), kern_grads[name], [b[1][name] for b in bases], ref, GRAD_FACTOR)
                 for name, ref in ref_grads.items()]
-    # The group's baseline, relative to each tensor's scale (module docstring).
+    # Two roundings, pooled over the group relative to each tensor's scale (module docstring).
     scale = {name: float(np.max(np.abs(ref))) if ref.size else 0.0 for name, _, _, _, ref, _ in tensors}
-    base_err = {name: max_abs_error(base, ref) for name, _, _, base, ref, _ in tensors}
+    base_err = {name: max(max_abs_error(b, ref) for b in base) for name, _, _, base, ref, _ in tensors}
     group_rel: dict[str, float] = {}
     for name, group, *_ in tensors:
         if scale[name] > 0:
@@ -255,7 +287,7 @@ def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
     for name, group, kern, _, ref, factor in tensors:
         baseline = max(base_err[name], group_rel.get(group, 0.0) * scale[name])
         checks.append(TensorCheck(name, group, judge(max_abs_error(kern, ref), baseline, factor, U32 * scale[name])))
-    return ModelResult(case, checks, routed, time.perf_counter() - start)
+    return ModelResult(case, checks, routed, time.perf_counter() - start, tuple(baselines), refused)
 
 
 def group_tables(results: list[ModelResult], *, only_failures: bool = False):
@@ -319,11 +351,13 @@ def run_verify_model(args, console) -> int:
                       f"{result.routed_calls} attention calls on the kernels, worst ratio "
                       f"{worst.error.ratio:.2f} ({worst.name}), {result.seconds:.1f} s: "
                       + ("[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"))
+        if result.refused:
+            console.print(f"  [yellow]baseline on {'+'.join(result.baselines)} only: {escape(result.refused)}[/]")
     for table in group_tables(results, only_failures=args.failures_only):
         console.print(table)
     console.print("ratio = kernel err / bound; PASS when kernel err <= bound = 2 x (output) or 3 x (gradients) "
-                  "baseline err + u32 max|ref|; baseline = the same torch model on torch's math SDPA in the same "
-                  "dtype (pooled over each group relative to each tensor's scale); reference = the NumPy Transformer "
+                  "baseline err + u32 max|ref|; baseline = the same torch model on torch's math and fused SDPA in "
+                  "the same dtype (the larger error, pooled over each group relative to each tensor's scale); reference = the NumPy Transformer "
                   "in float64 with the same weights.")
     failed = [r for r in results if not r.passed]
     if not failed:

@@ -51,6 +51,7 @@ from .configs import (
     configs_for,
     dispatcher_configs,
     dkdv_passes,
+    head_dim_bucket,
     padded_head_dim,
 )
 
@@ -235,7 +236,7 @@ def mma_sync_by_design(row: Mapping[str, Any]) -> bool:
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is None or not {name for name, on in variant.constexprs if on} & set(SCORE_VARIANT_SWITCHES):
         return False
-    bucket = min(b for b in BUCKETS if padded_head_dim(row["head_dim"]) <= b)
+    bucket = head_dim_bucket(row["head_dim"])
     if (row["kernel"], bucket) not in MMA_SYNC_VARIANT_LAUNCHES:
         return False
     tile = KernelConfig(row["BLOCK_M"], row["BLOCK_N"], row["num_warps"], row["num_stages"], row.get("maxnreg"))

@@ -203,7 +203,7 @@ def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: boo
     launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
     DROPOUT itself; each has a table of its own where the default tile spills
     (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``)."""
-    bucket = min(b for b in (64, 128, 256) if padded_head_dim(head_dim) <= b)
+    bucket = head_dim_bucket(head_dim)
     key = (kernel, bucket, dtype == torch.float32)
     if dropout and key in DROPOUT_TABLE:
         return DROPOUT_TABLE[key]
@@ -281,6 +281,12 @@ def config_pruner(kernel: str):
 # `flashref compile-report --arch ARCH --prune-table`), so a GPU hour only measures
 # configurations that compile clean. 16-bit only: float32 is the exactness path, not tuned.
 BUCKETS = (64, 128, 256)
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """The bucket of ``BUCKETS`` a head dim's tables live in: the smallest that holds its padded width."""
+    return min(b for b in BUCKETS if padded_head_dim(head_dim) <= b)
+
 DKDV_TILES = ((16, 64), (32, 64), (64, 64), (16, 128), (32, 128), (64, 128))  # (query rows, key rows)
 CANDIDATE_SPACE = {
     "forward": [_C(m, n, w, s) for m, n, s, w in product((64, 128), (32, 64, 128), (2, 3, 4), (4, 8))],
@@ -334,7 +340,7 @@ def tuning_configs(kernel: str, head_dim: int, arch: str) -> tuple[KernelConfig,
     if table is None:
         return defaults
     name = "backward_dkdv" if kernel in DKDV_LAUNCHES else kernel
-    bucket = min(b for b in BUCKETS if padded_head_dim(head_dim) <= b)
+    bucket = head_dim_bucket(head_dim)
     pass_name = kernel if kernel in ("backward_dk", "backward_dv") else name
     entries = table["tables"].get(f"{pass_name}/{bucket}", [])
     if pass_name != name and not entries:  # a split pass at a bucket with one launch
@@ -362,7 +368,7 @@ def tuned_file_name(device_name: str, capability: tuple[int, int], triton_versio
 
 def tuned_key(kernel: str, head_dim: int, dtype: str, causal: bool) -> str:
     """An entry's key: launch name, head-dim bucket, dtype name, causal flag."""
-    bucket = min(b for b in BUCKETS if padded_head_dim(head_dim) <= b)
+    bucket = head_dim_bucket(head_dim)
     return f"{kernel}/{bucket}/{dtype}/{'causal' if causal else 'full'}"
 
 

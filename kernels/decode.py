@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from .attention_forward import _LOG2E_K, tanh
+from .configs import padded_head_dim
 from .rounding import to_dot_operand, to_output
 
 
@@ -51,7 +52,7 @@ def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]
       (16 x 32 left 8-24 B of stack with a paged cache); 16 x 16 on 4 warps at 256 (16 x 32 on 8
       spilled 72 B paged on sm_90, 16 x 16 on 8 left 24 B on sm_80).
     """
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = padded_head_dim(head_dim)
     if dtype == "float32":
         return (16, 32, 8) if block_d <= 64 else (16, 16, 8) if block_d == 128 else (16, 16, 4)
     if block_d == 256:
