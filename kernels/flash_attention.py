@@ -212,22 +212,36 @@ def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
         if not (math.isfinite(softmax_scale) and softmax_scale > 0):
             raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
     if kv_lens is not None:
-        if not isinstance(kv_lens, torch.Tensor):
-            raise TypeError(f"kv_lens must be an integer torch.Tensor of shape ({batch},), got {type(kv_lens).__name__}")
-        if kv_lens.dtype not in (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8):
-            raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
-        if tuple(kv_lens.shape) != (batch,):
-            raise ValueError(f"kv_lens must have shape ({batch},) (one length per batch), got {tuple(kv_lens.shape)}")
-        if kv_lens.device != q.device:
-            raise ValueError(f"kv_lens must be on q's device {q.device}, got {kv_lens.device}")
-        # Under torch.compile a value check would break the graph; the op repeats it (library.py).
-        if batch and not torch.compiler.is_compiling() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > k.shape[2]):
-            raise ValueError(f"kv_lens must lie in [0, {k.shape[2]}] (k's seqlen), got {kv_lens.tolist()}")
+        check_kv_lens(kv_lens, batch, k.shape[2], q.device, "k's seqlen")
     if q.device.type == "cpu" and not INTERPRETED:
         raise ValueError(
             "q is a CPU tensor but the Triton kernels were compiled for a GPU. To run them on the CPU "
             "with Triton's interpreter, set TRITON_INTERPRET=1 in the environment before triton and "
             "flashref.kernels are imported (e.g. `TRITON_INTERPRET=1 python ...`).")
+
+
+def check_kv_lens(kv_lens, batch: int, seqlen_k: int, device, what: str = "k's seqlen") -> None:
+    """``kv_lens``: an integer tensor (batch,) on ``device`` with values in [0, seqlen_k]; else
+    TypeError / ValueError naming it (``what`` says where seqlen_k comes from)."""
+    if not isinstance(kv_lens, torch.Tensor):
+        raise TypeError(f"kv_lens must be an integer torch.Tensor of shape ({batch},), got {type(kv_lens).__name__}")
+    if kv_lens.dtype not in (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
+    if tuple(kv_lens.shape) != (batch,):
+        raise ValueError(f"kv_lens must have shape ({batch},) (one length per batch), got {tuple(kv_lens.shape)}")
+    if kv_lens.device != device:
+        raise ValueError(f"kv_lens must be on q's device {device}, got {kv_lens.device}")
+    # Under torch.compile a value check would break the graph; the op repeats it (library.py).
+    if batch and not torch.compiler.is_compiling() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > seqlen_k):
+        raise ValueError(f"kv_lens must lie in [0, {seqlen_k}] ({what}), got {kv_lens.tolist()}")
+
+
+def check_softcap(softcap) -> None:
+    """``softcap``: a finite float >= 0 (0 = off); else TypeError / ValueError."""
+    if not _is_real(softcap):
+        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
 
 
 def _check_float32_vector(name, t, q, shapes, what):
@@ -250,10 +264,7 @@ def _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dro
             raise TypeError(f"window_size's {side} entry must be an int (-1 = unbounded), got {w!r}")
         if w < -1:
             raise ValueError(f"window_size's {side} entry must be -1 (unbounded) or >= 0, got {w}")
-    if not _is_real(softcap):
-        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
-    if not (math.isfinite(softcap) and softcap >= 0):
-        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
+    check_softcap(softcap)
     if alibi_slopes is not None:
         _check_float32_vector("alibi_slopes", alibi_slopes, q, ((heads_q,), (batch, heads_q)),
                               f"({heads_q},) or ({batch}, {heads_q})")

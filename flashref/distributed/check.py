@@ -45,19 +45,21 @@ BAD_INPUT_SCENARIOS = {
     "length_differs": "q shape must be the same on every rank",
     "zigzag_odd_length": "cannot be split by the 'zigzag' layout",
     "one_rank_bad_head_dim": "rejected its inputs",
+    "kv_lens_differs": "kv_lens must be the same on every rank",
+    "kv_lens_too_long": "kv_lens must lie in [0, ",
 }
 
 
 #: The tensors ring attention returns and the rule judges (no sinks: no dsinks).
 RING_TENSORS = ("out", "dq", "dk", "dv")
-# Case fields of the attention variants, which ring_attention does not take (docs/distributed.md).
-_VARIANT_FIELDS = ("window", "softcap", "alibi", "sinks", "dropout_p")
+# Case fields of the attention variants ring_attention does not take (docs/distributed.md).
+_VARIANT_FIELDS = ("window", "alibi", "sinks", "dropout_p")
 
 
 @dataclass(frozen=True)
 class RingCase:
-    """One check: the full-sequence ``case`` (self-attention: seqlen_q == seqlen_k, no
-    kv_lens, top-left alignment) sharded over ``world_size`` ranks in ``layout``."""
+    """One check: the full-sequence ``case`` (self-attention: seqlen_q == seqlen_k, top-left
+    alignment; kv_lens and softcap allowed) sharded over ``world_size`` ranks in ``layout``."""
 
     world_size: int
     layout: str
@@ -71,8 +73,8 @@ class RingCase:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         variants = [f.name for f in dataclasses.fields(c)
                     if f.name in _VARIANT_FIELDS and getattr(c, f.name) != f.default]
-        if c.seqlen_q != c.seqlen_k or c.kv_lens or c.causal_alignment != "top_left" or variants:
-            raise ValueError(f"a ring case is plain self-attention (lq == lk, dense, top_left, no "
+        if c.seqlen_q != c.seqlen_k or c.causal_alignment != "top_left" or variants:
+            raise ValueError(f"a ring case is self-attention (lq == lk, top_left, no "
                              f"{'/'.join(_VARIANT_FIELDS)}), got {c.name}")
         n = chunks_per_sequence(self.layout, self.world_size)
         if c.seqlen_q % n:
@@ -105,13 +107,15 @@ class RingCase:
         return {"world_size": self.world_size, "layout": self.layout, **self.case.config}
 
 
-# (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim): both layouts with and
-# without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd per-rank lengths).
+# (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim, kv_lens, softcap): both
+# layouts with and without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd
+# per-rank lengths), key padding (a second batch row's length is drawn from [0, L]: sometimes
+# a row with no key) and softcap, each with both layouts.
 _SPECS = (
-    ("zigzag", True, 9, (1, 2, 1), 16),
-    ("contiguous", True, 17, (1, 2, 2), 32),
-    ("zigzag", False, 5, (2, 2, 2), 16),
-    ("contiguous", False, 13, (1, 4, 2), 24),
+    ("zigzag", True, 9, (2, 2, 1), 16, True, 0.0),
+    ("contiguous", True, 17, (2, 2, 2), 32, True, 5.0),
+    ("zigzag", False, 5, (2, 2, 2), 16, False, 3.0),
+    ("contiguous", False, 13, (1, 4, 2), 24, False, 0.0),
 )
 
 
@@ -120,13 +124,13 @@ def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> l
     (restricted to ``dtypes`` / ``causal`` when given). Case i has seed ``seed + i``."""
     dtypes = tuple(dtypes) if dtypes is not None else eq.DTYPES
     cases = []
-    for index, (layout, is_causal, chunk, (b, hq, hkv), d) in enumerate(_SPECS):
+    for index, (layout, is_causal, chunk, (b, hq, hkv), d, kv_lens, softcap) in enumerate(_SPECS):
         if causal is not None and is_causal != causal:
             continue
         seqlen = chunk * chunks_per_sequence(layout, world_size)
         dtype = dtypes[index % len(dtypes)]
         cases.append(RingCase(world_size, layout, eq.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
-                                                          "top_left", False, seed + len(cases))))
+                                                          "top_left", kv_lens, seed + len(cases), softcap=softcap)))
     return cases
 
 
@@ -140,14 +144,19 @@ def _free_port() -> int:
 
 
 def _bad_inputs(scenario: str, rank: int, device):
-    """(q, k, v, layout) for one bad-input scenario, as rank ``rank`` would pass them."""
+    """(q, k, v, layout, kv_lens) for one bad-input scenario, as rank ``rank`` would pass them."""
     dtype = torch.float32 if scenario == "dtype_differs" and rank == 1 else torch.float16
     seqlen = 5 if scenario == "zigzag_odd_length" else (6 if scenario == "length_differs" and rank == 1 else 4)
     q = torch.randn(1, 2, seqlen, 16, dtype=dtype, device=device)
     k, v = torch.randn_like(q), torch.randn_like(q)
     if scenario == "one_rank_bad_head_dim" and rank == 0:
         v = torch.randn(1, 2, seqlen, 8, dtype=dtype, device=device)
-    return q, k, v, "zigzag"
+    kv_lens = None
+    if scenario == "kv_lens_differs":
+        kv_lens = torch.tensor([3 + rank], device=device)
+    elif scenario == "kv_lens_too_long":  # the whole sequence has 4 x world positions
+        kv_lens = torch.tensor([4 * torch.distributed.get_world_size() + 1], device=device)
+    return q, k, v, "zigzag", kv_lens
 
 
 def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scenarios, outdir: str) -> None:
@@ -180,7 +189,8 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
             try:
                 start = time.perf_counter()
                 with poisoned_outputs():
-                    out = ring_attention(q, k, v, causal=rc.case.causal, layout=rc.layout)
+                    out = ring_attention(q, k, v, causal=rc.case.causal, layout=rc.layout, kv_lens=inputs.kv_lens,
+                                         softcap=rc.case.softcap)
                     dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -191,9 +201,9 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
             full = [gather_sequence(t.detach(), layout=rc.layout).cpu() for t in (out, dq, dk, dv)]
             results["cases"].append({"name": rc.name, "tensors": full if rank == 0 else None, "seconds": seconds})
         for scenario in scenarios:
-            q, k, v, layout = _bad_inputs(scenario, rank, device)
+            q, k, v, layout, kv_lens = _bad_inputs(scenario, rank, device)
             try:
-                ring_attention(q, k, v, causal=True, layout=layout)
+                ring_attention(q, k, v, causal=True, layout=layout, kv_lens=kv_lens)
                 results["scenarios"][scenario] = None
             except (TypeError, ValueError) as err:
                 results["scenarios"][scenario] = f"{type(err).__name__}: {err}"

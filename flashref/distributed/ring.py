@@ -32,6 +32,16 @@ layout, half a block: for ``src < r`` all queries see the first chunk of ``src``
 sees its second; for ``src > r`` only the second chunk of queries sees anything, and sees all
 of the block. Every non-diagonal zigzag step is therefore half a block of work on every rank.
 
+**Key padding and softcap.** ``kv_lens[b]`` (keys at global positions ``>= kv_lens[b]`` are
+padding) becomes one length per block: a block's positions increase, so its valid keys are a
+prefix of it, as long as the count of its positions below ``kv_lens[b]`` (``block_kv_lens``),
+which is what the kernel's own ``kv_lens`` means. A block with no valid key in any batch row is
+skipped like an invisible one; a row with no valid key anywhere keeps out = 0 and lse = -inf
+(the merge's empty row). The softcap is elementwise on the scores, so every block applies it
+and the blocks still add up to attention over the whole sequence. Windows, ALiBi and
+bottom-right alignment would need each block's offset between query and key positions inside
+the kernel, which it does not take: ``ring_attention`` does not offer them.
+
 Nothing here knows the backend: gloo on CPU tensors (the kernels under Triton's
 interpreter), nccl on CUDA tensors. The kernels are called through one adapter,
 ``_attention_block``.
@@ -40,37 +50,57 @@ interpreter), nccl on CUDA tensors. The kernels are called through one adapter,
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .layout import LAYOUTS
+from .layout import LAYOUTS, shard_positions
 from .merge import merge_attention_
 
 ALL_ROWS = slice(None)
 
 
-def _attention_block(q, k, v, causal: bool, scale: float, grad=None):
+@dataclass(frozen=True)
+class _Options:
+    """What every rank agreed on besides the tensors: ``kv_lens`` as host ints (one per batch
+    row, global positions) or None."""
+
+    causal: bool
+    scale: float
+    layout: str
+    softcap: float = 0.0
+    kv_lens: tuple | None = None
+
+
+def _attention_block(q, k, v, causal: bool, opts: _Options, kv_lens, grad=None):
     """THE adapter to flashref.kernels (the only place this module calls them).
 
     Forward (``grad`` None): attention of q (B, Hq, m, D) over k, v (B, Hkv, n, D), top-left
-    causal when ``causal``; returns ``out`` (q's dtype) and ``lse`` (B, Hq, m) float32.
+    causal when ``causal``, keys ``j >= kv_lens[b]`` hidden (``kv_lens`` (B,) int32 on q's
+    device, or None), ``opts.softcap``; returns ``out`` (q's dtype) and ``lse`` (B, Hq, m) float32.
     Backward (``grad = (out, lse, dout)``, out/lse the GLOBAL merged ones for these query
     rows): returns ``(dq, dk, dv)`` of this block, in q's / k's / v's dtypes.
     """
     from flashref.kernels.flash_attention import _backward, _forward, _resolve
 
-    # Top-left alignment, no kv_lens, no window / softcap / dropout: plain (causal) attention.
-    params = _resolve(q, k, causal, "top_left", scale, None, (-1, -1), 0.0, 0.0, 0)
+    # Top-left alignment, no window / ALiBi / dropout (module docstring).
+    params = _resolve(q, k, causal, "top_left", opts.scale, kv_lens, (-1, -1), opts.softcap, 0.0, 0)
     if grad is None:
-        return _forward(q, k, v, params, None, None, None)
+        return _forward(q, k, v, params, kv_lens, None, None)
     out, lse, dout = grad
     # The kernels index lse as a dense (B, Hq, m) array: a row slice of the global lse is a
     # strided view, so it is made contiguous here.
-    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, None, None, None)
+    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, kv_lens, None, None)
     return dq, dk, dv
+
+
+def block_kv_lens(kv_lens, positions) -> list[int]:
+    """The valid-key prefix of a block whose keys sit at the increasing global ``positions``:
+    for each batch row, how many of them lie below ``kv_lens[b]``."""
+    return [bisect_left(positions, n) for n in kv_lens]
 
 
 def block_plan(layout: str, causal: bool, rank: int, src: int, seqlen_local: int):
@@ -92,6 +122,20 @@ def block_plan(layout: str, causal: bool, rank: int, src: int, seqlen_local: int
         return ALL_ROWS, slice(0, half), False
     # chunk r < chunk src < chunk 2W-1-src < chunk 2W-1-r
     return slice(half, None), ALL_ROWS, False
+
+
+def _step_block(ring: "_Ring", opts: _Options, src: int, seqlen_local: int, device):
+    """This rank's work against rank ``src``'s block: ``(q_rows, kv_rows, causal, kv_lens)``
+    (``block_plan`` plus the block's kv_lens tensor, or None), or None when nothing is visible."""
+    plan = block_plan(opts.layout, opts.causal, ring.rank, src, seqlen_local)
+    if plan is None or opts.kv_lens is None:
+        return None if plan is None else (*plan, None)
+    rows, cols, diagonal = plan
+    positions = shard_positions(seqlen_local * ring.world, ring.world, src, layout=opts.layout)[cols].tolist()
+    lens = block_kv_lens(opts.kv_lens, positions)
+    if not any(lens):  # every key of the block is padding
+        return None
+    return rows, cols, diagonal, torch.tensor(lens, dtype=torch.int32, device=device)
 
 
 @dataclass(frozen=True)
@@ -130,7 +174,7 @@ def _wait(requests) -> None:
         req.wait()
 
 
-def _ring_forward(ring: _Ring, q, k, v, causal: bool, scale: float, layout: str):
+def _ring_forward(ring: _Ring, q, k, v, opts: _Options):
     """out (B, Hq, n, D) in q's dtype and the global lse (B, Hq, n) float32."""
     batch, heads_q, seqlen, head_dim = q.shape
     out_acc = torch.zeros(batch, heads_q, seqlen, head_dim, dtype=torch.float32, device=q.device)
@@ -141,17 +185,17 @@ def _ring_forward(ring: _Ring, q, k, v, causal: bool, scale: float, layout: str)
         last = step == ring.world - 1
         kv_next = () if last else tuple(torch.empty_like(t) for t in kv)
         requests = ring.exchange(sends=() if last else kv, recvs=kv_next)  # overlaps the kernel below
-        plan = block_plan(layout, causal, ring.rank, src, seqlen)
-        if plan is not None:
-            rows, cols, diagonal = plan
-            out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, scale)
+        block = _step_block(ring, opts, src, seqlen, q.device)
+        if block is not None:
+            rows, cols, diagonal, lens = block
+            out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, opts, lens)
             merge_attention_(out_acc[:, :, rows], lse_acc[:, :, rows], out_s, lse_s)
         _wait(requests)
         kv = kv_next
     return out_acc.to(q.dtype), lse_acc
 
 
-def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, causal: bool, scale: float, layout: str):
+def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options):
     """dq, dk, dv (q's, k's, v's shapes and dtypes; float32 accumulation across the ring)."""
     seqlen = q.shape[2]
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
@@ -164,12 +208,12 @@ def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, causal: bool, scale: fl
         dkv_in = tuple(torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in kv) if step else ()
         # The accumulator finished at step s-1 goes to the next rank, which holds that block now.
         requests = ring.exchange(sends=(*dkv_acc, *(() if last else kv)), recvs=(*dkv_in, *kv_next))
-        plan = block_plan(layout, causal, ring.rank, src, seqlen)
+        block = _step_block(ring, opts, src, seqlen, q.device)
         share = None
-        if plan is not None:
-            rows, cols, diagonal = plan
+        if block is not None:
+            rows, cols, diagonal, lens = block
             dq_s, dk_s, dv_s = _attention_block(
-                q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, scale,
+                q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, opts, lens,
                 grad=(out[:, :, rows], lse[:, :, rows], dout[:, :, rows]))
             dq_acc[:, :, rows] += dq_s
             share = (cols, dk_s, dv_s)
@@ -192,10 +236,10 @@ class RingAttentionFunction(torch.autograd.Function):
     """torch.autograd wiring: forward saves (q, k, v, out, lse); backward runs the dK/dV ring."""
 
     @staticmethod
-    def forward(ctx, q, k, v, ring, causal, scale, layout):
-        out, lse = _ring_forward(ring, q, k, v, causal, scale, layout)
+    def forward(ctx, q, k, v, ring, opts):
+        out, lse = _ring_forward(ring, q, k, v, opts)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.ring, ctx.causal, ctx.scale, ctx.layout = ring, causal, scale, layout
+        ctx.ring, ctx.opts = ring, opts
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -203,17 +247,17 @@ class RingAttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.causal, ctx.scale, ctx.layout)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.opts)
+        return dq, dk, dv, None, None
 
 
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_local(q, k, v, causal, softmax_scale, layout) -> None:
+def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, softcap, world: int) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
     from flashref.kernels.configs import MAX_HEAD_DIM
-    from flashref.kernels.flash_attention import check_attention_tensors
+    from flashref.kernels.flash_attention import check_attention_tensors, check_kv_lens, check_softcap
 
     check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")
     if k.shape != v.shape:
@@ -236,6 +280,9 @@ def _check_local(q, k, v, causal, softmax_scale, layout) -> None:
             raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    check_softcap(softcap)
+    if kv_lens is not None:
+        check_kv_lens(kv_lens, batch, seqlen * world, q.device, f"the whole sequence: {seqlen} x {world} ranks")
     if layout == "zigzag" and seqlen % 2:
         raise ValueError(f"q's local sequence length {seqlen} cannot be split by the 'zigzag' layout: each rank "
                          f"holds two equal chunks, so it must be even (shard_sequence needs a multiple of 2 x world)")
@@ -272,25 +319,29 @@ def _agree(ring: _Ring, local_error: BaseException | None, meta: dict | None) ->
             raise ValueError(f"ring_attention: {key} must be the same on every rank of the group, got {listing}")
 
 
-def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, layout="zigzag", return_lse=False):
+def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, layout="zigzag", kv_lens=None,
+                   softcap=0.0, return_lse=False):
     """Attention over a sequence sharded across the ranks of ``group`` (ring / context parallel).
 
     Every rank of ``group`` (a torch.distributed process group; the default one when None)
     calls this with its shard: ``q: (B, Hq, n, D)``, ``k, v: (B, Hkv, n, D)`` holding the
     positions ``shard_positions(L, W, rank, layout=layout)`` of a sequence of ``L = n * W``
     tokens (``shard_sequence`` cuts them). ``Hq % Hkv == 0`` (GQA/MQA), float16 / bfloat16 /
-    float32, ``1 <= D <= 256``. Returns this rank's rows of
+    float32, ``1 <= D <= 256``. Windows, ALiBi, sinks, dropout and bottom-right alignment are not
+    offered (module docstring). Returns this rank's rows of
 
         out = softmax(softmax_scale * q k_all^T, masked) v_all       (B, Hq, n, D), q's dtype
 
     (``softmax_scale`` defaults to ``1/sqrt(D)``; with ``causal`` a query sees the keys at
-    global positions up to its own) and, with ``return_lse``, the global log-sum-exp
+    global positions up to its own; ``kv_lens: (B,)`` integer, on q's device, the same on every
+    rank: keys at global positions ``>= kv_lens[b]`` are padding, values in [0, L]; ``softcap >
+    0``: ``s <- softcap * tanh(s / softcap)``, 0 = off) and, with ``return_lse``, the global log-sum-exp
     ``lse: (B, Hq, n)`` float32 (not differentiable). Differentiable in q, k and v; the
     gradients of k and v come back to the rank that holds them.
 
     ``layout``: ``"zigzag"`` (rank r holds chunks r and 2W-1-r of 2W: balanced causal work; n
     must be even) or ``"contiguous"`` (chunk r of W). Shapes, dtype, device type, causal,
-    scale, layout and whether a gradient is recorded must agree on every rank: they are all-gathered and checked first, and
+    scale, layout, kv_lens, softcap and whether a gradient is recorded must agree on every rank: they are all-gathered and checked first, and
     bad input on any rank raises on every rank (no rank is left waiting on a transfer).
 
     Raises RuntimeError when torch.distributed has no initialised process group.
@@ -303,14 +354,16 @@ def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, lay
     ring = _Ring.of(group)
     local_error, meta = None, None
     try:
-        _check_local(q, k, v, causal, softmax_scale, layout)
+        _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, softcap, ring.world)
         meta = {"q shape": tuple(q.shape), "k shape": tuple(k.shape), "dtype": str(q.dtype).removeprefix("torch."),
                 "device type": q.device.type, "causal": causal, "layout": layout, "softmax_scale": softmax_scale,
+                "softcap": float(softcap), "kv_lens": None if kv_lens is None else tuple(kv_lens.tolist()),
                 # A rank that records no graph would skip the backward ring the others wait in.
                 "requires grad": torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))}
     except (TypeError, ValueError) as err:
         local_error = err
     _agree(ring, local_error, meta)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
-    out, lse = RingAttentionFunction.apply(q, k, v, ring, causal, scale, layout)
+    opts = _Options(causal, scale, layout, float(softcap), meta["kv_lens"])
+    out, lse = RingAttentionFunction.apply(q, k, v, ring, opts)
     return (out, lse) if return_lse else out

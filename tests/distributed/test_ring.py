@@ -48,6 +48,11 @@ def test_the_ci_design_covers_layouts_masks_gqa_dtypes_and_odd_lengths():
     assert any(c.case.heads_q > c.case.heads_kv for c in CI_CASES)
     assert any(c.layout == "contiguous" and c.case.seqlen_q // c.world_size % 2 for c in CI_CASES)  # odd per rank
     assert any(c.layout == "zigzag" and c.case.seqlen_q // (2 * c.world_size) % 2 for c in CI_CASES)  # odd chunk
+    for layout in ("zigzag", "contiguous"):  # key padding and softcap in both layouts, and a plain case
+        assert any(c.layout == layout and c.case.kv_lens for c in CI_CASES)
+        assert any(c.layout == layout and c.case.softcap for c in CI_CASES)
+    assert any(c.case.kv_lens and c.case.batch > 1 for c in CI_CASES)  # a drawn length, possibly 0
+    assert any(not c.case.kv_lens and not c.case.softcap for c in CI_CASES)
 
 
 @pytest.mark.interp
@@ -81,12 +86,14 @@ def test_the_checker_can_fail(seed):
     assert "flashref verify --distributed 2 --case" in result.summary()
 
 
-def test_a_ring_case_is_plain_self_attention():
-    for bad in (dict(seqlen_k=10), dict(kv_lens=True), dict(softcap=5.0), dict(window=(3, 0))):
-        fields = dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=12, seqlen_k=12, head_dim=16, dtype="float16",
-                      causal=True, causal_alignment="top_left", kv_lens=False) | bad
-        with pytest.raises(ValueError, match="plain self-attention"):
-            RingCase(2, "zigzag", eq.Case(**fields))
+def test_a_ring_case_is_self_attention_with_kv_lens_and_softcap_at_most():
+    fields = dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=12, seqlen_k=12, head_dim=16, dtype="float16",
+                  causal=True, causal_alignment="top_left", kv_lens=False)
+    RingCase(2, "zigzag", eq.Case(**fields | dict(kv_lens=True, softcap=5.0)))
+    for bad in (dict(seqlen_k=10), dict(causal_alignment="bottom_right"), dict(window=(3, 0)), dict(alibi="h"),
+                dict(sinks=True), dict(dropout_p=0.1)):
+        with pytest.raises(ValueError, match="a ring case is self-attention"):
+            RingCase(2, "zigzag", eq.Case(**fields | bad))
 
 
 @pytest.mark.slow

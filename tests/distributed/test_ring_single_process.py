@@ -24,14 +24,20 @@ def group_of_one():
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("causal, dtype, layout", [(True, torch.bfloat16, "zigzag"), (False, torch.float16, "contiguous")])
-def test_a_ring_of_one_is_the_kernel_bit_for_bit(group_of_one, causal, dtype, layout):
-    q = torch.randn(1, 4, 18, 16).to(dtype).requires_grad_()
-    k, v = (torch.randn(1, 2, 18, 16).to(dtype).requires_grad_() for _ in range(2))
-    dout = torch.randn(1, 4, 18, 16).to(dtype)
-    out, lse = ring_attention(q, k, v, group=group_of_one, causal=causal, layout=layout, return_lse=True)
+@pytest.mark.parametrize("causal, dtype, layout, kv_lens, softcap", [
+    (True, torch.bfloat16, "zigzag", None, 0.0),
+    (False, torch.float16, "contiguous", None, 0.0),
+    (True, torch.float16, "zigzag", [11, 0], 4.0),  # a row with no key: out 0, lse -inf, zero gradients
+])
+def test_a_ring_of_one_is_the_kernel_bit_for_bit(group_of_one, causal, dtype, layout, kv_lens, softcap):
+    batch = 1 if kv_lens is None else len(kv_lens)
+    q = torch.randn(batch, 4, 18, 16).to(dtype).requires_grad_()
+    k, v = (torch.randn(batch, 2, 18, 16).to(dtype).requires_grad_() for _ in range(2))
+    dout = torch.randn(batch, 4, 18, 16).to(dtype)
+    variants = dict(kv_lens=None if kv_lens is None else torch.tensor(kv_lens), softcap=softcap)
+    out, lse = ring_attention(q, k, v, group=group_of_one, causal=causal, layout=layout, return_lse=True, **variants)
     grads = torch.autograd.grad(out, (q, k, v), dout)
-    ref_out, ref_lse = flash_attention(q, k, v, causal=causal, return_lse=True)
+    ref_out, ref_lse = flash_attention(q, k, v, causal=causal, return_lse=True, **variants)
     ref_grads = torch.autograd.grad(ref_out, (q, k, v), dout)
     assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
     for name, g, r in zip("qkv", grads, ref_grads):
