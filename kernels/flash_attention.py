@@ -236,14 +236,6 @@ def check_kv_lens(kv_lens, batch: int, seqlen_k: int, device, what: str = "k's s
         raise ValueError(f"kv_lens must lie in [0, {seqlen_k}] ({what}), got {kv_lens.tolist()}")
 
 
-def check_softcap(softcap) -> None:
-    """``softcap``: a finite float >= 0 (0 = off); else TypeError / ValueError."""
-    if not _is_real(softcap):
-        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
-    if not (math.isfinite(softcap) and softcap >= 0):
-        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
-
-
 def _check_float32_vector(name, t, q, shapes, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a float32 torch.Tensor of shape {what}, got {type(t).__name__}")
@@ -255,7 +247,9 @@ def _check_float32_vector(name, t, q, shapes, what):
         raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
 
 
-def _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed):
+def check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed):
+    """The variant arguments of an attention call on q (B, Hq, ..., D): TypeError / ValueError
+    naming the bad one."""
     batch, heads_q = q.shape[:2]
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise TypeError(f"window_size must be a (left, right) pair of ints, got {window_size!r}")
@@ -264,7 +258,10 @@ def _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dro
             raise TypeError(f"window_size's {side} entry must be an int (-1 = unbounded), got {w!r}")
         if w < -1:
             raise ValueError(f"window_size's {side} entry must be -1 (unbounded) or >= 0, got {w}")
-    check_softcap(softcap)
+    if not _is_real(softcap):
+        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
     if alibi_slopes is not None:
         _check_float32_vector("alibi_slopes", alibi_slopes, q, ((heads_q,), (batch, heads_q)),
                               f"({heads_q},) or ({batch}, {heads_q})")
@@ -526,7 +523,7 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
     the launches are the ops ``torch.ops.flashref.attention_forward`` / ``attention_backward``.
     """
     _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens)
-    _check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed)
+    check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
     seed = 0
     if dropout_p > 0:

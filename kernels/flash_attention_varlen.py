@@ -24,7 +24,7 @@ from .flash_attention import (
     Varlen,
     _backward,
     _check_inputs,
-    _check_variants,
+    check_variants,
     _forward,
     _is_int,
     _last_dropout_seed,
@@ -120,7 +120,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     batch = cu_seqlens_q.shape[0] - 1
     _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q, batch, full=check_cu_seqlens)
     # The variant checks see (B, Hq): alibi_slopes may be per sequence.
-    _check_variants(q.new_empty((batch, q.shape[1], 0, 0)), window_size, softcap, alibi_slopes, sinks,
+    check_variants(q.new_empty((batch, q.shape[1], 0, 0)), window_size, softcap, alibi_slopes, sinks,
                     dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
     seed = 0

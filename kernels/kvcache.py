@@ -17,7 +17,7 @@ from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .flash_attention import (
     FLOAT32_DOT_PRECISION,
     INTERPRETED,
-    _check_variants,
+    check_variants,
     _is_int,
     check_attention_tensors,
     _new_buffer,
@@ -150,7 +150,7 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
                                       or not (math.isfinite(softmax_scale) and softmax_scale > 0)):
         raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
-    _check_variants(q, window_size, softcap, alibi_slopes, sinks, 0.0, None)
+    check_variants(q, window_size, softcap, alibi_slopes, sinks, 0.0, None)
     if check_values:
         _check_values(k_cache, cache_seqlens, block_table, capacity, new_len)
     if k is not None and new_len:

@@ -15,7 +15,7 @@ a process can still set ``TRITON_INTERPRET=1`` after importing it.
 
 from .layout import LAYOUTS, gather_sequence, shard_positions, shard_sequence, unshard_sequence
 from .merge import merge_attention
-from .ring import RingAttentionFunction, block_plan, ring_attention
+from .ring import RingAttentionFunction, block_plan, chunk_pieces, ring_attention
 
-__all__ = ["ring_attention", "RingAttentionFunction", "block_plan", "LAYOUTS", "shard_sequence",
+__all__ = ["ring_attention", "RingAttentionFunction", "block_plan", "chunk_pieces", "LAYOUTS", "shard_sequence",
            "unshard_sequence", "gather_sequence", "shard_positions", "merge_attention"]

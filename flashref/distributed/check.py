@@ -6,7 +6,7 @@ nccl and one GPU per process on CUDA), each joins a process group over TCP on a 
 port, and for every case draws the full sequence (``flashref.equivalence.make_inputs``, the
 same seeded inputs on every rank), takes its shard (``shard_sequence``), runs
 ``ring_attention`` forward and backward with the kernels' outputs NaN-poisoned, and
-all-gathers out, dq, dk, dv (``gather_sequence``). The parent judges the gathered tensors
+all-gathers out, dq, dk, dv (``gather_sequence``; dsinks, each rank's share, all-reduced). The parent judges the gathered tensors
 exactly as ``flashref verify`` judges the single-device kernels: against the float64 oracle
 on the whole sequence, with the same-dtype plain attention on the whole sequence as the
 baseline (``flashref.equivalence``'s rule).
@@ -50,16 +50,16 @@ BAD_INPUT_SCENARIOS = {
 }
 
 
-#: The tensors ring attention returns and the rule judges (no sinks: no dsinks).
-RING_TENSORS = ("out", "dq", "dk", "dv")
+#: The tensors ring attention returns and the rule judges (dsinks with sinks: summed over the ranks).
+RING_TENSORS = ("out", "dq", "dk", "dv", "dsinks")
 # Case fields of the attention variants ring_attention does not take (docs/distributed.md).
-_VARIANT_FIELDS = ("window", "alibi", "sinks", "dropout_p")
+_VARIANT_FIELDS = ("dropout_p",)
 
 
 @dataclass(frozen=True)
 class RingCase:
     """One check: the full-sequence ``case`` (self-attention: seqlen_q == seqlen_k, top-left
-    alignment; kv_lens and softcap allowed) sharded over ``world_size`` ranks in ``layout``."""
+    alignment, any variant but dropout) sharded over ``world_size`` ranks in ``layout``."""
 
     world_size: int
     layout: str
@@ -107,15 +107,18 @@ class RingCase:
         return {"world_size": self.world_size, "layout": self.layout, **self.case.config}
 
 
-# (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim, kv_lens, softcap): both
-# layouts with and without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd
-# per-rank lengths), key padding (a second batch row's length is drawn from [0, L]: sometimes
-# a row with no key) and softcap, each with both layouts.
+# (layout, causal, chunk length, (batch, heads_q, heads_kv), head_dim, variants): both layouts
+# with and without causal masking, MHA and GQA, odd chunk lengths (contiguous: odd per-rank
+# lengths), and each variant ring attention takes in both layouts: key padding (a second
+# batch row's length is drawn from [0, L]: sometimes a row with no key), softcap, windows
+# narrower than a chunk (whole chunk pairs skipped), ALiBi per head and per batch row, sinks.
 _SPECS = (
-    ("zigzag", True, 9, (2, 2, 1), 16, True, 0.0),
-    ("contiguous", True, 17, (2, 2, 2), 32, True, 5.0),
-    ("zigzag", False, 5, (2, 2, 2), 16, False, 3.0),
-    ("contiguous", False, 13, (1, 4, 2), 24, False, 0.0),
+    ("zigzag", True, 9, (2, 2, 1), 16, dict(kv_lens=True)),
+    ("contiguous", True, 17, (2, 2, 2), 32, dict(kv_lens=True, softcap=5.0)),
+    ("zigzag", False, 5, (2, 2, 2), 16, dict(softcap=3.0)),
+    ("contiguous", False, 13, (1, 4, 2), 24, dict()),
+    ("zigzag", True, 7, (2, 2, 1), 16, dict(kv_lens=True, window=(6, -1), alibi="bh", sinks=True)),
+    ("contiguous", False, 11, (1, 2, 2), 32, dict(softcap=4.0, window=(5, 9), alibi="h", sinks=True)),
 )
 
 
@@ -124,13 +127,15 @@ def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> l
     (restricted to ``dtypes`` / ``causal`` when given). Case i has seed ``seed + i``."""
     dtypes = tuple(dtypes) if dtypes is not None else eq.DTYPES
     cases = []
-    for index, (layout, is_causal, chunk, (b, hq, hkv), d, kv_lens, softcap) in enumerate(_SPECS):
+    for index, (layout, is_causal, chunk, (b, hq, hkv), d, variants) in enumerate(_SPECS):
         if causal is not None and is_causal != causal:
             continue
         seqlen = chunk * chunks_per_sequence(layout, world_size)
         dtype = dtypes[index % len(dtypes)]
+        variants = dict(variants)
+        kv_lens = variants.pop("kv_lens", False)
         cases.append(RingCase(world_size, layout, eq.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
-                                                          "top_left", kv_lens, seed + len(cases), softcap=softcap)))
+                                                          "top_left", kv_lens, seed + len(cases), **variants)))
     return cases
 
 
@@ -186,19 +191,24 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
             q, k, v, dout = (shard_sequence(t, world_size, rank, layout=rc.layout)
                              for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
             q, k, v = (t.requires_grad_() for t in (q, k, v))
+            sinks = None if inputs.sinks is None else inputs.sinks.detach().clone().requires_grad_()
             try:
                 start = time.perf_counter()
                 with poisoned_outputs():
                     out = ring_attention(q, k, v, causal=rc.case.causal, layout=rc.layout, kv_lens=inputs.kv_lens,
-                                         softcap=rc.case.softcap)
-                    dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+                                         window_size=rc.case.window, softcap=rc.case.softcap,
+                                         alibi_slopes=inputs.alibi_slopes, sinks=sinks)
+                    grads = torch.autograd.grad(out, (q, k, v) if sinks is None else (q, k, v, sinks), dout)
+                if sinks is not None:  # each rank holds its rows' share (ring.py): the group's sum is dsinks
+                    dist.all_reduce(grads[3])
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
             except (TypeError, ValueError, RuntimeError) as err:  # raised on every rank: recorded, next case
                 results["cases"].append({"name": rc.name, "error": f"{type(err).__name__}: {err}"})
                 continue
-            full = [gather_sequence(t.detach(), layout=rc.layout).cpu() for t in (out, dq, dk, dv)]
+            full = [gather_sequence(t.detach(), layout=rc.layout).cpu() for t in (out, *grads[:3])]
+            full += [g.cpu() for g in grads[3:]]
             results["cases"].append({"name": rc.name, "tensors": full if rank == 0 else None, "seconds": seconds})
         for scenario in scenarios:
             q, k, v, layout, kv_lens = _bad_inputs(scenario, rank, device)

@@ -32,15 +32,30 @@ layout, half a block: for ``src < r`` all queries see the first chunk of ``src``
 sees its second; for ``src > r`` only the second chunk of queries sees anything, and sees all
 of the block. Every non-diagonal zigzag step is therefore half a block of work on every rank.
 
-**Key padding and softcap.** ``kv_lens[b]`` (keys at global positions ``>= kv_lens[b]`` are
-padding) becomes one length per block: a block's positions increase, so its valid keys are a
-prefix of it, as long as the count of its positions below ``kv_lens[b]`` (``block_kv_lens``),
-which is what the kernel's own ``kv_lens`` means. A block with no valid key in any batch row is
-skipped like an invisible one; a row with no valid key anywhere keeps out = 0 and lse = -inf
-(the merge's empty row). The softcap is elementwise on the scores, so every block applies it
-and the blocks still add up to attention over the whole sequence. Windows, ALiBi and
-bottom-right alignment would need each block's offset between query and key positions inside
-the kernel, which it does not take: ``ring_attention`` does not offer them.
+**Variants.** Each kernel call is a *piece*: rows of this rank's queries against columns of
+the block it holds, with the global offset ``a - b`` between the position of its first query
+row and of its first key column.
+
+- Sliding windows and ALiBi depend on global distances ``(a + i) - (b + j)``, so their pieces
+  are chunk pairs (``chunk_pieces``: each chunk is one run of consecutive positions) and the
+  kernel's shifts get the offset added (its bottom-right alignment is the same mechanism with
+  offset ``Lk - Lq``). A chunk pair no query of which sees any key is skipped. Without a window
+  or ALiBi, ``block_plan``'s coarser pieces (offset 0) are enough: causal masking only needs
+  the order of positions, which the local order keeps.
+- Key padding: ``kv_lens[b]`` (keys at global positions ``>= kv_lens[b]`` are padding) becomes
+  one length per piece. A piece's key positions increase, so its valid keys are a prefix of
+  it, as long as the count of its positions below ``kv_lens[b]`` (``block_kv_lens``): the
+  kernel's own ``kv_lens``. A piece with no valid key in any batch row is skipped; a row with
+  no valid key anywhere keeps out = 0 and lse = -inf (the merge's empty row).
+- softcap is elementwise on the scores: every piece applies it.
+- Sinks: a sink is one more logit per row with a zero value, so it enters the merge once, as
+  the accumulator's starting lse (``lse = sinks[h]``, ``out = 0``), never in a piece. The
+  backward's pieces then see the global lse that includes it, and ``dsinks[h] = -sum_{b,i}
+  exp(sinks[h] - lse) rowsum(dO o O)`` is summed over this rank's rows: like every parameter
+  replicated across a context-parallel group, its gradient on a rank is that rank's share, and
+  the all-reduce that sums the weights' gradients over the group sums it too.
+- Not offered: dropout (Philox's counter would need global positions) and bottom-right
+  alignment (with ``kv_lens`` its shift is per sequence and global).
 
 Nothing here knows the backend: gloo on CPU tensors (the kernels under Triton's
 interpreter), nccl on CUDA tensors. The kernels are called through one adapter,
@@ -51,13 +66,13 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .layout import LAYOUTS, shard_positions
+from .layout import LAYOUTS, rank_chunks, shard_positions
 from .merge import merge_attention_
 
 ALL_ROWS = slice(None)
@@ -65,35 +80,59 @@ ALL_ROWS = slice(None)
 
 @dataclass(frozen=True)
 class _Options:
-    """What every rank agreed on besides the tensors: ``kv_lens`` as host ints (one per batch
-    row, global positions) or None."""
+    """What every rank agreed on besides q, k, v: ``kv_lens`` as host ints (one per batch row,
+    global positions) or None; ``alibi`` the slopes tensor or None (sinks travel as an input of
+    the autograd function, for their gradient)."""
 
     causal: bool
     scale: float
     layout: str
     softcap: float = 0.0
     kv_lens: tuple | None = None
+    window: tuple = (-1, -1)
+    alibi: torch.Tensor | None = None
+
+    @property
+    def positional(self) -> bool:
+        """Whether masks or biases depend on global distances (so pieces are chunk pairs)."""
+        return self.window != (-1, -1) or self.alibi is not None
 
 
-def _attention_block(q, k, v, causal: bool, opts: _Options, kv_lens, grad=None):
+@dataclass(frozen=True)
+class _Piece:
+    """One kernel call: ``rows`` of this rank's queries against ``cols`` of the block held;
+    ``offset`` = global position of the first row - that of the first column; ``kv_lens``
+    (B,) int32 on the device, the valid-key prefix of ``cols`` per batch row, or None."""
+
+    rows: slice
+    cols: slice
+    causal: bool
+    offset: int
+    kv_lens: torch.Tensor | None = None
+
+
+def _attention_block(q, k, v, piece: _Piece, opts: _Options, grad=None):
     """THE adapter to flashref.kernels (the only place this module calls them).
 
-    Forward (``grad`` None): attention of q (B, Hq, m, D) over k, v (B, Hkv, n, D), top-left
-    causal when ``causal``, keys ``j >= kv_lens[b]`` hidden (``kv_lens`` (B,) int32 on q's
-    device, or None), ``opts.softcap``; returns ``out`` (q's dtype) and ``lse`` (B, Hq, m) float32.
+    Forward (``grad`` None): attention of q (B, Hq, m, D) over k, v (B, Hkv, n, D) for one
+    piece: causal, window and ALiBi on global positions (the kernel's shifts plus the piece's
+    offset), keys ``j >= piece.kv_lens[b]`` hidden, ``opts.softcap``; returns ``out`` (q's
+    dtype) and ``lse`` (B, Hq, m) float32.
     Backward (``grad = (out, lse, dout)``, out/lse the GLOBAL merged ones for these query
     rows): returns ``(dq, dk, dv)`` of this block, in q's / k's / v's dtypes.
     """
     from flashref.kernels.flash_attention import _backward, _forward, _resolve
 
-    # Top-left alignment, no window / ALiBi / dropout (module docstring).
-    params = _resolve(q, k, causal, "top_left", opts.scale, kv_lens, (-1, -1), opts.softcap, 0.0, 0)
+    # Top-left shifts are offsets from the local query index: moved by the piece's global offset.
+    params = _resolve(q, k, piece.causal, "top_left", opts.scale, piece.kv_lens, opts.window, opts.softcap, 0.0, 0)
+    params = replace(params, causal_shift=params.causal_shift + piece.offset,
+                     window_shift=params.window_shift + piece.offset, alibi_shift=params.alibi_shift + piece.offset)
     if grad is None:
-        return _forward(q, k, v, params, kv_lens, None, None)
+        return _forward(q, k, v, params, piece.kv_lens, opts.alibi, None)
     out, lse, dout = grad
     # The kernels index lse as a dense (B, Hq, m) array: a row slice of the global lse is a
     # strided view, so it is made contiguous here.
-    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, kv_lens, None, None)
+    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, piece.kv_lens, opts.alibi, None)
     return dq, dk, dv
 
 
@@ -124,18 +163,50 @@ def block_plan(layout: str, causal: bool, rank: int, src: int, seqlen_local: int
     return slice(half, None), ALL_ROWS, False
 
 
-def _step_block(ring: "_Ring", opts: _Options, src: int, seqlen_local: int, device):
-    """This rank's work against rank ``src``'s block: ``(q_rows, kv_rows, causal, kv_lens)``
-    (``block_plan`` plus the block's kv_lens tensor, or None), or None when nothing is visible."""
-    plan = block_plan(opts.layout, opts.causal, ring.rank, src, seqlen_local)
-    if plan is None or opts.kv_lens is None:
-        return None if plan is None else (*plan, None)
-    rows, cols, diagonal = plan
-    positions = shard_positions(seqlen_local * ring.world, ring.world, src, layout=opts.layout)[cols].tolist()
-    lens = block_kv_lens(opts.kv_lens, positions)
-    if not any(lens):  # every key of the block is padding
-        return None
-    return rows, cols, diagonal, torch.tensor(lens, dtype=torch.int32, device=device)
+def chunk_pieces(layout: str, world: int, rank: int, src: int, seqlen_local: int, causal: bool,
+                 window=(-1, -1)) -> list[tuple[slice, slice, int]]:
+    """The chunk pairs of (rank's queries) x (rank src's keys) in which some query sees some
+    key, as ``(q_rows, kv_rows, offset)``: local row slices, each one chunk of consecutive
+    positions, and the global offset between their first positions. Query ``a + i`` sees key
+    ``b + j`` iff ``-left <= (a + i) - (b + j)`` (left bound) and ``(a + i) - (b + j) >= -right``
+    (right bound; causal is right = 0), so a pair is visible iff the range of ``j - i``,
+    ``[-(c-1), c-1]``, meets ``[offset - left, offset + right]``."""
+    q_chunks, k_chunks = rank_chunks(layout, world, rank), rank_chunks(layout, world, src)
+    c = seqlen_local // len(q_chunks)
+    left, right = (int(w) for w in window)
+    if causal:
+        right = 0 if right < 0 else min(right, 0)
+    pieces = []
+    for iq, cq in enumerate(q_chunks):
+        for ik, ck in enumerate(k_chunks):
+            offset = (cq - ck) * c
+            lo, hi = -(c - 1), c - 1
+            if right >= 0:
+                hi = min(hi, offset + right)
+            if left >= 0:
+                lo = max(lo, offset - left)
+            if lo <= hi:
+                pieces.append((slice(iq * c, (iq + 1) * c), slice(ik * c, (ik + 1) * c), offset))
+    return pieces
+
+
+def _step_pieces(ring: "_Ring", opts: _Options, src: int, seqlen_local: int, device) -> list[_Piece]:
+    """This rank's kernel calls against rank ``src``'s block (module docstring, "Variants")."""
+    if opts.positional:
+        raw = [(rows, cols, opts.causal, offset) for rows, cols, offset
+               in chunk_pieces(opts.layout, ring.world, ring.rank, src, seqlen_local, opts.causal, opts.window)]
+    else:
+        plan = block_plan(opts.layout, opts.causal, ring.rank, src, seqlen_local)
+        raw = [] if plan is None else [(*plan, 0)]
+    if opts.kv_lens is None:
+        return [_Piece(*p) for p in raw]
+    positions = shard_positions(seqlen_local * ring.world, ring.world, src, layout=opts.layout)
+    pieces = []
+    for rows, cols, causal, offset in raw:
+        lens = block_kv_lens(opts.kv_lens, positions[cols].tolist())
+        if any(lens):  # else every key of the piece is padding
+            pieces.append(_Piece(rows, cols, causal, offset, torch.tensor(lens, dtype=torch.int32, device=device)))
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -174,21 +245,22 @@ def _wait(requests) -> None:
         req.wait()
 
 
-def _ring_forward(ring: _Ring, q, k, v, opts: _Options):
+def _ring_forward(ring: _Ring, q, k, v, sinks, opts: _Options):
     """out (B, Hq, n, D) in q's dtype and the global lse (B, Hq, n) float32."""
     batch, heads_q, seqlen, head_dim = q.shape
     out_acc = torch.zeros(batch, heads_q, seqlen, head_dim, dtype=torch.float32, device=q.device)
     lse_acc = torch.full((batch, heads_q, seqlen), float("-inf"), dtype=torch.float32, device=q.device)
+    if sinks is not None:  # the sink's logit with a zero value, once per row (module docstring)
+        lse_acc.copy_(sinks.detach().float()[None, :, None].expand_as(lse_acc))
     kv = (k.contiguous(), v.contiguous())
     for step in range(ring.world):
         src = (ring.rank - step) % ring.world
         last = step == ring.world - 1
         kv_next = () if last else tuple(torch.empty_like(t) for t in kv)
         requests = ring.exchange(sends=() if last else kv, recvs=kv_next)  # overlaps the kernel below
-        block = _step_block(ring, opts, src, seqlen, q.device)
-        if block is not None:
-            rows, cols, diagonal, lens = block
-            out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, opts, lens)
+        for piece in _step_pieces(ring, opts, src, seqlen, q.device):
+            rows, cols = piece.rows, piece.cols
+            out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], piece, opts)
             merge_attention_(out_acc[:, :, rows], lse_acc[:, :, rows], out_s, lse_s)
         _wait(requests)
         kv = kv_next
@@ -208,20 +280,18 @@ def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options):
         dkv_in = tuple(torch.empty(t.shape, dtype=torch.float32, device=t.device) for t in kv) if step else ()
         # The accumulator finished at step s-1 goes to the next rank, which holds that block now.
         requests = ring.exchange(sends=(*dkv_acc, *(() if last else kv)), recvs=(*dkv_in, *kv_next))
-        block = _step_block(ring, opts, src, seqlen, q.device)
-        share = None
-        if block is not None:
-            rows, cols, diagonal, lens = block
+        shares = []
+        for piece in _step_pieces(ring, opts, src, seqlen, q.device):
+            rows, cols = piece.rows, piece.cols
             dq_s, dk_s, dv_s = _attention_block(
-                q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], diagonal, opts, lens,
+                q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], piece, opts,
                 grad=(out[:, :, rows], lse[:, :, rows], dout[:, :, rows]))
             dq_acc[:, :, rows] += dq_s
-            share = (cols, dk_s, dv_s)
+            shares.append((cols, dk_s, dv_s))
         _wait(requests)
         # dkv_in is ours once received; the buffer just sent is left alone.
         dkv_acc = dkv_in if step else tuple(torch.zeros(t.shape, dtype=torch.float32, device=t.device) for t in kv)
-        if share is not None:
-            cols, dk_s, dv_s = share
+        for cols, dk_s, dv_s in shares:
             dkv_acc[0][:, :, cols] += dk_s
             dkv_acc[1][:, :, cols] += dv_s
         kv = kv_next
@@ -236,9 +306,9 @@ class RingAttentionFunction(torch.autograd.Function):
     """torch.autograd wiring: forward saves (q, k, v, out, lse); backward runs the dK/dV ring."""
 
     @staticmethod
-    def forward(ctx, q, k, v, ring, opts):
-        out, lse = _ring_forward(ring, q, k, v, opts)
-        ctx.save_for_backward(q, k, v, out, lse)
+    def forward(ctx, q, k, v, sinks, ring, opts):
+        out, lse = _ring_forward(ring, q, k, v, sinks, opts)
+        ctx.save_for_backward(q, k, v, out, lse, sinks)
         ctx.ring, ctx.opts = ring, opts
         ctx.mark_non_differentiable(lse)
         return out, lse
@@ -246,18 +316,23 @@ class RingAttentionFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, sinks = ctx.saved_tensors
         dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.opts)
-        return dq, dk, dv, None, None
+        dsinks = None
+        if sinks is not None and ctx.needs_input_grad[3]:
+            # This rank's rows' share (module docstring): D from the stored O, as the kernels form it.
+            delta = (dout.float() * out.float()).sum(-1)
+            dsinks = -(torch.exp(sinks.float()[None, :, None] - lse) * delta).sum((0, 2)).to(sinks.dtype)
+        return dq, dk, dv, dsinks, None, None
 
 
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, softcap, world: int) -> None:
+def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants: dict, world: int) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
     from flashref.kernels.configs import MAX_HEAD_DIM
-    from flashref.kernels.flash_attention import check_attention_tensors, check_kv_lens, check_softcap
+    from flashref.kernels.flash_attention import check_attention_tensors, check_kv_lens, check_variants
 
     check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")
     if k.shape != v.shape:
@@ -280,7 +355,8 @@ def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, softcap, world
             raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    check_softcap(softcap)
+    check_variants(q, variants["window_size"], variants["softcap"], variants["alibi_slopes"], variants["sinks"], 0.0,
+                   None)
     if kv_lens is not None:
         check_kv_lens(kv_lens, batch, seqlen * world, q.device, f"the whole sequence: {seqlen} x {world} ranks")
     if layout == "zigzag" and seqlen % 2:
@@ -320,28 +396,38 @@ def _agree(ring: _Ring, local_error: BaseException | None, meta: dict | None) ->
 
 
 def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, layout="zigzag", kv_lens=None,
-                   softcap=0.0, return_lse=False):
+                   window_size=(-1, -1), softcap=0.0, alibi_slopes=None, sinks=None, return_lse=False):
     """Attention over a sequence sharded across the ranks of ``group`` (ring / context parallel).
 
     Every rank of ``group`` (a torch.distributed process group; the default one when None)
     calls this with its shard: ``q: (B, Hq, n, D)``, ``k, v: (B, Hkv, n, D)`` holding the
     positions ``shard_positions(L, W, rank, layout=layout)`` of a sequence of ``L = n * W``
     tokens (``shard_sequence`` cuts them). ``Hq % Hkv == 0`` (GQA/MQA), float16 / bfloat16 /
-    float32, ``1 <= D <= 256``. Windows, ALiBi, sinks, dropout and bottom-right alignment are not
-    offered (module docstring). Returns this rank's rows of
+    float32, ``1 <= D <= 256``. Dropout and bottom-right alignment are not offered (module
+    docstring). Returns this rank's rows of
 
         out = softmax(softmax_scale * q k_all^T, masked) v_all       (B, Hq, n, D), q's dtype
 
     (``softmax_scale`` defaults to ``1/sqrt(D)``; with ``causal`` a query sees the keys at
-    global positions up to its own; ``kv_lens: (B,)`` integer, on q's device, the same on every
-    rank: keys at global positions ``>= kv_lens[b]`` are padding, values in [0, L]; ``softcap >
-    0``: ``s <- softcap * tanh(s / softcap)``, 0 = off) and, with ``return_lse``, the global log-sum-exp
+    global positions up to its own). The variants mean what they mean for ``flash_attention``
+    (top-left alignment), on global positions, and must be the same on every rank:
+
+    - ``kv_lens: (B,)`` integer on q's device: keys at positions ``>= kv_lens[b]`` are padding
+      (values in [0, L]);
+    - ``window_size=(left, right)``: key j visible only if ``i - left <= j <= i + right``;
+    - ``softcap > 0``: ``s <- softcap * tanh(s / softcap)``;
+    - ``alibi_slopes: (Hq,)`` or ``(B, Hq)`` float32: ``s <- s - slope |i - j|``;
+    - ``sinks: (Hq,)`` float32, differentiable: one more logit per row with a zero value; its
+      gradient on each rank is that rank's rows' share (sum it over the group as for the
+      weights);
+
+    and,  with ``return_lse``, the global log-sum-exp
     ``lse: (B, Hq, n)`` float32 (not differentiable). Differentiable in q, k and v; the
     gradients of k and v come back to the rank that holds them.
 
     ``layout``: ``"zigzag"`` (rank r holds chunks r and 2W-1-r of 2W: balanced causal work; n
     must be even) or ``"contiguous"`` (chunk r of W). Shapes, dtype, device type, causal,
-    scale, layout, kv_lens, softcap and whether a gradient is recorded must agree on every rank: they are all-gathered and checked first, and
+    scale, layout, the variants and whether a gradient is recorded must agree on every rank: they are all-gathered and checked first, and
     bad input on any rank raises on every rank (no rank is left waiting on a transfer).
 
     Raises RuntimeError when torch.distributed has no initialised process group.
@@ -354,16 +440,21 @@ def ring_attention(q, k, v, *, group=None, causal=False, softmax_scale=None, lay
     ring = _Ring.of(group)
     local_error, meta = None, None
     try:
-        _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, softcap, ring.world)
+        variants = dict(window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes, sinks=sinks)
+        _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants, ring.world)
         meta = {"q shape": tuple(q.shape), "k shape": tuple(k.shape), "dtype": str(q.dtype).removeprefix("torch."),
                 "device type": q.device.type, "causal": causal, "layout": layout, "softmax_scale": softmax_scale,
-                "softcap": float(softcap), "kv_lens": None if kv_lens is None else tuple(kv_lens.tolist()),
+                "kv_lens": None if kv_lens is None else tuple(kv_lens.tolist()),
+                "window_size": tuple(int(w) for w in window_size), "softcap": float(softcap),
+                "alibi_slopes": None if alibi_slopes is None else alibi_slopes.tolist(),
+                "sinks": None if sinks is None else sinks.tolist(),
                 # A rank that records no graph would skip the backward ring the others wait in.
-                "requires grad": torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))}
+                "requires grad": torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                 for t in (q, k, v, sinks))}
     except (TypeError, ValueError) as err:
         local_error = err
     _agree(ring, local_error, meta)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
-    opts = _Options(causal, scale, layout, float(softcap), meta["kv_lens"])
-    out, lse = RingAttentionFunction.apply(q, k, v, ring, opts)
+    opts = _Options(causal, scale, layout, float(softcap), meta["kv_lens"], meta["window_size"], alibi_slopes)
+    out, lse = RingAttentionFunction.apply(q, k, v, sinks, ring, opts)
     return (out, lse) if return_lse else out

@@ -40,35 +40,71 @@ def test_block_plan_is_the_global_mask(layout, world, causal, chunk):
     assert visible_pairs == (seqlen * (seqlen + 1) // 2 if causal else seqlen * seqlen)
 
 
+def piece_mask(piece, n, window, batch_row):
+    """What the kernel computes for one piece, on the (n, n) local grid: inside rows x cols,
+    the causal / window condition on global distance (the piece's offset plus local indices)
+    and the piece's valid-key prefix."""
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    rows, cols = torch.arange(n)[piece.rows], torch.arange(n)[piece.cols]
+    i, j = torch.arange(len(rows))[:, None], torch.arange(len(cols))[None, :]
+    distance = piece.offset + i - j  # global query position - global key position
+    left, right = window
+    if piece.causal:
+        right = 0 if right < 0 else min(right, 0)
+    visible = torch.ones(len(rows), len(cols), dtype=torch.bool)
+    if right >= 0:
+        visible &= distance >= -right
+    if left >= 0:
+        visible &= distance <= left
+    if piece.kv_lens is not None:
+        visible &= j < int(piece.kv_lens[batch_row])
+    mask[rows[:, None], cols[None, :]] = visible
+    return mask
+
+
+WINDOWS = [(-1, -1), (2, -1), (1, 1), (0, 4), (5, 0)]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("lengths", ["mixed", "short"])
-def test_each_blocks_kv_lens_is_the_global_key_padding(layout, world, causal, lengths):
-    """With key padding, the block a rank runs against each source (plan plus the block's own
-    kv_lens, a prefix of its keys) is the global mask ``causal & (key < kv_lens[b])``; blocks
-    with no valid key in any row are skipped."""
-    from flashref.distributed.ring import _Options, _Ring, _step_block
+@pytest.mark.parametrize("lengths", ["none", "mixed", "short"])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_the_pieces_are_the_global_mask(layout, world, causal, lengths, window):
+    """For every rank and source block, the pieces ring attention runs (block_plan's without a
+    window or ALiBi, chunk pairs with one; each with its offset and valid-key prefix) cover
+    exactly the globally visible (query, key) pairs of each batch row, each pair once."""
+    from flashref.distributed.ring import _Options, _Ring, _step_pieces
 
     chunk = 3
     seqlen = chunk * chunks_per_sequence(layout, world)
     n = seqlen // world
     # mixed: full, empty, one key, mid-sequence, one chunk; short: every row within the first chunk
-    kv_lens = (seqlen, 0, 1, seqlen // 2 + 1, chunk) if lengths == "mixed" else (0, 1, chunk)
-    opts = _Options(causal, 1.0, layout, 0.0, kv_lens)
-    skipped = 0
-    for rank in range(world):
-        qpos = shard_positions(seqlen, world, rank, layout=layout)
-        for src in range(world):
-            kpos = shard_positions(seqlen, world, src, layout=layout)
-            block = _step_block(_Ring(None, rank, world, 0, 0), opts, src, n, "cpu")
-            skipped += block is None and block_plan(layout, causal, rank, src, n) is not None
-            for b, length in enumerate(kv_lens):
-                visible = (kpos[None, :] <= qpos[:, None]) if causal else torch.ones(n, n, dtype=torch.bool)
-                expected = visible & (kpos[None, :] < length)
-                got = plan_mask(None if block is None else block[:3], n)
-                if block is not None and block[3] is not None:
-                    got[:, :] &= torch.zeros(n, dtype=torch.bool).index_fill_(
-                        0, torch.arange(n)[block[1]][: int(block[3][b])], True)[None, :]
-                assert torch.equal(got, expected), (rank, src, b, block)
-    assert bool(skipped) == (lengths == "short" and world > 1)  # only blocks with no valid key in any row
+    kv_lens = {"none": None, "mixed": (seqlen, 0, 1, seqlen // 2 + 1, chunk), "short": (0, 1, chunk)}[lengths]
+    alibi = torch.zeros(2)  # any slopes: their presence alone switches to chunk pieces
+    for opts in {_Options(causal, 1.0, layout, 0.0, kv_lens, window),
+                 _Options(causal, 1.0, layout, 0.0, kv_lens, window, alibi)}:
+        for rank in range(world):
+            qpos = shard_positions(seqlen, world, rank, layout=layout)
+            for src in range(world):
+                kpos = shard_positions(seqlen, world, src, layout=layout)
+                pieces = _step_pieces(_Ring(None, rank, world, 0, 0), opts, src, n, "cpu")
+                for p in pieces:  # positions that the offset speaks of
+                    if p.offset or opts.positional:
+                        assert p.offset == int(qpos[p.rows][0] - kpos[p.cols][0])
+                        assert torch.equal(qpos[p.rows].diff(), torch.ones(len(qpos[p.rows]) - 1, dtype=torch.long))
+                        assert torch.equal(kpos[p.cols].diff(), torch.ones(len(kpos[p.cols]) - 1, dtype=torch.long))
+                distance = qpos[:, None] - kpos[None, :]
+                left, right = window
+                if causal:
+                    right = 0 if right < 0 else min(right, 0)
+                visible = torch.ones(n, n, dtype=torch.bool)
+                if right >= 0:
+                    visible &= distance >= -right
+                if left >= 0:
+                    visible &= distance <= left
+                for b, length in enumerate(kv_lens or (seqlen,)):
+                    expected = visible & (kpos[None, :] < length)
+                    masks = [piece_mask(p, n, window, b) for p in pieces]
+                    covered = torch.stack(masks).sum(0) if masks else torch.zeros(n, n, dtype=torch.long)
+                    assert torch.equal(covered, expected.long()), (rank, src, b, pieces)

@@ -28,6 +28,7 @@ def group_of_one():
     (True, torch.bfloat16, "zigzag", None, 0.0),
     (False, torch.float16, "contiguous", None, 0.0),
     (True, torch.float16, "zigzag", [11, 0], 4.0),  # a row with no key: out 0, lse -inf, zero gradients
+    (True, torch.float32, "contiguous", [13, 5], 3.0),  # + window and ALiBi: one piece with offset 0
 ])
 def test_a_ring_of_one_is_the_kernel_bit_for_bit(group_of_one, causal, dtype, layout, kv_lens, softcap):
     batch = 1 if kv_lens is None else len(kv_lens)
@@ -35,6 +36,8 @@ def test_a_ring_of_one_is_the_kernel_bit_for_bit(group_of_one, causal, dtype, la
     k, v = (torch.randn(batch, 2, 18, 16).to(dtype).requires_grad_() for _ in range(2))
     dout = torch.randn(batch, 4, 18, 16).to(dtype)
     variants = dict(kv_lens=None if kv_lens is None else torch.tensor(kv_lens), softcap=softcap)
+    if dtype == torch.float32:
+        variants.update(window_size=(4, -1), alibi_slopes=torch.rand(4))
     out, lse = ring_attention(q, k, v, group=group_of_one, causal=causal, layout=layout, return_lse=True, **variants)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     ref_out, ref_lse = flash_attention(q, k, v, causal=causal, return_lse=True, **variants)
