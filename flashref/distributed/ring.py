@@ -167,10 +167,11 @@ def chunk_pieces(layout: str, world: int, rank: int, src: int, seqlen_local: int
                  window=(-1, -1)) -> list[tuple[slice, slice, int]]:
     """The chunk pairs of (rank's queries) x (rank src's keys) in which some query sees some
     key, as ``(q_rows, kv_rows, offset)``: local row slices, each one chunk of consecutive
-    positions, and the global offset between their first positions. Query ``a + i`` sees key
-    ``b + j`` iff ``-left <= (a + i) - (b + j)`` (left bound) and ``(a + i) - (b + j) >= -right``
-    (right bound; causal is right = 0), so a pair is visible iff the range of ``j - i``,
-    ``[-(c-1), c-1]``, meets ``[offset - left, offset + right]``."""
+    positions, and the global offset ``a - b`` between their first positions. Query ``a + i``
+    sees key ``b + j`` iff ``(a + i) - (b + j) <= left`` (a left bound) and ``>= -right`` (a
+    right bound; causal is right = 0), i.e. iff ``offset - left <= j - i <= offset + right``;
+    within a pair of chunks of length c, ``j - i`` takes every value of ``[-(c-1), c-1]``, so
+    the pair is visible iff the two ranges meet."""
     q_chunks, k_chunks = rank_chunks(layout, world, rank), rank_chunks(layout, world, src)
     c = seqlen_local // len(q_chunks)
     left, right = (int(w) for w in window)
