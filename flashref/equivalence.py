@@ -555,9 +555,7 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     # errs by about TANH_ROUNDING u32 |t|, i.e. TANH_ROUNDING u32 |S| on the capped score.
     abs_q = np.abs(q)
     abs_raw = scale * (abs_q @ abs_k.swapaxes(-1, -2))  # sum of |terms| of each raw q.k
-    raw_error = abs_raw  # in units of u32
-    if dcap is not None:
-        raw_error = abs_raw * dcap + TANH_ROUNDING * finite_scores
+    raw_error = abs_raw if dcap is None else abs_raw * dcap + TANH_ROUNDING * finite_scores  # in units of u32
     w = 1.0 + 2.0 * finite_scores + 3.0 * finite_lse + raw_error
     # Every row: plain attention's softmax rounds its P once or twice, the recomputation from a
     # float32 lse rounds by u32 W; where a key's dv sums few rows (Lq = 1, a narrow window) the

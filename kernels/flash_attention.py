@@ -212,7 +212,7 @@ def _check_inputs(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
         if not (math.isfinite(softmax_scale) and softmax_scale > 0):
             raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
     if kv_lens is not None:
-        check_kv_lens(kv_lens, batch, k.shape[2], q.device, "k's seqlen")
+        check_kv_lens(kv_lens, batch, k.shape[2], q.device)
     if q.device.type == "cpu" and not INTERPRETED:
         raise ValueError(
             "q is a CPU tensor but the Triton kernels were compiled for a GPU. To run them on the CPU "

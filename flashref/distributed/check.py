@@ -52,8 +52,8 @@ BAD_INPUT_SCENARIOS = {
 
 #: The tensors ring attention returns and the rule judges (dsinks with sinks: summed over the ranks).
 RING_TENSORS = ("out", "dq", "dk", "dv", "dsinks")
-# Case fields of the attention variants ring_attention does not take (docs/distributed.md).
-_VARIANT_FIELDS = ("dropout_p",)
+# Case fields of the variants ring_attention does not take (docs/distributed.md).
+_UNSUPPORTED_FIELDS = ("dropout_p",)
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,10 @@ class RingCase:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         variants = [f.name for f in dataclasses.fields(c)
-                    if f.name in _VARIANT_FIELDS and getattr(c, f.name) != f.default]
+                    if f.name in _UNSUPPORTED_FIELDS and getattr(c, f.name) != f.default]
         if c.seqlen_q != c.seqlen_k or c.causal_alignment != "top_left" or variants:
             raise ValueError(f"a ring case is self-attention (lq == lk, top_left, no "
-                             f"{'/'.join(_VARIANT_FIELDS)}), got {c.name}")
+                             f"{'/'.join(_UNSUPPORTED_FIELDS)}), got {c.name}")
         n = chunks_per_sequence(self.layout, self.world_size)
         if c.seqlen_q % n:
             raise ValueError(f"sequence length {c.seqlen_q} cannot be split by the {self.layout!r} layout over "

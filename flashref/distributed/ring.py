@@ -246,8 +246,9 @@ def _wait(requests) -> None:
         req.wait()
 
 
-def _ring_forward(ring: _Ring, q, k, v, sinks, opts: _Options):
-    """out (B, Hq, n, D) in q's dtype and the global lse (B, Hq, n) float32."""
+def _ring_forward(ring: _Ring, q, k, v, sinks, opts: _Options, plan):
+    """out (B, Hq, n, D) in q's dtype and the global lse (B, Hq, n) float32; ``plan[src]``: the
+    pieces to run against rank src's block."""
     batch, heads_q, seqlen, head_dim = q.shape
     out_acc = torch.zeros(batch, heads_q, seqlen, head_dim, dtype=torch.float32, device=q.device)
     lse_acc = torch.full((batch, heads_q, seqlen), float("-inf"), dtype=torch.float32, device=q.device)
@@ -259,7 +260,7 @@ def _ring_forward(ring: _Ring, q, k, v, sinks, opts: _Options):
         last = step == ring.world - 1
         kv_next = () if last else tuple(torch.empty_like(t) for t in kv)
         requests = ring.exchange(sends=() if last else kv, recvs=kv_next)  # overlaps the kernel below
-        for piece in _step_pieces(ring, opts, src, seqlen, q.device):
+        for piece in plan[src]:
             rows, cols = piece.rows, piece.cols
             out_s, lse_s = _attention_block(q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], piece, opts)
             merge_attention_(out_acc[:, :, rows], lse_acc[:, :, rows], out_s, lse_s)
@@ -268,9 +269,8 @@ def _ring_forward(ring: _Ring, q, k, v, sinks, opts: _Options):
     return out_acc.to(q.dtype), lse_acc
 
 
-def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options):
+def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options, plan):
     """dq, dk, dv (q's, k's, v's shapes and dtypes; float32 accumulation across the ring)."""
-    seqlen = q.shape[2]
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     kv = (k.contiguous(), v.contiguous())
     dkv_acc = ()  # float32 (dK, dV) of the block held at the previous step, all ranks' shares so far
@@ -282,7 +282,7 @@ def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options):
         # The accumulator finished at step s-1 goes to the next rank, which holds that block now.
         requests = ring.exchange(sends=(*dkv_acc, *(() if last else kv)), recvs=(*dkv_in, *kv_next))
         shares = []
-        for piece in _step_pieces(ring, opts, src, seqlen, q.device):
+        for piece in plan[src]:
             rows, cols = piece.rows, piece.cols
             dq_s, dk_s, dv_s = _attention_block(
                 q[:, :, rows], kv[0][:, :, cols], kv[1][:, :, cols], piece, opts,
@@ -304,13 +304,15 @@ def _ring_backward(ring: _Ring, q, k, v, out, lse, dout, opts: _Options):
 
 
 class RingAttentionFunction(torch.autograd.Function):
-    """torch.autograd wiring: forward saves (q, k, v, out, lse); backward runs the dK/dV ring."""
+    """torch.autograd wiring: forward plans the pieces of every step once and saves (q, k, v,
+    out, lse, sinks); backward runs the dK/dV ring on the same plan."""
 
     @staticmethod
     def forward(ctx, q, k, v, sinks, ring, opts):
-        out, lse = _ring_forward(ring, q, k, v, sinks, opts)
+        plan = [_step_pieces(ring, opts, src, q.shape[2], q.device) for src in range(ring.world)]
+        out, lse = _ring_forward(ring, q, k, v, sinks, opts, plan)
         ctx.save_for_backward(q, k, v, out, lse, sinks)
-        ctx.ring, ctx.opts = ring, opts
+        ctx.ring, ctx.opts, ctx.plan = ring, opts, plan
         ctx.mark_non_differentiable(lse)
         return out, lse
 
@@ -318,7 +320,7 @@ class RingAttentionFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, sinks = ctx.saved_tensors
-        dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.opts)
+        dq, dk, dv = _ring_backward(ctx.ring, q, k, v, out, lse, dout, ctx.opts, ctx.plan)
         dsinks = None
         if sinks is not None and ctx.needs_input_grad[3]:
             # This rank's rows' share (module docstring): D from the stored O, as the kernels form it.

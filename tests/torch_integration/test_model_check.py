@@ -71,15 +71,18 @@ def test_the_activation_is_part_of_the_case_and_checked():
         ModelCase.from_name("transformer-e1d1-dm16-h2-ff32-b2-s7-t5-postnorm-bfloat16")
 
 
-@pytest.mark.skipif(DEVICE != "cpu", reason="torch has no memory-efficient attention on the CPU to refuse")
 def test_a_fused_baseline_that_cannot_run_is_reported_not_hidden(seed, monkeypatch, capsys):
     """The baseline's second rounding comes from torch's fused attention; where that backend cannot
-    take the calls, the case is judged on math SDPA alone and the output says so."""
+    take the calls, the case is judged on math SDPA alone and the output says so. A backend that
+    refuses these masked calls: memory-efficient attention on the CPU (torch has none there),
+    flash attention on CUDA (it takes no attention mask)."""
     from torch.nn.attention import SDPBackend
 
-    monkeypatch.setattr(model_check, "baseline_backends", lambda device: (SDPBackend.MATH, SDPBackend.EFFICIENT_ATTENTION))
+    refusing = SDPBackend.EFFICIENT_ATTENTION if DEVICE == "cpu" else SDPBackend.FLASH_ATTENTION
+    monkeypatch.setattr(model_check, "baseline_backends", lambda device: (SDPBackend.MATH, refusing))
     case = ModelCase(dtype="float32", seed=seed, **SMALL)
     result = check_model(case, DEVICE)
-    assert result.baselines == ("math",) and result.refused.startswith("efficient_attention refused")
+    name = refusing.name.lower()
+    assert result.baselines == ("math",) and result.refused.startswith(f"{name} refused")
     main(["verify", "--model", "--case", case.name, "--seed", str(seed)])
-    assert "baseline on math only: efficient_attention refused" in capsys.readouterr().out
+    assert f"baseline on math only: {name} refused" in capsys.readouterr().out
