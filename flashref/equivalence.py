@@ -50,9 +50,22 @@ import numpy as np
 DTYPES = ("float16", "bfloat16", "float32")
 # The tensors the rule judges, in report order; a variant with a gradient of its own (dsinks)
 # appends its name here and to FACTORS, and is judged whenever the oracle returns it.
-TENSORS = ("out", "dq", "dk", "dv", "dsinks")
-FACTORS = {"out": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "dsinks": 3.0}
+TENSORS = ("out", "lse", "dq", "dk", "dv", "dsinks")
+FACTORS = {"out": 2.0, "lse": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0, "dsinks": 3.0}
+# The RMS criterion's factors (``RmsError``, ``rms_check``), by what the error is made of.
+# The dtype's roundings (16-bit): a correct kernel's RMS error is 0.84-1.02 times the
+# algorithm baseline's over the CI sweep on fresh seeds (docs/design.md); a bfloat16 cast that
+# truncates gives 2.3-2.8, P rounded to a coarser dtype 3.8-6.8. Float32 arithmetic alone
+# (float32 inputs, or 16-bit tensors where dS cancels: a row that sees one key): 0.7-1.6 on
+# ordinary cases, up to 2.4 where a row sees one key (other summation orders, P from the lse).
+RMS_FACTOR_16BIT = 1.5
+RMS_FACTOR_FLOAT32 = 3.0
+# The boundary between the regimes, in float32 units of the tensor's magnitudes: 16-bit errors
+# sit hundreds of units above it, float32 noise a few units below.
+FLOAT32_REGIME = 64.0
 CAUSAL_MODES = ((False, "top_left"), (True, "top_left"), (True, "bottom_right"))
+# The launches a case's ``tiles`` force, in order (a split dK / dV pass takes the dK/dV tile).
+TILE_LAUNCHES = ("forward", "backward_dkdv", "backward_dq")
 
 # Unit roundoff (half an ulp at 1) of float32, the kernels' accumulator, and of each dtype.
 U32 = 2.0**-24
@@ -119,6 +132,14 @@ class Case:
     alibi: str = ""
     sinks: bool = False
     dropout_p: float = 0.0
+    # The gate's reach (issue 20): explicit kv_lens (one per batch row) instead of drawn ones,
+    # so a sweep can put kv_len and kv_len - Lq on chosen residues; the launch tiles
+    # ((BLOCK_M, BLOCK_N) of the forward, the dK/dV and the dQ kernel) forced under the
+    # interpreter (``configs.forced_configs``; on a GPU the dispatcher's own); and the Hopper
+    # path (tensor descriptors, kernels/tile_loads.py) forced on where the inputs allow it.
+    kv_len_values: tuple = ()
+    tiles: tuple = ()
+    descriptors: bool = False
 
     _NAME = re.compile(r"b(\d+)-hq(\d+)-hkv(\d+)-lq(\d+)-lk(\d+)-d(\d+)-(float16|bfloat16|float32)"
                        r"-(noncausal|causal_top_left|causal_bottom_right)-(kvlens|dense)")
@@ -133,6 +154,15 @@ class Case:
         if self.alibi not in ("", "h", "bh"):
             raise ValueError(f"alibi must be '', 'h' or 'bh', got {self.alibi!r}")
         object.__setattr__(self, "window", tuple(int(w) for w in self.window))
+        object.__setattr__(self, "kv_len_values", tuple(int(n) for n in self.kv_len_values))
+        object.__setattr__(self, "tiles", tuple(tuple(int(b) for b in tile) for tile in self.tiles))
+        if self.kv_len_values and (not self.kv_lens or len(self.kv_len_values) != self.batch
+                                   or not all(0 <= n <= self.seqlen_k for n in self.kv_len_values)):
+            raise ValueError(f"kv_len_values needs kv_lens=True and one value in [0, seqlen_k] per batch row, "
+                             f"got {self.kv_len_values!r}")
+        if self.tiles and (len(self.tiles) != len(TILE_LAUNCHES) or any(len(t) != 2 for t in self.tiles)):
+            raise ValueError(f"tiles must be {len(TILE_LAUNCHES)} (BLOCK_M, BLOCK_N) pairs, one per launch "
+                             f"{TILE_LAUNCHES}, got {self.tiles!r}")
 
     @property
     def name(self) -> str:
@@ -198,18 +228,59 @@ Case.SUFFIXES = (
     Suffix("alibi", r"alibi_(h|bh)", lambda a: f"alibi_{a}", lambda m: m.group(1)),
     Suffix("sinks", r"sinks", lambda _: "sinks", lambda m: True),
     Suffix("dropout_p", r"dropout([0-9.]+)", lambda p: f"dropout{p:g}", lambda m: float(m.group(1))),
+    Suffix("kv_len_values", r"kvl(\d+(?:_\d+)*)", lambda v: "kvl" + "_".join(map(str, v)),
+           lambda m: tuple(int(n) for n in m.group(1).split("_"))),
+    Suffix("tiles", r"tiles(\d+x\d+(?:_\d+x\d+)*)", lambda t: "tiles" + "_".join(f"{a}x{b}" for a, b in t),
+           lambda m: tuple(tuple(int(n) for n in tile.split("x")) for tile in m.group(1).split("_"))),
+    Suffix("descriptors", r"tma", lambda _: "tma", lambda m: True),
 )
 
 
 # ---------------------------------------------------------------------------- results
 @dataclass(frozen=True)
+class RmsError:
+    """The second criterion (docs/design.md, "The algorithm's own rounding"): the root mean
+    square of ``|kernel - ref|`` against that of the *algorithm baseline*
+    (``algorithm_attention``: the FlashAttention algorithm computed by torch in float32 with
+    P and dS rounded to the dtype where a fused kernel rounds them):
+
+        rms|kernel - ref| <= factor * rms|algorithm - ref| + slack.
+
+    The max-norm rule bounds the worst element against plain attention in the dtype, whose
+    errors in 16-bit are several times a fused kernel's; this one sees a kernel that is
+    uniformly less precise than its own algorithm (a truncating cast, a coarser rounding of P,
+    a truncated constant), which moves every element a little and no element much."""
+
+    kernel: float
+    reference: float
+    slack: float
+    factor: float
+
+    @property
+    def bound(self) -> float:
+        return self.factor * self.reference + self.slack
+
+    @property
+    def ratio(self) -> float:
+        if self.bound == 0.0:
+            return 0.0 if self.kernel == 0.0 else math.inf
+        return self.kernel / self.bound
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.kernel <= self.bound)
+
+
+@dataclass(frozen=True)
 class TensorError:
-    """The rule applied to one tensor (out, dq, dk, dv, ...):
+    """The rule applied to one tensor (out, dq, dk, dv, lse, ...):
 
     ``kernel``/``baseline`` are max |x - ref| against the float64 oracle,
-    ``bound = factor * baseline + slack`` and ``ratio = kernel / bound`` (the only ratio in
-    the reports: the tensor passes iff ``ratio <= 1``). ``ceiling`` is the most the baseline
-    may err (``inf``: unchecked); a baseline above it fails the tensor whatever the kernel did.
+    ``bound = factor * baseline + slack`` and ``max_ratio = kernel / bound``. ``ceiling`` is
+    the most the baseline may err (``inf``: unchecked); a baseline above it fails the tensor
+    whatever the kernel did. ``rms``: the root-mean-square criterion (``RmsError``), when
+    judged. ``ratio`` is the worse of the two criteria's ratios (the only ratio the reports
+    print): the tensor passes iff ``ratio <= 1`` and the baseline is within its ceiling.
     """
 
     kernel: float
@@ -217,17 +288,24 @@ class TensorError:
     slack: float
     factor: float
     ceiling: float = math.inf
+    rms: RmsError | None = None
 
     @property
     def bound(self) -> float:
         return self.factor * self.baseline + self.slack
 
     @property
-    def ratio(self) -> float:
+    def max_ratio(self) -> float:
         """kernel / bound; NaN for a NaN kernel error, inf for a positive error over a 0 bound."""
         if self.bound == 0.0:
             return 0.0 if self.kernel == 0.0 else math.inf
         return self.kernel / self.bound
+
+    @property
+    def ratio(self) -> float:
+        """The worse of the max-norm ratio and the RMS ratio (NaN if either is NaN)."""
+        ratios = [self.max_ratio] + ([self.rms.ratio] if self.rms is not None else [])
+        return math.nan if any(math.isnan(r) for r in ratios) else max(ratios)
 
     @property
     def baseline_ok(self) -> bool:
@@ -236,16 +314,20 @@ class TensorError:
     @property
     def passed(self) -> bool:
         # NaN compares False, so a NaN error (an unwritten, poisoned element) fails as it must.
-        return bool(self.kernel <= self.bound) and self.baseline_ok
+        return (bool(self.kernel <= self.bound) and self.baseline_ok
+                and (self.rms is None or self.rms.passed))
 
     def describe(self, tensor: str) -> str:
         """Why this tensor failed, in one clause ('' when it passed)."""
         if not self.baseline_ok:
             return (f"{tensor}: baseline err {self.baseline:.3g} > its ceiling {self.ceiling:.3g} "
                     f"(the torch baseline is out of line with the oracle; the bound is not widened)")
-        if not self.passed:
+        if not bool(self.kernel <= self.bound):
             return (f"{tensor}: kernel err {self.kernel:.3g} > bound {self.bound:.3g} "
                     f"(baseline {self.baseline:.3g}, slack {self.slack:.3g})")
+        if self.rms is not None and not self.rms.passed:
+            return (f"{tensor}: kernel rms err {self.rms.kernel:.3g} > rms bound {self.rms.bound:.3g} "
+                    f"(algorithm baseline rms {self.rms.reference:.3g}: uniformly less precise than its algorithm)")
         return ""
 
 
@@ -258,6 +340,7 @@ class CaseResult:
     errors: Mapping[str, TensorError] = field(default_factory=dict)
     seconds: float = 0.0
     exception: str | None = None
+    path: str = ""  # the kernels' tile loads: "tma" (tensor descriptors) or "pointer"; "" unknown
 
     @classmethod
     def from_exception(cls, case: Case, exc: BaseException, seconds: float) -> "CaseResult":
@@ -325,7 +408,9 @@ def make_inputs(case: Case, device: str = "cpu") -> CaseInputs:
     v = draw(case.batch, case.heads_kv, case.seqlen_k, case.head_dim)
     dout = draw(case.batch, case.heads_q, case.seqlen_q, case.head_dim)
     kv_lens = None
-    if case.kv_lens:
+    if case.kv_len_values:
+        kv_lens = torch.tensor(case.kv_len_values).to(device)
+    elif case.kv_lens:
         kv_lens = torch.randint(0, case.seqlen_k + 1, (case.batch,), generator=gen)
         # The first sequence keeps at least half its keys, so a case never collapses into
         # all-padding (every output 0) and passes without testing anything.
@@ -477,12 +562,106 @@ def baseline_attention(case: Case, inputs: CaseInputs) -> dict:
     return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out.detach())
 
 
+def algorithm_attention(case: Case, inputs: CaseInputs, rounding: Callable | None = None) -> dict:
+    """The FlashAttention algorithm computed plainly by torch in float32: the *algorithm
+    baseline* of the RMS criterion (``RmsError``) and of lse. {"out", "lse", "dq", "dk", "dv"}
+    (and "dsinks"), rounded to the case's dtype as the kernels store them (lse, dsinks float32).
+
+    Inputs in the dtype, every product and sum in float32 (IEEE matmuls), and the dtype's
+    rounding exactly where a fused kernel rounds: P (unnormalised, ``exp(S - rowmax)``) before
+    the P V product, ``P = exp(S - lse)`` before dV = P^T dO, and dS before dQ = scale dS K and
+    dK = scale dS^T Q; ``D = rowsum(dO o O)`` reads O as stored. In float32 nothing is rounded
+    and this is plain float32 attention with the backward's own ``dS = P (dP - D)`` (which does
+    not cancel where a row sees one key, exactly as in the kernels). The mask comes from the
+    oracle, the variants as in ``baseline_attention``; torch only, no kernel code.
+
+    ``rounding``: float32 tensor -> its value in the dtype, as float32 (default: torch's
+    round-to-nearest-even cast). The gate's own tests pass a truncating or a coarser one to
+    stand for a kernel that rounds worse than its algorithm."""
+    import torch
+
+    from flashref.reference import attention_mask
+    from flashref.reference.attention_inputs import check_attention_inputs
+
+    dtype = getattr(torch, case.dtype)
+    kw = _for_oracle(attention_kwargs(case, inputs))
+    visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=max(case.batch, 1),
+                             **{key: kw[key] for key in MASK_KEYWORDS if key in kw})
+    device = inputs.q.device
+    mask = torch.from_numpy(np.ascontiguousarray(visible)).to(device)  # (B, 1, Lq, Lk)
+    spec = check_attention_inputs(inputs.q.shape, inputs.k.shape, inputs.v.shape, **kw)
+    group = case.heads_q // case.heads_kv
+
+    def rounded(x):  # float32 -> the dtype's nearest value, kept in float32
+        return x.to(dtype).float() if rounding is None else rounding(x)
+
+    def table(array):  # a float64 oracle table (ALiBi bias, dropout scale) as float32 on the device
+        return None if array is None else torch.from_numpy(array).float().to(device)
+
+    q, k, v, dout = (t.float() for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, Hq, Lk, D)
+    with float32_matmuls_in_ieee():
+        raw = (q @ k.transpose(-1, -2)) * spec.softmax_scale  # (B, Hq, Lq, Lk)
+        dcap = None
+        if case.softcap:
+            t = torch.tanh(raw / case.softcap)
+            scores, dcap = case.softcap * t, 1.0 - t * t
+        else:
+            scores = raw
+        alibi = table(spec.alibi())
+        if alibi is not None:
+            scores = scores + alibi
+        scores = scores.masked_fill(~mask, float("-inf"))
+        m = scores.amax(dim=-1, keepdim=True)  # (B, Hq, Lq, 1)
+        sink = None
+        if inputs.sinks is not None:
+            sink = inputs.sinks.float().to(device)[None, :, None, None]
+            m = torch.maximum(m, sink.expand_as(m))
+        m = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # a row that sees nothing: p = 0
+        p_tilde = torch.exp(scores - m)
+        total = p_tilde.sum(dim=-1, keepdim=True) + (0.0 if sink is None else torch.exp(sink - m))
+        keep = table(spec.dropout_scale())  # keep / (1 - p) or None
+        kept = p_tilde if keep is None else p_tilde * keep
+        seen = total > 0
+        out = rounded((rounded(kept) @ v) / torch.where(seen, total, torch.ones_like(total)))
+        lse = torch.where(seen, m + torch.log(torch.where(seen, total, torch.ones_like(total))),
+                          torch.full_like(total, float("-inf")))
+        probs = torch.exp(scores - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse))
+        dropped = probs if keep is None else probs * keep
+        dv = rounded(dropped).transpose(-1, -2) @ dout
+        dprobs = dout @ v.transpose(-1, -2)
+        if keep is not None:
+            dprobs = dprobs * keep
+        delta = (dout * out).sum(dim=-1, keepdim=True)  # D from O as stored
+        ds = probs * (dprobs - delta)
+        if dcap is not None:
+            ds = ds * dcap
+        ds = rounded(ds)
+        dq = spec.softmax_scale * (ds @ k)
+        dk = spec.softmax_scale * (ds.transpose(-1, -2) @ q)
+
+    def per_kv_head(x):  # (B, Hq, Lk, D) -> (B, Hkv, Lk, D), the group's float32 sum
+        return x.reshape(x.shape[0], x.shape[1] // group, group, *x.shape[2:]).sum(dim=2)
+
+    result = dict(out=out.to(dtype), lse=lse[..., 0], dq=rounded(dq).to(dtype), dk=rounded(per_kv_head(dk)).to(dtype),
+                  dv=rounded(per_kv_head(dv)).to(dtype))
+    if sink is not None:
+        result["dsinks"] = -(torch.exp(sink - lse) * delta).sum(dim=(0, 2, 3))
+    return result
+
+
 def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
-    """flash_attention forward and backward with NaN-poisoned outputs: {"out", "dq", "dk", "dv"}
-    (and "dsinks" with sinks)."""
+    """flash_attention forward and backward with NaN-poisoned outputs: {"out", "lse", "dq", "dk",
+    "dv"} (and "dsinks" with sinks), and "path": "tma" or "pointer", the tile loads that ran.
+
+    ``case.tiles`` forces each launch's (BLOCK_M, BLOCK_N) under the interpreter;
+    ``case.descriptors`` asks for the Hopper path (tensor descriptors), which runs where the
+    inputs allow it: 16-bit, aligned, and on a GPU one of compute capability 9.x."""
     import torch
 
     from flashref.kernels import flash_attention, poisoned_outputs
+    from flashref.kernels.configs import KernelConfig, forced_configs
+    from flashref.kernels.flash_attention import INTERPRETED, tensor_descriptors, tma_ok
 
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))
     kw = attention_kwargs(case, inputs)
@@ -490,10 +669,14 @@ def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
     if inputs.sinks is not None:
         kw["sinks"] = inputs.sinks.detach().clone().requires_grad_()
         wrt.append(kw["sinks"])
-    with poisoned_outputs():
-        out = flash_attention(q, k, v, **kw)
+    tiles = {}
+    if case.tiles and INTERPRETED:
+        tiles = {name: KernelConfig(m, n, 1, 1) for name, (m, n) in zip(TILE_LAUNCHES, case.tiles)}
+    with poisoned_outputs(), forced_configs(tiles), tensor_descriptors("on" if case.descriptors else "auto"):
+        path = "tma" if tma_ok(q, k, v, inputs.dout) else "pointer"
+        out, lse = flash_attention(q, k, v, return_lse=True, **kw)
         grads = torch.autograd.grad(out, wrt, inputs.dout)
-    return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out.detach())
+    return dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out.detach(), lse=lse.detach(), path=path)
 
 
 # ---------------------------------------------------------------------------- the slack
@@ -603,7 +786,15 @@ def magnitudes(case: Case, inputs: CaseInputs, ref: Mapping[str, np.ndarray]) ->
     carried_dk = np.minimum(reduce_kv_heads(error_ds.swapaxes(-1, -2) @ abs_q, group),
                             LAMBDA * np.sqrt(reduce_kv_heads(error_ds2.swapaxes(-1, -2) @ abs_q**2, group)))
     m_dk = m_dk + scale * carried_dk
-    result = dict(out=m_out, dq=m_dq, dk=m_dk, dv=m_dv)
+    # lse = log(sum_j exp(S_ij)) moves by sum_j P_ij dS_ij: the P-weighted score errors (W, as
+    # for the backward's P), the final ln 2 product (|lse|), and the rounding of the float32
+    # sum l over the row's n visible keys (independent roundings: LAMBDA sqrt(n)).
+    visible_keys = np.sum(np.isfinite(scores), axis=-1)
+    m_lse = np.sum(probs * w, axis=-1) + finite_lse[..., 0] + LAMBDA * np.sqrt(visible_keys)
+    result = dict(out=m_out, lse=m_lse, dq=m_dq, dk=m_dk, dv=m_dv)
+    # A row that sees one or two keys: dS cancels (exactly, or nearly) and the kernel's float32
+    # dP - D cancels in other orders than any baseline's (``rms_check``).
+    result["few_keys"] = bool(np.any((visible_keys == 1) | (visible_keys == 2)))
     if dcap is not None:
         # The baseline rounds the raw scores R = scale q k^T to its dtype before the cap: an error
         # of u |R| that the cap passes on times 1 - tanh^2. With logits near 1e4 and a cap of the
@@ -659,34 +850,102 @@ def max_abs_error(x, ref: np.ndarray) -> float:
     return float(np.max(np.abs(x - ref)))
 
 
+def finite_error(x, ref: np.ndarray) -> float:
+    """max |x - ref| over the elements where ref is finite (lse); inf if x is finite where ref
+    is -inf (a row that sees no key must say so), NaN anywhere in x gives NaN."""
+    if not isinstance(x, np.ndarray):
+        x = _float64(x)
+    if np.isnan(x).any():
+        return math.nan
+    finite = np.isfinite(ref)
+    if np.any(x[~finite] != ref[~finite]):
+        return math.inf
+    return float(np.max(np.abs(x[finite] - ref[finite]), initial=0.0))
+
+
+def rms_error(x, ref: np.ndarray) -> float:
+    """sqrt(mean |x - ref|^2) over the elements where ref is finite; NaN anywhere gives NaN."""
+    if not isinstance(x, np.ndarray):
+        x = _float64(x)
+    finite = np.isfinite(ref)
+    diff = x[finite] - ref[finite]
+    return float(np.sqrt(np.mean(diff**2))) if diff.size else 0.0
+
+
 def judge(kernel_error: float, baseline_error: float, factor: float, slack: float = 0.0,
-          ceiling: float = math.inf) -> TensorError:
-    """The rule for one tensor: passes iff kernel_error <= factor * baseline_error + slack and
-    the baseline is within its ceiling."""
-    return TensorError(float(kernel_error), float(baseline_error), float(slack), float(factor), float(ceiling))
+          ceiling: float = math.inf, rms: RmsError | None = None) -> TensorError:
+    """The rule for one tensor: passes iff kernel_error <= factor * baseline_error + slack, the
+    baseline is within its ceiling and, when given, the RMS criterion ``rms`` holds."""
+    return TensorError(float(kernel_error), float(baseline_error), float(slack), float(factor), float(ceiling),
+                       rms)
 
 
 def check_case(case: Case, device: str = "cpu") -> CaseResult:
-    """Run one case through kernel, baseline and oracle and apply the rule to each tensor."""
+    """Run one case through kernel, baseline, algorithm baseline and oracle and apply the rule
+    to each tensor."""
     if hasattr(case, "check"):  # the packed families (varlen, kvcache) run themselves
         return case.check(device)
     start = time.perf_counter()
     inputs = make_inputs(case, device)
     ref = oracle_attention(case, inputs)
     base = baseline_attention(case, inputs)
+    algo = algorithm_attention(case, inputs)
     kern = kernel_attention(case, inputs)
-    return CaseResult(case, judge_all(case, inputs, ref, base, kern), time.perf_counter() - start)
+    return CaseResult(case, judge_all(case, inputs, ref, base, kern, algo), time.perf_counter() - start,
+                      path=kern["path"])
 
 
-def judge_all(case: Case, inputs: CaseInputs, ref: Mapping, base: Mapping, kern: Mapping) -> dict[str, TensorError]:
-    """The rule on every tensor the oracle returned, in ``TENSORS`` order."""
+def judge_all(case: Case, inputs: CaseInputs, ref: Mapping, base: Mapping, kern: Mapping,
+              algo: Mapping | None = None) -> dict[str, TensorError]:
+    """The rule on every tensor the oracle returned and the kernel gave, in ``TENSORS`` order.
+
+    ``algo`` (``algorithm_attention``'s tensors) adds the RMS criterion to every tensor and
+    judges lse (whose max-norm baseline it is: plain attention in a 16-bit dtype has no lse
+    worth the name); without it the max-norm rule alone, on out and the gradients."""
     mags = magnitudes(case, inputs, ref)
     errors = {}
-    for key in (t for t in TENSORS if t in ref):
+    for key in (t for t in TENSORS if t in ref and t in kern):
+        if key == "lse":
+            if algo is None:
+                continue
+            f32 = dataclasses.replace(case, dtype="float32")  # lse is float32 in every dtype
+            errors[key] = judge(finite_error(kern[key], ref[key]), finite_error(algo[key], ref[key]), FACTORS[key],
+                                U32 * _max(mags[key]), baseline_ceiling(f32, mags[key], np.zeros(1)))
+            continue
         errors[key] = judge(max_abs_error(kern[key], ref[key]), max_abs_error(base[key], ref[key]), FACTORS[key],
                             slack(case, mags[key], ref[key]),
-                            baseline_ceiling(case, mags[key], ref[key], mags.get("score_error", 0.0)))
+                            baseline_ceiling(case, mags[key], ref[key], mags.get("score_error", 0.0)),
+                            None if algo is None else rms_check(case, kern[key], algo[key], ref[key], mags[key],
+                                                                mags["few_keys"]))
     return errors
+
+
+def rms_check(case: Case, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, few_keys: bool = False) -> RmsError:
+    """The RMS criterion on one tensor (docs/design.md, "The algorithm's own rounding").
+
+    Two regimes. Where the dtype's roundings make the error (16-bit inputs, and the algorithm
+    baseline errs by more than ``FLOAT32_REGIME`` float32 units of the tensor's magnitudes), a
+    correct kernel rounds where its algorithm rounds and its RMS error is the baseline's within
+    a few percent: factor ``RMS_FACTOR_16BIT``. Where only float32 arithmetic is left (float32
+    inputs, or a row that sees one key, where dS cancels to rounding noise), the kernel's sums
+    run in other orders than torch's and its P comes from the stored lse:
+    ``RMS_FACTOR_FLOAT32``. Either factor is widened by ``1 + LAMBDA / sqrt(n)`` over the
+    tensor's n finite elements (a mean of n squares wanders by about 1 / sqrt(n) of itself:
+    dsinks or a one-row out is judged loosely, a large tensor at the factor).
+
+    Slack ``u32 * rms(ref)`` (one float32 rounding of every element, where the algorithm
+    baseline happens to be exact); with ``few_keys`` (a row sees one or two keys) the max-norm
+    rule's derived slack in RMS, ``u32 * rms(magnitude)``: there dS = P (dP - D) cancels, and
+    how much of the float32 rounding of dP and D cancels with it depends on the two sums'
+    orders, which no baseline shares with the kernel (docs/design.md, "Known limits")."""
+    finite = np.isfinite(ref)
+    n = max(int(np.count_nonzero(finite)), 1)
+    reference = rms_error(algo, ref)
+    magnitude_rms = rms_error(np.zeros(np.count_nonzero(finite)), magnitude[finite])
+    sixteen_bit = case.dtype != "float32" and reference > FLOAT32_REGIME * U32 * magnitude_rms
+    factor = (RMS_FACTOR_16BIT if sixteen_bit else RMS_FACTOR_FLOAT32) * (1.0 + LAMBDA / math.sqrt(n))
+    slack = U32 * (magnitude_rms if few_keys else rms_error(np.zeros_like(ref), ref))
+    return RmsError(rms_error(kernel, ref), reference, slack, factor)
 
 
 # ---------------------------------------------------------------------------- sweeps
@@ -706,7 +965,9 @@ def _covering(seqlens, head_dims, dtypes, masks, layouts, kv_lens_options, seed)
             causal=causal, causal_alignment=alignment,
             kv_lens=kv_lens_options[(index // 2) % len(kv_lens_options)],
             seed=seed + index))
-    return cases
+    # 16-bit cases alternate the pointer and the descriptor (TMA) path, which under the
+    # interpreter runs only when asked for (on a GPU: compute capability 9.x decides).
+    return [dataclasses.replace(c, descriptors=c.dtype != "float32" and i % 2 == 1) for i, c in enumerate(cases)]
 
 
 # The attention variants (issues 10, 14): each alone, then the combinations models use, as
@@ -721,7 +982,11 @@ VARIANT_FAMILIES = (
     dict(sinks=True, causal=True),
     dict(dropout_p=0.2),
     dict(dropout_p=0.3, causal=True),
-    dict(window=(24, -1), softcap=10.0, causal=True, causal_alignment="bottom_right", kv_lens=True),
+    # GQA over several batch rows: the dropout counters' (batch, head) stream and the sinks'
+    # per-head reads must not mix up heads of a group or rows of the batch.
+    dict(dropout_p=0.25, sinks=True, causal=True, layout=(2, 4, 2)),
+    dict(window=(24, -1), softcap=10.0, causal=True, causal_alignment="bottom_right", kv_lens=True,
+         layout=(2, 4, 2)),
 )
 # Small shapes: the variants change the score pipeline, not the tiling the plain sweep covers.
 VARIANT_SEQLENS = ((17, 17), (33, 47), (113, 57), (1, 97), (64, 90))
@@ -730,20 +995,151 @@ VARIANT_HEAD_DIMS = (32, 64, 128)
 
 def _variant_cases(seqlens, head_dims, dtypes, layouts, repeats, seed) -> list[Case]:
     """``repeats`` cases per family of VARIANT_FAMILIES, the shape axes advancing with different
-    strides (every value meets several families); the last family gets GQA."""
+    strides (every value meets several families); a family's ``layout`` fixes its (B, Hq, Hkv).
+    A family's first case is 16-bit and its second float32 (when the dtypes allow), so every
+    variant is judged in both regimes even in quick; 16-bit cases alternate the pointer and the
+    descriptor (TMA) path."""
     cases = []
     index = 0
+    sixteen = [d for d in dtypes if d != "float32"] or list(dtypes)
     for family_index, family in enumerate(VARIANT_FAMILIES):
-        for _ in range(repeats):
+        family = dict(family)
+        layout = family.pop("layout", None)
+        for repeat in range(repeats):
             lq, lk = seqlens[index % len(seqlens)]
-            b, hq, hkv = layouts[(index // 2) % len(layouts)] if family_index < len(VARIANT_FAMILIES) - 1 else (2, 4, 2)
+            b, hq, hkv = layout or layouts[(index // 2) % len(layouts)]
+            if repeat == 1 and "float32" in dtypes:
+                dtype = "float32"
+            elif repeat == 0:
+                dtype = sixteen[family_index % len(sixteen)]
+            else:
+                dtype = dtypes[(index + 2 * (index // 3)) % len(dtypes)]
             fields = {**dict(causal=False, causal_alignment="top_left", kv_lens=False), **family}
             cases.append(Case(batch=min(b, 2), heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk,
-                              head_dim=head_dims[(index + index // 3) % len(head_dims)],
-                              dtype=dtypes[(index + 2 * (index // 3)) % len(dtypes)], seed=seed + 10_000 + index,
-                              **fields))
+                              head_dim=head_dims[(index + index // 3) % len(head_dims)], dtype=dtype,
+                              descriptors=dtype != "float32" and family_index % 2 == 1,
+                              seed=seed + 10_000 + index, **fields))
             index += 1
     return cases
+
+
+# ---------------------------------------------------------------------------- block boundaries
+# The residues a boundary quantity must take modulo every block size B a launch can run with:
+# the first elements of a block (0, 1, 2) and its last two (B - 2, B - 1). The block sizes are
+# powers of two, so a quantity = c * Bmax + r with r in RESIDUES (r < 0: Bmax + r) takes the
+# five residues modulo every B <= Bmax at once.
+RESIDUES = (-2, -1, 0, 1, 2)
+# (Lq residue, shift residue) pairs in which the shift and the sum (Lk's residue) run through
+# RESIDUES too: five cases put Lq, Lk and Lk - Lq on every residue. The second pairing does
+# the same for (Lq, kv_len - Lq) with kv_len's residue, so the two shifts do not move together.
+SHIFT_PAIRING = (2, 0, -2, 1, -1)
+KV_LEN_PAIRING = (1, -2, 0, 2, -1)
+# The boundary quantities a case puts on residues, and what each is (see ``boundary_quantities``).
+BOUNDARY_QUANTITIES = ("Lq", "Lk", "Lk - Lq", "kv_len", "kv_len - Lq", "right edge", "window left edge")
+# Quick's tile triple: one table tile per launch, BLOCK_M != BLOCK_N in each.
+QUICK_TILES = ((64, 32), (32, 64), (64, 32))
+
+
+def table_tiles() -> dict[str, tuple[tuple[int, int], ...]]:
+    """Per launch of ``TILE_LAUNCHES``, every (BLOCK_M, BLOCK_N) its tables hold on any
+    architecture (defaults, variants, dropout, the tuning candidates: what the dispatcher or
+    ``flashref tune`` can pick; kernels/configs.py)."""
+    from flashref.kernels.configs import all_triton_configs
+
+    return {launch: tuple(sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in all_triton_configs(launch)}))
+            for launch in TILE_LAUNCHES}
+
+
+def tile_triples(preset: str) -> list[tuple[tuple[int, int], ...]]:
+    """The launch tiles the boundary cases force: quick one triple (``QUICK_TILES``); ci and
+    full as many triples as the longest launch table, the i-th taking each launch's i-th tile
+    (cycling), so every tile of every launch runs."""
+    if preset == "quick":
+        return [QUICK_TILES]
+    tables = table_tiles()
+    count = max(len(t) for t in tables.values())
+    return [tuple(tables[launch][i % len(tables[launch])] for launch in TILE_LAUNCHES) for i in range(count)]
+
+
+def boundary_cases(preset: str, *, dtypes=DTYPES, head_dims=None, causal=None, seed: int = 0) -> list[Case]:
+    """Cases that put every boundary quantity on the residues 0, 1, 2, B - 2, B - 1 modulo every
+    block size of their forced tiles (``tile_triples``), built rather than drawn.
+
+    Per tile triple, with ``Bmax`` its largest block and r running through ``RESIDUES``:
+    ``Lq = Bmax + r``; batch row 0 sees every key, so its bottom-right shift is
+    ``Lk - Lq = Bmax + SHIFT_PAIRING[r]``; batch row 1 has ``kv_len = Bmax + KV_LEN_PAIRING[r]``.
+    Five causal bottom-right cases (the right edge of the visible keys is the shift), then five
+    non-causal left windows whose left edge ``shift - left`` runs through the residues too. GQA (2 query heads on 1), head dims and dtypes cycle; 16-bit cases
+    alternate the pointer and the descriptor (TMA) path."""
+    dims = tuple(head_dims) if head_dims is not None else (16, 40)
+    cases = []
+    for t, tiles in enumerate(tile_triples(preset)):
+        bmax = max(max(tile) for tile in tiles)
+        for family in ("causal", "window"):
+            if causal is not None and causal != (family == "causal"):
+                continue
+            for i, r in enumerate(RESIDUES):
+                index = len(cases)
+                lq = bmax + r
+                shift = bmax + SHIFT_PAIRING[i]
+                lk = lq + shift
+                kv_len = bmax + KV_LEN_PAIRING[(i + t) % len(RESIDUES)]
+                dtype = dtypes[(index + t) % len(dtypes)]
+                fields = dict(batch=2, heads_q=2, heads_kv=1, seqlen_q=lq, seqlen_k=lk,
+                              head_dim=dims[index % len(dims)], dtype=dtype, causal_alignment="bottom_right",
+                              kv_lens=True, kv_len_values=(lk, kv_len), tiles=tiles,
+                              descriptors=dtype != "float32" and index % 2 == 0, seed=seed + 30_000 + index)
+                if family == "causal":
+                    cases.append(Case(causal=True, **fields))
+                else:
+                    # A left window alone (no right bound): key j visible to row i iff
+                    # j >= i + shift - left, the left edge shift - left on RESIDUES[i + 2]
+                    # (mod Bmax, in [0, Bmax)); the keys right of it up to kv_len stay
+                    # visible, so every query block has an unmasked interior the edge bounds.
+                    left = shift - (RESIDUES[(i + 2) % 5] % bmax)
+                    cases.append(Case(causal=False, window=(left, -1), **fields))
+    return cases
+
+
+def boundary_quantities(case: Case) -> dict[str, list[int]]:
+    """The boundary quantities of a case (``BOUNDARY_QUANTITIES``), each with its values over
+    the batch rows: the shifts are bottom-right's (``kv_len - Lq``; row b's kv_len is Lk
+    without kv_lens), the right edge ``shift + right`` (causal: right = 0; present with a
+    right bound) and the window's left edge ``shift - left`` (present with a left bound)."""
+    lens = list(case.kv_len_values) if case.kv_len_values else [case.seqlen_k] * case.batch
+    shifts = [n - case.seqlen_q for n in lens] if case.causal_alignment == "bottom_right" else [0] * case.batch
+    out = {"Lq": [case.seqlen_q], "Lk": [case.seqlen_k], "Lk - Lq": [case.seqlen_k - case.seqlen_q]}
+    if case.kv_len_values:
+        out["kv_len"] = lens
+        out["kv_len - Lq"] = [n - case.seqlen_q for n in lens]
+    left, right = case.window
+    if left >= 0:
+        out["window left edge"] = [sh - left for sh in shifts]
+    if case.causal or right >= 0:
+        right = max(right, 0) if not case.causal else (0 if right < 0 else min(right, 0))
+        out["right edge"] = [sh + right for sh in shifts]
+    return out
+
+
+def residue_gaps(cases: list[Case], tables: Mapping[str, tuple] | None = None) -> list[str]:
+    """What the cases' forced tiles leave uncovered: for every launch, every tile of ``tables``
+    (default ``table_tiles()``: every tile the dispatcher can pick) and both its block sizes B,
+    every quantity of ``BOUNDARY_QUANTITIES`` must take each residue 0, 1, 2, B - 2, B - 1 in
+    some case run with that tile. Returns one line per missing (launch, tile, B, quantity,
+    residue); [] when the coverage is complete."""
+    gaps = []
+    tables = table_tiles() if tables is None else tables
+    for launch_index, launch in enumerate(TILE_LAUNCHES):
+        tiles = tables[launch]
+        for tile in tiles:
+            running = [c for c in cases if c.tiles and c.tiles[launch_index] == tile]
+            for block in sorted(set(tile)):
+                wanted = {0, 1, 2, block - 2, block - 1}
+                for quantity in BOUNDARY_QUANTITIES:
+                    seen = {v % block for c in running for v in boundary_quantities(c).get(quantity, [])}
+                    for residue in sorted(wanted - seen):
+                        gaps.append(f"{launch} tile {tile[0]}x{tile[1]}: {quantity} never = {residue} mod {block}")
+    return gaps
 
 
 LARGE_CASE = 100_000  # Lq * Lk above which the covering sweeps use batch 1
@@ -755,8 +1151,11 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
     """The cases of ``preset`` ("quick", "ci", "full"), optionally restricted to some dtypes
     (names), head dims, or to causal (True: both alignments) / non-causal (False) masking.
     Case seeds are ``seed, seed + 1, ...`` (the variant families': ``seed + 10000, ...``).
-    Every preset ends with the variant families (``VARIANT_FAMILIES``): once each in "quick",
-    twice in "ci", four times in "full".
+    Every preset then has the variant families (``VARIANT_FAMILIES``): twice each in "quick"
+    (16-bit, then float32), three times in "ci", four times in "full"; then the block-boundary cases (``boundary_cases``:
+    every boundary quantity on the residues 0, 1, 2, B - 2, B - 1 of every block size B of the
+    forced tiles: quick one tile triple, ci and full every tile of the tables, seeds
+    ``seed + 30000, ...``).
     ``packed``: then the families of the packed entry points (``flash_attention_varlen``,
     ``flash_attention_with_kvcache``; flashref/packed_equivalence.py), seeds ``seed + 20000, ...``."""
     if preset not in ("quick", "ci", "full"):
@@ -775,7 +1174,7 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
     for d in head_dims:
         if not (isinstance(d, int) and 1 <= d <= 256):
             raise ValueError(f"head_dims must be integers in [1, 256], got {d!r}")
-    repeats = {"quick": 1, "ci": 2, "full": 4}[preset]
+    repeats = {"quick": 2, "ci": 3, "full": 4}[preset]
     variant_dims = tuple(head_dims) if head_dims is not None else VARIANT_HEAD_DIMS
     variants = [c for c in _variant_cases(VARIANT_SEQLENS, variant_dims, dtypes, layouts, repeats, seed)
                 if causal is None or c.causal == causal]
@@ -787,7 +1186,8 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
     else:
         cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
-    cases = cases + variants
+    boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed)
+    cases = cases + variants + boundary
     # The packed entry points (issue 11): flash_attention_varlen and flash_attention_with_kvcache.
     if not packed:
         return cases

@@ -49,10 +49,13 @@ def _judge_packed(dtype: str, kern: dict, ref: dict, base: dict, mags: dict) -> 
     return out
 
 
-def _dense_side(dtype, hq, hkv, d, causal, alignment, q, k, v, dout, ref_out, ref_lse):
-    """Baseline and magnitudes of one sequence (q (1, Hq, Lq, D), ...), via the dense gate."""
-    case = eq.Case(1, hq, hkv, q.shape[2], k.shape[2], d, dtype, causal, alignment, False)
-    inputs = eq.CaseInputs(q, k, v, dout, None)
+def _dense_side(dtype, hq, hkv, d, causal, alignment, q, k, v, dout, ref_out, ref_lse, *, window=(-1, -1),
+                softcap=0.0, alibi_slopes=None, sinks=None):
+    """Baseline and magnitudes of one sequence (q (1, Hq, Lq, D), ...), via the dense gate;
+    the variants as the dense gate takes them (ALiBi slopes (Hq,) float32, sinks (Hq,))."""
+    case = eq.Case(1, hq, hkv, q.shape[2], k.shape[2], d, dtype, causal, alignment, False, window=window,
+                   softcap=softcap, alibi="h" if alibi_slopes is not None else "", sinks=sinks is not None)
+    inputs = eq.CaseInputs(q, k, v, dout, None, alibi_slopes=alibi_slopes, sinks=sinks)
     base = eq.baseline_attention(case, inputs)
     mags = eq.magnitudes(case, inputs, dict(out=ref_out, lse=ref_lse))
     return base, mags
@@ -155,7 +158,9 @@ class VarlenCase:
 class KvcacheCase:
     """Decoding: ``seqlen_q`` new queries and ``new_len`` appended tokens per sequence against a
     cache of ``capacity`` tokens, contiguous (``page_size`` 0) or paged with a shuffled table;
-    four sequences with cache_seqlens 0, 1, odd and full (capacity - new_len)."""
+    four sequences with cache_seqlens 0, 1, odd and full (capacity - new_len), or the given
+    ``cache_lens``. The variants as in the dense gate: ``window`` (left, right), ``softcap``,
+    ``alibi`` (slopes (Hq,)) and ``sinks`` (Hq,), drawn after everything else."""
 
     heads_q: int
     heads_kv: int
@@ -167,22 +172,51 @@ class KvcacheCase:
     head_dim: int
     dtype: str
     seed: int = 0
+    cache_lens: tuple = ()
+    window: tuple = (-1, -1)
+    softcap: float = 0.0
+    alibi: bool = False
+    sinks: bool = False
+    tile: tuple = ()  # the decode kernel's (BLOCK_M, BLOCK_N), forced under the interpreter
 
     _NAME = re.compile(r"kvcache-hq(\d+)-hkv(\d+)-lq(\d+)-new(\d+)-cap(\d+)-page(\d+)-splits(\d+)-d(\d+)"
-                       r"-(float16|bfloat16|float32)")
+                       r"-(float16|bfloat16|float32)(?:-lens(\d+)_(\d+)_(\d+)_(\d+))?(?:-win(\d+|inf)_(\d+|inf))?"
+                       r"(?:-softcap([0-9.]+))?(-alibi)?(-sinks)?(?:-tile(\d+)x(\d+))?")
+
+    def __post_init__(self):
+        object.__setattr__(self, "cache_lens", tuple(int(n) for n in self.cache_lens))
+        object.__setattr__(self, "window", tuple(int(w) for w in self.window))
+        object.__setattr__(self, "tile", tuple(int(b) for b in self.tile))
+        if self.cache_lens and (len(self.cache_lens) != 4
+                                or not all(0 <= n <= self.capacity - self.new_len for n in self.cache_lens)):
+            raise ValueError(f"cache_lens must be 4 lengths in [0, capacity - new_len], got {self.cache_lens!r}")
 
     @property
     def name(self) -> str:
-        return (f"kvcache-hq{self.heads_q}-hkv{self.heads_kv}-lq{self.seqlen_q}-new{self.new_len}"
+        name = (f"kvcache-hq{self.heads_q}-hkv{self.heads_kv}-lq{self.seqlen_q}-new{self.new_len}"
                 f"-cap{self.capacity}-page{self.page_size}-splits{self.num_splits}-d{self.head_dim}-{self.dtype}")
+        if self.cache_lens:
+            name += "-lens" + "_".join(map(str, self.cache_lens))
+        if self.window != (-1, -1):
+            name += "-win" + "_".join("inf" if w < 0 else str(w) for w in self.window)
+        if self.softcap:
+            name += f"-softcap{self.softcap:g}"
+        name += ("-alibi" if self.alibi else "") + ("-sinks" if self.sinks else "")
+        return name + (f"-tile{self.tile[0]}x{self.tile[1]}" if self.tile else "")
 
     @classmethod
     def from_name(cls, name: str, seed: int = 0) -> "KvcacheCase":
         m = cls._NAME.fullmatch(name.strip())
         if m is None:
             raise ValueError(f"kvcache case name must look like 'kvcache-hq4-hkv1-lq1-new1-cap64-page16-splits3-d64-"
-                             f"bfloat16' (page 0: contiguous, splits 0: heuristic), got {name!r}")
-        return cls(*(int(g) for g in m.groups()[:8]), m.group(9), seed)
+                             f"bfloat16' (page 0: contiguous, splits 0: heuristic; then optionally -lens0_1_5_9, "
+                             f"-win8_inf, -softcap30, -alibi, -sinks), got {name!r}")
+        g = m.groups()
+        lens = tuple(int(x) for x in g[9:13]) if g[9] is not None else ()
+        window = tuple(-1 if w == "inf" else int(w) for w in g[13:15]) if g[13] is not None else (-1, -1)
+        tile = (int(g[18]), int(g[19])) if g[18] is not None else ()
+        return cls(*(int(x) for x in g[:8]), g[8], seed, lens, window, float(g[15]) if g[15] else 0.0,
+                   g[16] is not None, g[17] is not None, tile)
 
     def replay_command(self) -> str:
         return f'flashref verify --case "{self.name}" --seed {self.seed}'
@@ -194,7 +228,8 @@ class KvcacheCase:
     def check(self, device: str = "cpu") -> eq.CaseResult:
         import torch
 
-        from flashref.kernels import flash_attention_with_kvcache
+        from flashref.kernels import INTERPRETED, flash_attention_with_kvcache, poisoned_outputs
+        from flashref.kernels.configs import KernelConfig, forced_configs
         from flashref.reference import append_to_kvcache, attention_with_kvcache
 
         start = time.perf_counter()
@@ -205,6 +240,8 @@ class KvcacheCase:
         full = self.capacity - lnew
         odd = min(full, 2 * int(torch.randint(0, max(1, full // 2), (1,), generator=gen)) + 1)
         seqlens = [[0, min(1, full), odd, full][i] for i in torch.randperm(batch, generator=gen).tolist()]
+        if self.cache_lens:
+            seqlens = list(self.cache_lens)
         if page:
             per_seq = self.capacity // page
             num_pages = batch * per_seq + 2
@@ -223,11 +260,18 @@ class KvcacheCase:
         knew, vnew = (draw(batch, hkv, lnew, d), draw(batch, hkv, lnew, d)) if lnew else (None, None)
         k0, v0 = k_cache.clone(), v_cache.clone()
         lens_t = torch.tensor(seqlens, dtype=torch.int32)
+        # The variants' inputs come last, so a plain case's numbers do not move.
+        slopes = (torch.rand(hq, generator=gen) * 0.5) if self.alibi else None
+        sinks = (torch.randn(hq, generator=gen) + 1.0) if self.sinks else None
+        variants = dict(window_size=self.window, softcap=self.softcap)
 
         dev = lambda t: None if t is None else t.to(device)  # noqa: E731
         kc, vc = dev(k_cache), dev(v_cache)
-        out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t),
-                                           block_table=dev(table), num_splits=self.num_splits)
+        forced = {"decode": KernelConfig(*self.tile, 1, 1)} if self.tile and INTERPRETED else {}
+        with poisoned_outputs(), forced_configs(forced):
+            out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t),
+                                               block_table=dev(table), num_splits=self.num_splits,
+                                               alibi_slopes=dev(slopes), sinks=dev(sinks), **variants)
 
         f64 = lambda t: None if t is None else eq._float64(t)  # noqa: E731
         tab = None if table is None else table.numpy()
@@ -237,8 +281,10 @@ class KvcacheCase:
             if not np.array_equal(f64(got), expected, equal_nan=True):
                 bad = int((~((f64(got) == expected) | (np.isnan(f64(got)) & np.isnan(expected)))).sum())
                 raise AssertionError(f"{label}: {bad} elements differ from the append's expectation")
+        oracle_variants = dict(variants, alibi_slopes=f64(slopes), sinks=f64(sinks))
         ref_out = attention_with_kvcache(f64(q), np.nan_to_num(f64(k0)), np.nan_to_num(f64(v0)), k=f64(knew),
-                                         v=f64(vnew), cache_seqlens=np.array(seqlens), block_table=tab)
+                                         v=f64(vnew), cache_seqlens=np.array(seqlens), block_table=tab,
+                                         **oracle_variants)
         base = torch.zeros_like(q)
         mags = np.zeros(ref_out.shape)
         for b in range(batch):
@@ -250,9 +296,10 @@ class KvcacheCase:
             vb = torch.stack([v_cache[where(b, t)] if t < seqlens[b] else vnew[b, :, t - seqlens[b]]
                               for t in range(n)]).transpose(0, 1)[None]
             ref_b, lse_b = attention_with_kvcache(f64(q[b:b + 1]), f64(kb.transpose(1, 2)), f64(vb.transpose(1, 2)),
-                                                  cache_seqlens=np.array([n]), return_lse=True)
+                                                  cache_seqlens=np.array([n]), return_lse=True, **oracle_variants)
             b_side, b_mags = _dense_side(self.dtype, hq, hkv, d, True, "bottom_right", q[b:b + 1], kb, vb,
-                                         torch.zeros_like(q[b:b + 1]), ref_b, lse_b)
+                                         torch.zeros_like(q[b:b + 1]), ref_b, lse_b, window=self.window,
+                                         softcap=self.softcap, alibi_slopes=slopes, sinks=sinks)
             base[b] = b_side["out"][0]
             mags[b] = b_mags["out"][0]
         errors = _judge_packed(self.dtype, dict(out=out), dict(out=ref_out), dict(out=base), dict(out=mags))
@@ -271,14 +318,16 @@ def from_name(name: str, seed: int = 0):
 
 
 _VARLEN = {  # (batch, hq, hkv, max_q, max_k, head dim, dtype, causal, alignment)
-    "quick": [(4, 4, 2, 13, 17, 32, "float16", True, "bottom_right")],
+    "quick": [(4, 4, 2, 13, 17, 32, "float16", True, "bottom_right"),
+              (3, 2, 1, 19, 11, 40, "float32", False, "top_left")],
     "ci": [(4, 4, 2, 13, 17, 32, "float16", True, "bottom_right"),
            (3, 2, 1, 9, 11, 64, "bfloat16", False, "top_left"),
            (5, 3, 1, 17, 7, 40, "float32", True, "top_left"),
            (4, 2, 2, 21, 29, 128, "bfloat16", True, "bottom_right")],
 }
 _KVCACHE = {  # (hq, hkv, lq, new, capacity, page, splits, head dim, dtype)
-    "quick": [(4, 2, 1, 1, 32, 16, 3, 64, "bfloat16")],
+    "quick": [(4, 2, 1, 1, 32, 16, 3, 64, "bfloat16"),
+              (2, 1, 3, 2, 41, 0, 1, 32, "float32")],
     "ci": [(4, 2, 1, 1, 32, 16, 3, 64, "bfloat16"),
            (4, 1, 2, 2, 37, 0, 0, 32, "float16"),
            (2, 2, 1, 1, 128, 64, 1, 64, "float32"),
@@ -297,12 +346,45 @@ def packed_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed:
         if (dtypes is None or c.dtype in dtypes) and (head_dims is None or c.head_dim in head_dims) \
                 and (causal is None or c.causal == causal):
             cases.append(c)
-    for row in _KVCACHE[key]:
-        c = KvcacheCase(*row, seed=seed + len(cases))
+    for row, extra in [(row, {}) for row in _KVCACHE[key]] + _KVCACHE_VARIANTS[key] + kvcache_boundary_rows(key):
+        c = KvcacheCase(*row, seed=seed + len(cases), **extra)
         if (dtypes is None or c.dtype in dtypes) and (head_dims is None or c.head_dim in head_dims) \
                 and causal is not False:  # decoding is causal
             cases.append(c)
     return cases
+
+
+# The variants on the decode kernel: each alone and together, 16-bit and float32, one split
+# and several, paged and contiguous.
+_KVCACHE_VARIANTS = {
+    "quick": [((4, 2, 2, 1, 48, 16, 3, 32, "float16"),
+               dict(window=(9, -1), softcap=20.0, alibi=True, sinks=True))],
+    "ci": [((4, 2, 2, 1, 48, 16, 3, 32, "float16"), dict(window=(9, -1), softcap=20.0, alibi=True, sinks=True)),
+           ((2, 1, 1, 1, 33, 0, 1, 64, "float32"), dict(window=(5, -1))),
+           ((4, 2, 3, 2, 64, 16, 0, 40, "bfloat16"), dict(softcap=5.0)),
+           ((2, 2, 1, 1, 48, 16, 2, 32, "float32"), dict(alibi=True)),
+           ((4, 1, 2, 1, 37, 0, 3, 64, "bfloat16"), dict(sinks=True)),
+           ((2, 1, 2, 2, 50, 0, 1, 32, "float32"), dict(window=(17, -1), softcap=10.0, alibi=True, sinks=True))],
+}
+# Decode tiles: every (BLOCK_M, BLOCK_N) of ``kernels.decode.decode_tile`` on any architecture.
+DECODE_TILES = ((16, 16), (16, 32), (16, 64), (64, 16), (64, 32), (64, 64))
+
+
+def kvcache_boundary_rows(preset: str) -> list:
+    """KV-cache cases whose sequence lengths (cache_seqlens + new) sit on the residues 0, 1, 2,
+    B - 2, B - 1 modulo every decode block size, the page sizes 16 / 32 / 64 and the split
+    chunk (capacity 192 in 3 splits: chunks of 64 keys): two cases per tile, four sequences
+    each, lengths 64 c + r. quick: the tile (16, 32); ci: every ``DECODE_TILES`` tile."""
+    tiles = [(16, 32)] if preset == "quick" else list(DECODE_TILES)
+    rows = []
+    for i, tile in enumerate(tiles):
+        page = (16, 32, 64)[i % 3]
+        for lengths in ((62, 127, 128, 65), (66, 190, 2, 191)):
+            dtype = ("bfloat16", "float32", "float16")[len(rows) % 3]
+            new = 1 + len(rows) % 2
+            rows.append(((4, 2, 1 + len(rows) % 2, new, 192, page, 3, 32, dtype),
+                         dict(cache_lens=tuple(n - new for n in lengths), tile=tile)))
+    return rows
 
 
 __all__ = ["VarlenCase", "KvcacheCase", "packed_sweep", "from_name"]

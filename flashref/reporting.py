@@ -125,11 +125,13 @@ def _fmt(x: float) -> str:
 def verify_table(outcomes: Iterable[Any], *, only_failures: bool = False) -> Table:
     """One row per (configuration, tensor); the configuration is named on its first row."""
     table = Table(
-        title="kernel vs float64 oracle: max |error| of out and each gradient",
+        title="kernel vs float64 oracle: max |error| of out, lse and each gradient",
         title_justify="left",
-        caption=("baseline = plain attention in the kernel's dtype; bound = 2 x (out) or 3 x (dq, dk, dv) "
-                 "baseline err + slack (float32 rounding on this problem, docs/design.md); "
-                 "ratio = kernel err / bound, PASS when <= 1"),
+        caption=("baseline = plain attention in the kernel's dtype (for lse: the algorithm in float32); bound = "
+                 "2 x (out, lse) or 3 x (dq, dk, dv) baseline err + slack (float32 rounding on this problem, "
+                 "docs/design.md); rms = kernel's RMS err / its bound against the algorithm baseline (the FA "
+                 "algorithm in float32, rounding where a fused kernel rounds); ratio = the worse of the two, "
+                 "PASS when <= 1; path = the kernels' tile loads (tma: tensor descriptors)"),
         caption_justify="left",
         show_lines=False,
     )
@@ -139,29 +141,36 @@ def verify_table(outcomes: Iterable[Any], *, only_failures: bool = False) -> Tab
     table.add_column("baseline err", justify="right")
     table.add_column("slack", justify="right")
     table.add_column("bound", justify="right")
+    table.add_column("rms", justify="right")
     table.add_column("ratio", justify="right")
     table.add_column("result")
     for outcome in outcomes:
         if only_failures and outcome.passed:
             continue
         if outcome.exception is not None:
-            table.add_row(escape(outcome.name), "-", "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
+            table.add_row(escape(outcome.name), "-", "-", "-", "-", "-", "-", "-", "[bold red]ERROR[/]", end_section=True)
             continue
         items = list(outcome.errors.items())
         for i, (tensor, err) in enumerate(items):
             verdict = "[green]PASS[/]" if err.passed else "[bold red]FAIL[/]"
+            label = escape(outcome.name) + (f" [{outcome.path}]" if getattr(outcome, "path", "") == "tma" else "")
             table.add_row(
-                escape(outcome.name) if i == 0 else "",
+                label if i == 0 else "",
                 tensor,
                 _fmt(err.kernel),
                 _fmt(err.baseline) + ("" if err.baseline_ok else " [bold red](> ceiling)[/]"),
                 _fmt(err.slack),
                 _fmt(err.bound),
-                f"{err.ratio:.2f}" if err.ratio < 1000 else _fmt(err.ratio),
+                "-" if getattr(err, "rms", None) is None else _ratio_text(err.rms.ratio),
+                _ratio_text(err.ratio),
                 verdict,
                 end_section=i == len(items) - 1,
             )
     return table
+
+
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio < 1000 else _fmt(ratio)
 
 
 # --------------------------------------------------------------------------- JSON
@@ -196,6 +205,7 @@ def verify_report(
                 "seconds": round(o.seconds, 4),
                 "replay": o.replay,
                 "exception": o.exception,
+                "path": getattr(o, "path", ""),
                 "errors": {
                     t: {
                         "kernel": _plain(e.kernel),
@@ -205,6 +215,10 @@ def verify_report(
                         "bound": _plain(e.bound),
                         "ratio": _plain(e.ratio),
                         "baseline_ceiling": _plain(e.ceiling),
+                        "rms": None if getattr(e, "rms", None) is None else {
+                            "kernel": _plain(e.rms.kernel), "algorithm_baseline": _plain(e.rms.reference),
+                            "slack": _plain(e.rms.slack), "factor": _plain(e.rms.factor),
+                            "bound": _plain(e.rms.bound), "ratio": _plain(e.rms.ratio)},
                         "passed": e.passed,
                     }
                     for t, e in o.errors.items()
@@ -263,7 +277,9 @@ def write_junit(
         tc = ET.SubElement(ts, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.3f}")
         details = "\n".join(
             f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} slack={e.slack:.6g} "
-            f"bound={e.bound:.6g} ratio={e.ratio:.4g} {'PASS' if e.passed else 'FAIL'}"
+            f"bound={e.bound:.6g}"
+            + ("" if getattr(e, "rms", None) is None else f" rms={e.rms.kernel:.6g}/{e.rms.bound:.6g}")
+            + f" ratio={e.ratio:.4g} {'PASS' if e.passed else 'FAIL'}"
             for t, e in o.errors.items()
         )
         if o.exception is not None:

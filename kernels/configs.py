@@ -17,6 +17,7 @@ written in docs/kernels.md.
 """
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
@@ -52,6 +53,8 @@ class KernelConfig:
 
 
 INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)
+# The decode (KV-cache split) kernel's under the interpreter (``interpreter_config("decode")``).
+INTERPRETER_DECODE_CONFIG = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
 
 # Rows: (kernel, largest padded head dim, float32?) -> configs, default first.
 # fp16 and bf16 share rows (same bytes, same wgmma shapes). Every entry was compiled by the
@@ -244,6 +247,33 @@ def force_config(kernel: str, config: KernelConfig | None) -> None:
         _FORCED.pop(kernel, None)
     else:
         _FORCED[kernel] = config
+
+
+def interpreter_config(kernel: str) -> KernelConfig:
+    """The launch configuration of ``kernel`` (a launch name: "forward", "backward_dkdv",
+    "backward_dk", "backward_dv", "backward_dq", "decode") under Triton's interpreter: the
+    forced one (``force_config``; the gate's tile cases run every block size the tables hold
+    this way), else ``INTERPRETER_CONFIG`` (``INTERPRETER_DECODE_CONFIG`` for decode). A split
+    dK / dV pass falls back to the dK/dV kernel's."""
+    if kernel in _FORCED:
+        return _FORCED[kernel]
+    if kernel in ("backward_dk", "backward_dv") and "backward_dkdv" in _FORCED:
+        return _FORCED["backward_dkdv"]
+    return INTERPRETER_DECODE_CONFIG if kernel == "decode" else INTERPRETER_CONFIG
+
+
+@contextmanager
+def forced_configs(configs: dict[str, KernelConfig]):
+    """Within this block each launch named in ``configs`` uses its config (``force_config``);
+    what was forced before is restored afterwards."""
+    saved = {name: _FORCED.get(name) for name in configs}
+    try:
+        for name, config in configs.items():
+            force_config(name, config)
+        yield
+    finally:
+        for name, config in saved.items():
+            force_config(name, config)
 
 
 def config_pruner(kernel: str):

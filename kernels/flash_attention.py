@@ -28,13 +28,14 @@ from .attention_forward import attention_forward_kernel
 from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_forward / _backward
 from .tile_loads import HAS_TENSOR_DESCRIPTORS
 from .configs import (
-    INTERPRETER_CONFIG,
+    DKDV_LAUNCHES,
     MAX_HEAD_DIM,
     SUPPORTED_DTYPES,
     KernelConfig,
     all_triton_configs,
     config_pruner,
     dkdv_passes,
+    interpreter_config,
     padded_head_dim,
 )
 
@@ -56,7 +57,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 #: tensors, program after program, with NumPy.
 INTERPRETED = isinstance(attention_forward_kernel, InterpretedFunction)
 
-#: The Hopper path (kernels/tile_loads.py): "auto" takes it where ``_tma_ok`` allows (compiled
+#: The Hopper path (kernels/tile_loads.py): "auto" takes it where ``tma_ok`` allows (compiled
 #: kernels on a capability-9 device), "on" also under the interpreter (tests check its numerics
 #: there), "off" never. The environment variable FLASHREF_TMA sets the process default.
 _tma_mode = contextvars.ContextVar("flashref_tma_mode", default=os.environ.get("FLASHREF_TMA", "auto"))
@@ -74,7 +75,7 @@ def tensor_descriptors(mode: str):
         _tma_mode.reset(token)
 
 
-def _tma_ok(*tensors: torch.Tensor) -> bool:
+def tma_ok(*tensors: torch.Tensor) -> bool:
     """Whether the forward loads its tiles through tensor descriptors (TMA): the triton has
     them, inputs are 16-bit, and each tensor's last stride is 1 and its base and other strides
     are 16-byte aligned (the copy engine's rules); on a GPU, one of compute capability 9.x."""
@@ -419,10 +420,10 @@ def _forward(q, k, v, params: _Params, kv_lens, alibi, sinks, varlen: Varlen | N
             heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
             *_variant_scalars(params))
     meta = dict(_meta(q, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
-                TMA=varlen is None and _tma_ok(q, k, v))
+                TMA=varlen is None and tma_ok(q, k, v))
     if INTERPRETED:
-        grid = (triton.cdiv(grid_q, INTERPRETER_CONFIG.block_m), batch * heads_q)
-        attention_forward_kernel[grid](*args, **meta, **_fixed(INTERPRETER_CONFIG))
+        c = interpreter_config("forward")
+        attention_forward_kernel[(triton.cdiv(grid_q, c.block_m), batch * heads_q)](*args, **meta, **_fixed(c))
     else:
         _FORWARD[lambda m: (triton.cdiv(grid_q, m["BLOCK_M"]), batch * heads_q)](*args, **meta)
     return out, lse
@@ -458,7 +459,7 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks, v
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = dict(_meta(q, params, kv_lens, alibi, varlen), TMA=varlen is None and _tma_ok(q, k, v, dout))
+    meta = dict(_meta(q, params, kv_lens, alibi, varlen), TMA=varlen is None and tma_ok(q, k, v, dout))
     cu = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
     qkv_strides = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
     tail = (*_variant_scalars(params),)
@@ -472,10 +473,12 @@ def _backward(q, k, v, out, lse, dout, params: _Params, kv_lens, alibi, sinks, v
                params.scale, *tail)
     # One dK/dV launch, or at head dims above 128 one per gradient (configs.dkdv_passes).
     if INTERPRETED:
-        c = INTERPRETER_CONFIG
+        launch_names = {grads: name for name, grads in DKDV_LAUNCHES.items()}
         for grads in dkdv_passes(head_dim):
+            c = interpreter_config(launch_names[grads])
             attention_backward_dkdv_kernel[(triton.cdiv(grid_k, c.block_n), batch * heads_kv)](
                 *dkdv_args, **meta, **_fixed(c), GRADS=grads)
+        c = interpreter_config("backward_dq")
         attention_backward_dq_kernel[(triton.cdiv(grid_q, c.block_m), batch * heads_q)](
             *dq_args, **meta, **_fixed(c))
     else:

@@ -12,7 +12,7 @@ import math
 import torch
 import triton
 
-from .configs import MAX_HEAD_DIM, padded_head_dim
+from .configs import MAX_HEAD_DIM, interpreter_config, padded_head_dim
 from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .flash_attention import (
     FLOAT32_DOT_PRECISION,
@@ -176,7 +176,8 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     block_d = padded_head_dim(head_dim)
     rows = seqlen_q * group
     if INTERPRETED:
-        block_m, block_n, warps = 16, 16, 1
+        tile = interpreter_config("decode")
+        block_m, block_n, warps = tile.block_m, tile.block_n, 1
     else:  # the compile gate's rows (compile_gate.decode_specs)
         hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
         block_m, block_n, warps = decode_tile(head_dim, str(q.dtype).removeprefix("torch."), hopper)

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
-        console = Console(width=max(console.width, 140))
+        console = Console(width=max(console.width, 170))
     device = _choose_device(args.device)
     if args.model:  # issue 12: the whole-model check (flashref/model_check.py)
         from flashref.model_check import run_verify_model

@@ -90,11 +90,12 @@ def test_json_report_schema(tmp_path):
     assert loaded["summary"] == {"cases": 3, "passed": 1, "failed": 2, "seconds": 1.25, "all_passed": False}
     assert set(loaded["environment"]) >= {"flashref", "torch", "triton", "numpy", "device"}
     first = loaded["cases"][0]
-    assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors"}
+    assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors", "path"}
     assert first["config"]["head_dim"] == 64 and first["config"]["seed"] == 7 and first["name"] == PASSING.case.name
     assert set(first["errors"]) == {"out", "dq", "dk", "dv"}
     assert set(first["errors"]["out"]) == {"kernel", "baseline", "slack", "factor", "bound", "ratio",
-                                           "baseline_ceiling", "passed"}
+                                           "baseline_ceiling", "rms", "passed"}
+    assert first["errors"]["out"]["rms"] is None  # judged by the max-norm rule alone
     assert first["errors"]["dq"]["ratio"] == pytest.approx(2e-3 / (3e-3 + SLACK))
     assert loaded["cases"][1]["errors"]["out"]["ratio"] == pytest.approx(5e-3 / (2e-3 + SLACK))
     assert first["errors"]["dv"]["ratio"] == 0.0  # exact kernel

@@ -73,16 +73,19 @@ def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
     case = Case(1, 2, 1, 33, 47, 32, dtype, True, "bottom_right", False, seed=seed)
     inputs = eq.make_inputs(case)
     ref, base, kern = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs), eq.kernel_attention(case, inputs)
-    assert all(e.passed for e in eq.judge_all(case, inputs, ref, base, kern).values())
-    for key in (t for t in eq.TENSORS if t in kern):
+    algo = eq.algorithm_attention(case, inputs)
+    judged = eq.judge_all(case, inputs, ref, base, kern, algo)
+    assert all(e.passed for e in judged.values()) and "lse" in judged
+    for key in judged:
         mutated = dict(kern)
         t = kern[key].clone()
         index = int(t.abs().argmax())
         value = float(t.reshape(-1)[index])
-        t.reshape(-1)[index] = value + math.copysign(MUTATION_ULPS[dtype] * ulp(value, dtype), value)
+        units = "float32" if key == "lse" else dtype  # lse is float32 in every dtype
+        t.reshape(-1)[index] = value + math.copysign(MUTATION_ULPS[units] * ulp(value, units), value)
         assert float(t.reshape(-1)[index]) != value
         mutated[key] = t
-        errors = eq.judge_all(case, inputs, ref, base, mutated)
+        errors = eq.judge_all(case, inputs, ref, base, mutated, algo)
         assert not errors[key].passed, (key, errors[key])
 
 
@@ -135,7 +138,7 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
             continue
         ref, base = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs)
         mags = eq.magnitudes(case, inputs, ref)
-        for key in (t for t in eq.TENSORS if t in ref):
+        for key in (t for t in eq.TENSORS if t in ref and t != "lse"):  # lse: no plain baseline
             slack = eq.slack(case, mags[key], ref[key])
             term = eq.FACTORS[key] * eq.max_abs_error(base[key], ref[key])
             worst[(case.dtype, key)] = max(worst.get((case.dtype, key), 0.0), slack / term)
@@ -232,18 +235,26 @@ def test_bad_case_names_are_rejected(bad):
 
 def is_variant(case: Case) -> bool:
     """A case of one of the variant families (eq.VARIANT_FAMILIES) rather than plain attention."""
-    return (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
-            or case.dropout_p > 0)
+    return not case.tiles and (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
+                               or case.dropout_p > 0)
+
+
+def is_boundary(case: Case) -> bool:
+    """A block-boundary case (eq.boundary_cases): its launch tiles are forced."""
+    return bool(case.tiles)
 
 
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
     every = sweep("ci", packed=False)
-    # The plain covering design first, then every variant family twice.
-    cases = [c for c in every if not is_variant(c)]
+    # The plain covering design first, then every variant family three times, then the
+    # block-boundary cases.
+    cases = [c for c in every if not is_variant(c) and not is_boundary(c)]
     variants = [c for c in every if is_variant(c)]
-    assert every[:len(cases)] == cases
+    boundary = [c for c in every if is_boundary(c)]
+    assert every == cases + variants + boundary
     assert len(cases) == len(eq.CI_SEQLENS) * 3
-    assert len(variants) == 2 * len(eq.VARIANT_FAMILIES)
+    assert len(variants) == 3 * len(eq.VARIANT_FAMILIES)
+    assert len(boundary) == 10 * len(eq.tile_triples("ci"))
     assert len({c.seed for c in every}) == len(every)
     axes = {
         "seqlens": lambda c: (c.seqlen_q, c.seqlen_k),
@@ -271,11 +282,13 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 def test_sweep_filters_and_presets():
     every = sweep("quick", packed=False)
-    quick = [c for c in every if not is_variant(c)]
+    quick = [c for c in every if not is_variant(c) and not is_boundary(c)]
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
-    # Each variant family once; with the packed families `flashref verify --quick` stays small.
-    assert len(every) - len(quick) == len(eq.VARIANT_FAMILIES)
-    assert len(every) < len(sweep("quick")) <= 30
+    # Each variant family twice (16-bit, then float32), the boundary cases of one tile triple;
+    # with the packed families `flashref verify --quick` stays near a minute.
+    assert len([c for c in every if is_variant(c)]) == 2 * len(eq.VARIANT_FAMILIES)
+    assert len([c for c in every if is_boundary(c)]) == 10
+    assert len(every) < len(sweep("quick")) <= 60
     only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, packed=False)
     assert {c.dtype for c in only_bf16} == {"bfloat16"} and {c.head_dim for c in only_bf16} == {64}
     assert not any(c.causal for c in only_bf16) and min(c.seed for c in only_bf16) == 100

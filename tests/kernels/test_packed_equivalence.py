@@ -19,7 +19,7 @@ def test_sweeps_hold_both_families_and_names_replay():
         assert {VarlenCase, KvcacheCase} <= kinds and eq.Case in kinds
         assert len({c.seed for c in cases}) == len(cases)
     ci_kv = [c for c in ci if isinstance(c, KvcacheCase)]
-    assert {c.page_size for c in ci_kv} == {0, 16, 64, 256} and {c.num_splits for c in ci_kv} == {0, 1, 3}
+    assert {c.page_size for c in ci_kv} == {0, 16, 32, 64, 256} and {c.num_splits for c in ci_kv} == {0, 1, 2, 3}
     assert {c.dtype for c in ci_kv} == set(eq.DTYPES) and {c.heads_kv for c in ci_kv if c.heads_kv == 1}
     for case in packed_sweep("ci", seed=7):
         again = eq.Case.from_name(case.name, seed=case.seed)
