@@ -65,7 +65,9 @@ def _dense_side(dtype, hq, hkv, d, causal, alignment, q, k, v, dout, ref_out, re
 @dataclass(frozen=True)
 class VarlenCase:
     """Packed sequences: ``batch`` sequences, lengths drawn from the seed in [0, max_seqlen_q]
-    and [0, max_seqlen_k] (an empty, a single-token and an odd one always among them)."""
+    and [0, max_seqlen_k] (an empty, a single-token and an odd one always among them), or the
+    given ``lengths`` ((Lq_b, Lk_b) per sequence, each within the maxima); ``tiles`` forces the
+    launch tiles under the interpreter as a dense ``Case``'s do."""
 
     batch: int
     heads_q: int
@@ -77,15 +79,33 @@ class VarlenCase:
     causal: bool
     causal_alignment: str
     seed: int = 0
+    lengths: tuple = ()
+    tiles: tuple = ()
 
     _NAME = re.compile(r"varlen-b(\d+)-hq(\d+)-hkv(\d+)-maxq(\d+)-maxk(\d+)-d(\d+)-(float16|bfloat16|float32)"
-                       r"-(noncausal|causal_top_left|causal_bottom_right)")
+                       r"-(noncausal|causal_top_left|causal_bottom_right)(?:-lens(\d+x\d+(?:_\d+x\d+)*))?"
+                       r"(?:-tiles(\d+x\d+(?:_\d+x\d+)*))?")
+
+    def __post_init__(self):
+        pairs = lambda t: tuple(tuple(int(n) for n in pair) for pair in t)  # noqa: E731
+        object.__setattr__(self, "lengths", pairs(self.lengths))
+        object.__setattr__(self, "tiles", pairs(self.tiles))
+        if self.lengths and (len(self.lengths) != self.batch or any(
+                not (0 <= lq <= self.max_seqlen_q and 0 <= lk <= self.max_seqlen_k) for lq, lk in self.lengths)):
+            raise ValueError(f"lengths must be one (Lq, Lk) per sequence within the maxima, got {self.lengths!r}")
+        if self.tiles and len(self.tiles) != len(eq.TILE_LAUNCHES):
+            raise ValueError(f"tiles must be {len(eq.TILE_LAUNCHES)} (BLOCK_M, BLOCK_N) pairs, got {self.tiles!r}")
 
     @property
     def name(self) -> str:
         mask = f"causal_{self.causal_alignment}" if self.causal else "noncausal"
-        return (f"varlen-b{self.batch}-hq{self.heads_q}-hkv{self.heads_kv}-maxq{self.max_seqlen_q}"
+        name = (f"varlen-b{self.batch}-hq{self.heads_q}-hkv{self.heads_kv}-maxq{self.max_seqlen_q}"
                 f"-maxk{self.max_seqlen_k}-d{self.head_dim}-{self.dtype}-{mask}")
+        if self.lengths:
+            name += "-lens" + "_".join(f"{lq}x{lk}" for lq, lk in self.lengths)
+        if self.tiles:
+            name += "-tiles" + "_".join(f"{m}x{n}" for m, n in self.tiles)
+        return name
 
     @classmethod
     def from_name(cls, name: str, seed: int = 0) -> "VarlenCase":
@@ -94,8 +114,10 @@ class VarlenCase:
             raise ValueError(f"varlen case name must look like 'varlen-b4-hq4-hkv2-maxq13-maxk17-d32-float16-"
                              f"causal_bottom_right', got {name!r}")
         mask = m.group(8)
+        pairs = lambda text: tuple(tuple(int(n) for n in p.split("x")) for p in text.split("_")) if text else ()  # noqa: E731
         return cls(*(int(g) for g in m.groups()[:6]), m.group(7), mask != "noncausal",
-                   "bottom_right" if mask == "causal_bottom_right" else "top_left", seed)
+                   "bottom_right" if mask == "causal_bottom_right" else "top_left", seed, pairs(m.group(9)),
+                   pairs(m.group(10)))
 
     def replay_command(self) -> str:
         return f'flashref verify --case "{self.name}" --seed {self.seed}'
@@ -107,13 +129,16 @@ class VarlenCase:
     def check(self, device: str = "cpu") -> eq.CaseResult:
         import torch
 
-        from flashref.kernels import flash_attention_varlen, poisoned_outputs
+        from flashref.kernels import INTERPRETED, flash_attention_varlen, poisoned_outputs
+        from flashref.kernels.configs import KernelConfig, forced_configs
         from flashref.reference import attention_varlen_backward, attention_varlen_forward
 
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(self.seed)
         dtype = getattr(torch, self.dtype)
         lens_q, lens_k = _lengths(gen, self.batch, self.max_seqlen_q), _lengths(gen, self.batch, self.max_seqlen_k)
+        if self.lengths:
+            lens_q, lens_k = [lq for lq, _ in self.lengths], [lk for _, lk in self.lengths]
         cu_q, cu_k = np.r_[0, np.cumsum(lens_q)].astype(np.int32), np.r_[0, np.cumsum(lens_k)].astype(np.int32)
         draw = lambda *s: torch.randn(*s, generator=gen).to(dtype=dtype, device=device)  # noqa: E731
         q, k, v = draw(cu_q[-1], self.heads_q, self.head_dim), draw(cu_k[-1], self.heads_kv, self.head_dim), \
@@ -123,7 +148,10 @@ class VarlenCase:
         max_q, max_k = max(lens_q), max(lens_k)
 
         qk, kk, vk = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        with poisoned_outputs():
+        forced = {}
+        if self.tiles and INTERPRETED:
+            forced = {name: KernelConfig(m, n, 1, 1) for name, (m, n) in zip(eq.TILE_LAUNCHES, self.tiles)}
+        with poisoned_outputs(), forced_configs(forced):
             out = flash_attention_varlen(qk, kk, vk, torch.from_numpy(cu_q).to(device),
                                          torch.from_numpy(cu_k).to(device), max_q, max_k, **kw)
             dq, dk, dv = torch.autograd.grad(out, (qk, kk, vk), dout)
@@ -341,8 +369,8 @@ def packed_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed:
     """The packed families of a preset ("full" runs the "ci" ones), filtered like the dense sweep."""
     key = "quick" if preset == "quick" else "ci"
     cases = []
-    for row in _VARLEN[key]:
-        c = VarlenCase(*row, seed=seed + len(cases))
+    for row, extra in [(row, {}) for row in _VARLEN[key]] + varlen_boundary_rows(key):
+        c = VarlenCase(*row, seed=seed + len(cases), **extra)
         if (dtypes is None or c.dtype in dtypes) and (head_dims is None or c.head_dim in head_dims) \
                 and (causal is None or c.causal == causal):
             cases.append(c)
@@ -352,6 +380,26 @@ def packed_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed:
                 and causal is not False:  # decoding is causal
             cases.append(c)
     return cases
+
+
+def varlen_boundary_rows(preset: str) -> list:
+    """Packed cases whose sequences sit on block boundaries: per tile triple of
+    ``equivalence.tile_triples`` (quick one, ci three of them), five sequences with
+    ``Lq_b = Bmax + r`` and ``Lk_b - Lq_b = Bmax + s`` (r, s through ``RESIDUES`` with
+    ``SHIFT_PAIRING``), so each sequence's lengths, its bottom-right shift and the packed
+    offsets between sequences land on block edges; bottom-right causal, then top-left."""
+    triples = eq.tile_triples(preset)
+    if preset != "quick":
+        triples = triples[::3]
+    rows = []
+    for t, tiles in enumerate(triples):
+        bmax = max(max(tile) for tile in tiles)
+        lengths = tuple((bmax + r, 2 * bmax + r + s) for r, s in zip(eq.RESIDUES, eq.SHIFT_PAIRING))
+        alignment = ("bottom_right", "top_left")[t % 2]
+        dtype = ("bfloat16", "float32", "float16")[t % 3]
+        rows.append(((5, 2, 1, bmax + 2, 2 * bmax + 4, 32 if t % 2 else 40, dtype, True, alignment),
+                     dict(lengths=lengths, tiles=tiles)))
+    return rows
 
 
 # The variants on the decode kernel: each alone and together, 16-bit and float32, one split
