@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .tensor import Tensor, _index_array, apply, take
+from .tensor import Tensor, index_array, apply, take
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -164,7 +164,7 @@ def embedding(indices: Any, weight: Tensor) -> Tensor:
     gradient scatter-adds into the used rows; repeated indices accumulate.
     """
     _check_tensor(weight, "embedding: weight")
-    idx = _index_array(indices, "embedding: indices")
+    idx = index_array(indices, "embedding: indices")
     if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
         raise IndexError(
             f"embedding: indices must lie in [0, {weight.shape[0]}) for weight of shape {weight.shape}; "
@@ -178,7 +178,7 @@ def embedding(indices: Any, weight: Tensor) -> Tensor:
 
 def _flatten_classes(logits: Tensor, target: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """Check torch's layouts: ``logits (C,)`` with a scalar target, or ``(N, C, *d)`` with ``(N, *d)``."""
-    target = _index_array(target, f"{name}: target")
+    target = index_array(target, f"{name}: target")
     if logits.ndim == 1:
         expected = ()
     elif logits.ndim >= 2:

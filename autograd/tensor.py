@@ -288,13 +288,13 @@ def _plain_index(index: Any) -> Any:
     if isinstance(index, tuple):
         return tuple(_plain_index(i) for i in index)
     if isinstance(index, Tensor):
-        return _index_array(index.data, "index")
+        return index_array(index.data, "index")
     if isinstance(index, list):
         return np.asarray(index)
     return index
 
 
-def _index_array(values: Any, what: str) -> np.ndarray:
+def index_array(values: Any, what: str) -> np.ndarray:
     array = np.asarray(values.data if isinstance(values, Tensor) else values)
     if array.dtype.kind in "iub":
         return array
@@ -429,4 +429,4 @@ def take(weight: Tensor, indices: Any, axis: int = 0) -> Tensor:
 
     Shapes: ``weight: (..., V, ...)``, ``indices: I`` -> ``weight.shape[:axis] + I + weight.shape[axis+1:]``.
     """
-    return apply("take", weight, indices=_index_array(indices, "take: indices"), axis=axis)
+    return apply("take", weight, indices=index_array(indices, "take: indices"), axis=axis)

@@ -661,7 +661,7 @@ def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
 
     from flashref.kernels import flash_attention, poisoned_outputs
     from flashref.kernels.configs import KernelConfig, forced_configs
-    from flashref.kernels.flash_attention import INTERPRETED, tensor_descriptors, tma_ok
+    from flashref.kernels.launch import INTERPRETED, tensor_descriptors, tma_ok
 
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))
     kw = attention_kwargs(case, inputs)

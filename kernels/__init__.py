@@ -5,7 +5,9 @@ with Triton's interpreter; otherwise they compile for the GPU.
 """
 
 from .configs import KernelConfig, configs_for
-from .flash_attention import CAUSAL_ALIGNMENTS, INTERPRETED, flash_attention, last_dropout_seed, poisoned_outputs
+from .checks import CAUSAL_ALIGNMENTS
+from .flash_attention import flash_attention
+from .launch import INTERPRETED, last_dropout_seed, poisoned_outputs
 from .flash_attention_varlen import flash_attention_varlen
 from .kvcache import flash_attention_with_kvcache
 

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .attention_forward import (
     LOG2E,
-    _LOG2E_K,
+    LOG2E_K,
     dropout_keep,
     sequence_start,
     tanh,
@@ -96,7 +96,7 @@ def attention_backward_delta_kernel(
         row_ok = offs_m < seqlen_q
         lse = tl.load(Lse + row + offs_m, mask=row_ok, other=0.0)
         sink = tl.load(Sinks + h)
-        p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * _LOG2E_K), 0.0)
+        p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * LOG2E_K), 0.0)
         tl.store(DSinks + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
 
 
@@ -105,7 +105,7 @@ def _load_lse_log2(lse_ptrs, row_ok):
     """lse * log2(e) for the given rows; rows that see no key (lse = -inf) and rows past Lq
     come back as +inf so that exp2(s - lse) is exactly 0 for them."""
     lse = tl.load(lse_ptrs, mask=row_ok, other=float("-inf"))
-    return tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E_K)
 
 
 @triton.jit
@@ -314,7 +314,7 @@ def attention_backward_dkdv_kernel(
             row_base = h.to(tl.int64) * total_q  # Lse, Delta (Hq, total_q); Q, dO, Lse, Delta pre-offset
         alibi_slope = 0.0
         if ALIBI:
-            alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
+            alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)
         stream = b * heads_q + h
         if WINDOW:
             # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
@@ -480,7 +480,7 @@ def attention_backward_dq_kernel(
         alibi_shift += kv_shift
     alibi_slope = 0.0
     if ALIBI:
-        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
+        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)

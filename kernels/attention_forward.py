@@ -51,7 +51,7 @@ from .rounding import to_dot_operand, to_output
 from .tile_loads import load_rows, rows_descriptor
 
 LOG2E = 1.4426950408889634
-_LOG2E_K = tl.constexpr(LOG2E)  # the same, readable inside @triton.jit functions
+LOG2E_K = tl.constexpr(LOG2E)  # the same, readable inside @triton.jit functions
 
 
 @triton.jit
@@ -275,7 +275,7 @@ def attention_forward_kernel(
         alibi_shift += kv_shift
     alibi_slope = 0.0
     if ALIBI:
-        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (_LOG2E_K / qk_scale)
+        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -305,7 +305,7 @@ def attention_forward_kernel(
 
     if SINKS:
         # The sink is a key with score sinks[h] and a zero value: (m, l) = (sink, 1).
-        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h) * _LOG2E_K
+        m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h) * LOG2E_K
         l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

@@ -34,7 +34,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .flash_attention import FLOAT32_DOT_PRECISION
+from .launch import FLOAT32_DOT_PRECISION
 from .configs import (
     BUCKETS,
     DKDV_LAUNCHES,

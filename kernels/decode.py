@@ -34,7 +34,7 @@ the forward kernel: ``softcap``, ``- slope * |p_i - j|`` (ALiBi), visible iff ``
 import triton
 import triton.language as tl
 
-from .attention_forward import _LOG2E_K, tanh
+from .attention_forward import LOG2E_K, tanh
 from .configs import padded_head_dim
 from .rounding import to_dot_operand, to_output
 
@@ -101,7 +101,7 @@ def decode_split_kernel(
         q = q.to(tl.float32)
     slope = tl.zeros([BLOCK_M], dtype=tl.float32)
     if ALIBI:
-        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (_LOG2E_K / qk_scale)
+        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (LOG2E_K / qk_scale)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

@@ -20,16 +20,8 @@ import math
 
 import torch
 
-from .flash_attention import (
-    Varlen,
-    _backward,
-    _check_inputs,
-    check_variants,
-    _forward,
-    _is_int,
-    _last_dropout_seed,
-    _resolve,
-)
+from .checks import check_qkv, check_variants, is_int
+from .launch import Varlen, dropout_seed_for, launch_backward, launch_forward, resolve_launch
 
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -45,7 +37,7 @@ def _check_cu_seqlens(name, cu, total, max_seqlen, q, batch=None, full=True):
         raise ValueError(f"{name} must have {batch + 1} entries, like cu_seqlens_q, got {cu.shape[0]}")
     if cu.device != q.device:
         raise ValueError(f"{name} must be on q's device {q.device}, got {cu.device}")
-    if not _is_int(max_seqlen) or max_seqlen < 0:
+    if not is_int(max_seqlen) or max_seqlen < 0:
         raise TypeError(f"max_seqlen for {name} must be an int >= 0, got {max_seqlen!r}")
     if total >= 2**31:
         raise ValueError(f"{name}: packed length {total} does not fit int32")
@@ -69,12 +61,13 @@ def _check_cu_seqlens(name, cu, total, max_seqlen, q, batch=None, full=True):
 
 
 class FlashAttentionVarlenFunction(torch.autograd.Function):
-    """autograd wiring of the packed path: as ``FlashAttentionFunction``, with the ``Varlen``
-    description kept on ctx (its int32 tensors are not differentiable)."""
+    """autograd wiring of the packed path (the dense path's is the custom op's formula,
+    kernels/library.py), with the ``Varlen`` description kept on ctx (its int32 tensors are not
+    differentiable)."""
 
     @staticmethod
     def forward(ctx, q, k, v, sinks, params, alibi, varlen):
-        out, lse = _forward(q, k, v, params, None, alibi, sinks, varlen)
+        out, lse = launch_forward(q, k, v, params, None, alibi, sinks, varlen)
         ctx.save_for_backward(q, k, v, out, lse, alibi, sinks)
         ctx.params, ctx.varlen = params, varlen
         ctx.mark_non_differentiable(lse)
@@ -83,7 +76,7 @@ class FlashAttentionVarlenFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, alibi, sinks = ctx.saved_tensors
-        dq, dk, dv, dsinks = _backward(q, k, v, out, lse, dout, ctx.params, None, alibi, sinks, ctx.varlen)
+        dq, dk, dv, dsinks = launch_backward(q, k, v, out, lse, dout, ctx.params, None, alibi, sinks, ctx.varlen)
         return dq, dk, dv, dsinks if ctx.needs_input_grad[3] else None, None, None, None
 
 
@@ -115,7 +108,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         raise ValueError(f"k and v must have the same total_k, got {k.shape[0]} and {v.shape[0]}")
     # The dense checks on (1, H, total, D) views: dtypes, devices, heads, head dims, scale.
     as4 = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
-    _check_inputs(as4(q), as4(k), as4(v), causal, causal_alignment, softmax_scale, None)
+    check_qkv(as4(q), as4(k), as4(v), causal, causal_alignment, softmax_scale, None)
     _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q, full=check_cu_seqlens)
     batch = cu_seqlens_q.shape[0] - 1
     _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q, batch, full=check_cu_seqlens)
@@ -123,12 +116,9 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     check_variants(q.new_empty((batch, q.shape[1], 0, 0)), window_size, softcap, alibi_slopes, sinks,
                     dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
-    seed = 0
-    if dropout_p > 0:
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_seed is None else int(dropout_seed)
-        _last_dropout_seed.set(seed)
+    seed = dropout_seed_for(dropout_p, dropout_seed)
     # 0-based shifts (top_left); "bottom_right" adds Lk_b - Lq_b in the kernels (SHIFT_KV_LEN).
-    params = _resolve(as4(q), as4(k), causal, "top_left", scale, None, window_size, softcap, dropout_p, seed)
+    params = resolve_launch(as4(q), as4(k), causal, "top_left", scale, None, window_size, softcap, dropout_p, seed)
     if causal_alignment == "bottom_right":
         params = dataclasses.replace(params, shift_kv_len=True)
     varlen = Varlen(cu_seqlens_q.to(torch.int32).contiguous(), cu_seqlens_k.to(torch.int32).contiguous(),

@@ -14,14 +14,9 @@ import triton
 
 from .configs import MAX_HEAD_DIM, interpreter_config, padded_head_dim
 from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
-from .flash_attention import (
-    FLOAT32_DOT_PRECISION,
-    INTERPRETED,
-    check_variants,
-    _is_int,
-    check_attention_tensors,
-    _new_buffer,
-)
+from .attention_forward import LOG2E
+from .checks import check_attention_tensors, check_variants, is_int
+from .launch import FLOAT32_DOT_PRECISION, INTERPRETED, new_buffer
 
 MAX_SPLITS = 64
 
@@ -87,7 +82,7 @@ def _check(q, k_cache, v_cache, k, v, cache_seqlens, block_table, num_splits):
         if page_size == 0 or page_size % 16:
             raise ValueError(f"page_size (k_cache.shape[1]) must be a positive multiple of 16, got {page_size}")
         capacity = block_table.shape[1] * page_size
-    if not _is_int(num_splits) or num_splits < 0:
+    if not is_int(num_splits) or num_splits < 0:
         raise ValueError(f"num_splits must be an int >= 0 (0 = heuristic), got {num_splits!r}")
     return capacity, new_len
 
@@ -160,8 +155,8 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     heads_kv = k_cache.shape[2]
     group = heads_q // heads_kv
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
-    out = _new_buffer(q)
-    lse = _new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
+    out = new_buffer(q)
+    lse = new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
     if out.numel() == 0:
         return (out, lse) if return_lse else out
     seqlens = (cache_seqlens.to(torch.int32) + new_len).contiguous()
@@ -170,7 +165,7 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     if causal:
         right = 0 if right < 0 else min(right, 0)
     softcap = float(softcap)
-    qk_scale = (softcap if softcap > 0 else scale) * 1.4426950408889634
+    qk_scale = (softcap if softcap > 0 else scale) * LOG2E
     softcap_in = scale / softcap if softcap > 0 else 0.0
 
     block_d = padded_head_dim(head_dim)

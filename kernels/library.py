@@ -14,7 +14,7 @@ sequence is all a graph needs.
 Schemas (q: (B, Hq, Lq, D), k, v: (B, Hkv, Lk, D), kv_lens: (B,) int32, alibi: (Hq,) or (B, Hq)
 float32, sinks: (Hq,) float32, each optional)::
 
-    attention_forward(q, k, v, kv_lens, alibi, sinks, causal: bool, bottom_right: bool,
+    attention_forward(q, k, v, kv_lens, alibi, sinks, causal: bool, causal_alignment: str,
                       scale: float, window_left: int, window_right: int, softcap: float,
                       dropout_p: float, dropout_seed: int)
         -> (out: (B, Hq, Lq, D) in q's dtype and layout, lse: (B, Hq, Lq) float32)
@@ -24,8 +24,9 @@ float32, sinks: (Hq,) float32, each optional)::
 
 The scalars are ``flash_attention``'s keywords, already checked and resolved (the softmax
 scale, the dropout seed drawn); the ops take no Python defaults so that their schema is the
-launch's exact contract, and they resolve the alignment shifts themselves
-(``flash_attention._resolve``), from the shapes. ``out`` and ``sinks`` are differentiable
+launch's exact contract, and they resolve the launch parameters themselves
+(``launch.resolve_launch``), from the shapes. Layers: flash_attention.py calls these ops, they
+call kernels/launch.py, never back up. ``out`` and ``sinks`` are differentiable
 (``lse`` is an output but its cotangent is ignored, as in ``flash_attention``). The backward
 op has no autograd formula of its own: a double backward raises. ``dropout_p > 0`` with
 ``dropout_seed=None`` draws the seed with a data-dependent ``.item()`` in ``flash_attention``,
@@ -38,40 +39,22 @@ from typing import Optional
 
 import torch
 
+from .checks import check_values
+from .launch import launch_backward, launch_forward, resolve_launch
+
 NAMESPACE = "flashref"
-
-
-def _check_values(kv_lens: Optional[torch.Tensor], alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor],
-                  seqlen_k: int) -> None:
-    """The input checks that read tensor values. ``flash_attention`` does them in eager mode;
-    under ``torch.compile`` it cannot (a data-dependent branch breaks the graph), so the op
-    repeats them here, where they run eagerly in either case, still before any launch."""
-    if kv_lens is not None and kv_lens.numel() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > seqlen_k):
-        raise ValueError(f"kv_lens must lie in [0, {seqlen_k}] (k's seqlen), got {kv_lens.tolist()}")
-    for name, t in (("alibi_slopes", alibi), ("sinks", sinks)):
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} must be finite")
-
-
-def _params(q, k, kv_lens, causal, bottom_right, scale, window_left, window_right, softcap, dropout_p, seed):
-    from .flash_attention import _resolve
-
-    return _resolve(q, k, causal, "bottom_right" if bottom_right else "top_left", scale, kv_lens,
-                    (window_left, window_right), softcap, dropout_p, seed)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::attention_forward", mutates_args=())
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens: Optional[torch.Tensor],
                       alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool,
-                      bottom_right: bool, scale: float, window_left: int, window_right: int, softcap: float,
+                      causal_alignment: str, scale: float, window_left: int, window_right: int, softcap: float,
                       dropout_p: float, dropout_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused forward: returns (out, lse). See the module docstring for the schema."""
-    from .flash_attention import _forward  # flash_attention imports this module
-
-    _check_values(kv_lens, alibi, sinks, k.shape[2])
-    params = _params(q, k, kv_lens, causal, bottom_right, scale, window_left, window_right, softcap, dropout_p,
-                     dropout_seed)
-    return _forward(q, k, v, params, kv_lens, alibi, sinks)
+    check_values(kv_lens, alibi, sinks, k.shape[2])
+    params = resolve_launch(q, k, causal, causal_alignment, scale, kv_lens, (window_left, window_right), softcap,
+                            dropout_p, dropout_seed)
+    return launch_forward(q, k, v, params, kv_lens, alibi, sinks)
 
 
 @attention_forward.register_fake
@@ -85,15 +68,13 @@ def _attention_forward_fake(q, k, v, kv_lens, alibi, sinks, *scalars):
 @torch.library.custom_op(f"{NAMESPACE}::attention_backward", mutates_args=())
 def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                        dout: torch.Tensor, kv_lens: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
-                       sinks: Optional[torch.Tensor], causal: bool, bottom_right: bool, scale: float,
+                       sinks: Optional[torch.Tensor], causal: bool, causal_alignment: str, scale: float,
                        window_left: int, window_right: int, softcap: float, dropout_p: float,
                        dropout_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch delta, dK/dV and dQ: returns (dq, dk, dv, dsinks) (dsinks empty without sinks)."""
-    from .flash_attention import _backward
-
-    params = _params(q, k, kv_lens, causal, bottom_right, scale, window_left, window_right, softcap, dropout_p,
-                     dropout_seed)
-    dq, dk, dv, dsinks = _backward(q, k, v, out, lse, dout, params, kv_lens, alibi, sinks)
+    params = resolve_launch(q, k, causal, causal_alignment, scale, kv_lens, (window_left, window_right), softcap,
+                            dropout_p, dropout_seed)
+    dq, dk, dv, dsinks = launch_backward(q, k, v, out, lse, dout, params, kv_lens, alibi, sinks)
     return dq, dk, dv, q.new_empty((0,), dtype=torch.float32) if dsinks is None else dsinks
 
 

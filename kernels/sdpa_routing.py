@@ -63,7 +63,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES
-from .flash_attention import INTERPRETED, flash_attention
+from .flash_attention import flash_attention
+from .launch import INTERPRETED
 
 FALLBACKS = ("torch", "error")
 

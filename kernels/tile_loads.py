@@ -11,7 +11,7 @@ A descriptor here is a 2-D view ``(rows, HEAD_DIM)`` of one (batch, head) slice 
 fills what lies outside the view with zeros — rows at or past ``rows`` and columns past
 ``HEAD_DIM`` — which is exactly what the pointer path's ``mask=..., other=0.0`` gives, so the
 math downstream (masks on the scores, padded head dims) is unchanged. The host
-(``flash_attention.tma_ok``) chooses the path: CUDA device of capability 9.x, 16-bit dtype,
+(``launch.tma_ok``) chooses the path: CUDA device of capability 9.x, 16-bit dtype,
 every tensor with unit last stride, 16-byte aligned base and other strides (TMA's rules).
 """
 

@@ -86,9 +86,9 @@ def _clear_autotune_caches() -> None:
     """Forget every autotuner's choice so that the next launch asks the pruner again."""
     from triton.runtime.autotuner import Autotuner
 
-    from . import flash_attention as fa
+    from . import launch
 
-    for value in vars(fa).values():
+    for value in vars(launch).values():
         if isinstance(value, Autotuner):
             value.cache.clear()
 

@@ -121,18 +121,18 @@ def _attention_block(q, k, v, piece: _Piece, opts: _Options, grad=None):
     Backward (``grad = (out, lse, dout)``, out/lse the GLOBAL merged ones for these query
     rows): returns ``(dq, dk, dv)`` of this block, in q's / k's / v's dtypes.
     """
-    from flashref.kernels.flash_attention import _backward, _forward, _resolve
+    from flashref.kernels.launch import launch_backward, launch_forward, resolve_launch
 
     # Top-left shifts are offsets from the local query index: moved by the piece's global offset.
-    params = _resolve(q, k, piece.causal, "top_left", opts.scale, piece.kv_lens, opts.window, opts.softcap, 0.0, 0)
+    params = resolve_launch(q, k, piece.causal, "top_left", opts.scale, piece.kv_lens, opts.window, opts.softcap, 0.0, 0)
     params = replace(params, causal_shift=params.causal_shift + piece.offset,
                      window_shift=params.window_shift + piece.offset, alibi_shift=params.alibi_shift + piece.offset)
     if grad is None:
-        return _forward(q, k, v, params, piece.kv_lens, opts.alibi, None)
+        return launch_forward(q, k, v, params, piece.kv_lens, opts.alibi, None)
     out, lse, dout = grad
     # The kernels index lse as a dense (B, Hq, m) array: a row slice of the global lse is a
     # strided view, so it is made contiguous here.
-    dq, dk, dv, _dsinks = _backward(q, k, v, out, lse.contiguous(), dout, params, piece.kv_lens, opts.alibi, None)
+    dq, dk, dv, _dsinks = launch_backward(q, k, v, out, lse.contiguous(), dout, params, piece.kv_lens, opts.alibi, None)
     return dq, dk, dv
 
 
@@ -335,7 +335,7 @@ class RingAttentionFunction(torch.autograd.Function):
 def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants: dict, world: int) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
     from flashref.kernels.configs import MAX_HEAD_DIM
-    from flashref.kernels.flash_attention import check_attention_tensors, check_kv_lens, check_variants
+    from flashref.kernels.checks import check_attention_tensors, check_kv_lens, check_variants
 
     check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")
     if k.shape != v.shape:

@@ -39,7 +39,7 @@ from flashref.reference.layers import sinusoidal_table
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 
 from .data import ReverseTask
-from .training import History, TrainConfig, _progress, evaluate, make_optimizer, make_schedule
+from .training import History, TrainConfig, progress_bar, evaluate, make_optimizer, make_schedule
 
 ATTENTIONS = ("kernels", "math")
 LOSS_FACTOR = 3.0  # the rule's gradient factor: the loss at step t carries t - 1 steps of gradients
@@ -189,7 +189,7 @@ def train_torch(model_config: Seq2SeqConfig, task: ReverseTask, config: TrainCon
     tokens, step, stopped_early = 0, 0, False
     epoch_batches = iter(())
     start = time.perf_counter()
-    with _progress(progress, config.steps) as bar:
+    with progress_bar(progress, config.steps) as bar:
         task_id = bar.add_task("train", total=config.steps, completed=0, loss=float("nan"), tps=0.0, val="-")
         while step < config.steps:
             batch = next(epoch_batches, None)

@@ -128,7 +128,7 @@ def evaluate(model: Seq2SeqModel, split: Split, *, batch_size: int = 250, max_sa
     }
 
 
-def _progress(enabled: bool, total: int):
+def progress_bar(enabled: bool, total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
@@ -156,7 +156,7 @@ def train(model: Seq2SeqModel, task: ReverseTask, config: TrainConfig | None = N
     step = optimizer.step_count
     epoch_batches = iter(())
     model.train()
-    with _progress(progress, config.steps) as bar:
+    with progress_bar(progress, config.steps) as bar:
         task_id = bar.add_task("train", total=config.steps, completed=step, loss=float("nan"), tps=0.0, val="-")
         while step < config.steps:
             batch = next(epoch_batches, None)

@@ -29,7 +29,7 @@ def test_opcheck_forward_and_backward(seed):
     k, v = (draw(seed + i, 2, 1, 7, 16).requires_grad_() for i in (1, 2))
     kv_lens = torch.tensor([7, 1 + seed % 6], dtype=torch.int32, device=DEVICE)
     alibi, sinks = draw(seed + 3, 2).abs(), draw(seed + 4, 2).requires_grad_()
-    scalars = (True, True, 0.3, 4, -1, 2.0, 0.25, seed)  # causal, bottom_right, scale, window, softcap, dropout
+    scalars = (True, "bottom_right", 0.3, 4, -1, 2.0, 0.25, seed)  # causal, alignment, scale, window, softcap, dropout
     args = (q, k, v, kv_lens, alibi, sinks, *scalars)
     results = torch.library.opcheck(torch.ops.flashref.attention_forward.default, args)
     assert set(results.values()) == {"SUCCESS"}, results
@@ -45,7 +45,7 @@ def test_opcheck_forward_and_backward(seed):
 def test_op_checks_kv_lens_values_itself():
     """Under torch.compile flash_attention cannot read kv_lens; the op checks before launching."""
     q = torch.zeros(1, 1, 3, 16, device=DEVICE)
-    scalars = (False, False, 0.25, -1, -1, 0.0, 0.0, 0)
+    scalars = (False, "top_left", 0.25, -1, -1, 0.0, 0.0, 0)
     with pytest.raises(ValueError, match=r"kv_lens must lie in \[0, 3\]"):
         torch.ops.flashref.attention_forward(q, q, q, torch.tensor([4], dtype=torch.int32), None, None, *scalars)
     with pytest.raises(ValueError, match="sinks must be finite"):

@@ -1,0 +1,153 @@
+"""Host-side checks shared by every entry point (``flash_attention``, ``_varlen``,
+``_with_kvcache``, the custom ops, SDPA routing, ring attention): a clear ``TypeError`` /
+``ValueError`` naming the bad argument, before any launch.
+"""
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .launch import INTERPRETED
+
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+DROPOUT_SEED_LIMIT = 2**63
+
+
+def is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, head_dim)") -> None:
+    """The checks every entry point makes on its attention tensors (``named``: argument name ->
+    value, q first): torch tensors, 4-D (``layout`` names the axes in the message), float16 /
+    bfloat16 / float32, and q's dtype and device. TypeError / ValueError naming the argument."""
+    (q_name, q), *others = named.items()
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D {layout}, got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+    for name, t in others:
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have {q_name}'s dtype {q.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on {q_name}'s device {q.device}, got {t.device}")
+
+
+def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
+    """q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), the masking keywords, the scale and kv_lens of
+    an attention call; also that the kernels can run on q's device."""
+    check_attention_tensors({"q": q, "k": k, "v": v})
+    batch, heads_q, _, head_dim = q.shape
+    if k.shape[0] != batch or v.shape[0] != batch:
+        raise ValueError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if v.shape[1:3] != k.shape[1:3]:
+        raise ValueError(f"v must have k's heads and seqlen {tuple(k.shape[1:3])}, got shape {tuple(v.shape)}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be between 1 and {MAX_HEAD_DIM}, got q with head_dim {head_dim}")
+    if k.shape[3] != head_dim:
+        raise ValueError(f"k must have q's head_dim {head_dim}, got {k.shape[3]}")
+    if v.shape[3] != head_dim:
+        raise ValueError(f"v's head_dim must equal q's ({head_dim}): Dv != D is not supported, got {v.shape[3]}")
+    heads_kv = k.shape[1]
+    if heads_kv == 0 and heads_q != 0 or heads_kv and heads_q % heads_kv != 0:
+        raise ValueError(f"q's heads ({heads_q}) must be a multiple of k's and v's heads ({heads_kv}) (GQA/MQA)")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, got {causal_alignment!r}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
+    if kv_lens is not None:
+        check_kv_lens(kv_lens, batch, k.shape[2], q.device)
+    if q.device.type == "cpu" and not INTERPRETED:
+        raise ValueError(
+            "q is a CPU tensor but the Triton kernels were compiled for a GPU. To run them on the CPU "
+            "with Triton's interpreter, set TRITON_INTERPRET=1 in the environment before triton and "
+            "flashref.kernels are imported (e.g. `TRITON_INTERPRET=1 python ...`).")
+
+
+def check_kv_lens(kv_lens, batch: int, seqlen_k: int, device, what: str = "k's seqlen") -> None:
+    """``kv_lens``: an integer tensor (batch,) on ``device`` with values in [0, seqlen_k]; else
+    TypeError / ValueError naming it (``what`` says where seqlen_k comes from)."""
+    if not isinstance(kv_lens, torch.Tensor):
+        raise TypeError(f"kv_lens must be an integer torch.Tensor of shape ({batch},), got {type(kv_lens).__name__}")
+    if kv_lens.dtype not in (torch.int32, torch.int64, torch.int16, torch.uint8, torch.int8):
+        raise TypeError(f"kv_lens must have an integer dtype, got {kv_lens.dtype}")
+    if tuple(kv_lens.shape) != (batch,):
+        raise ValueError(f"kv_lens must have shape ({batch},) (one length per batch), got {tuple(kv_lens.shape)}")
+    if kv_lens.device != device:
+        raise ValueError(f"kv_lens must be on q's device {device}, got {kv_lens.device}")
+    # Under torch.compile a value check would break the graph; the op repeats it (library.py).
+    if batch and not torch.compiler.is_compiling() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > seqlen_k):
+        raise ValueError(f"kv_lens must lie in [0, {seqlen_k}] ({what}), got {kv_lens.tolist()}")
+
+
+def check_float32_vector(name, t, q, shapes, what):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a float32 torch.Tensor of shape {what}, got {type(t).__name__}")
+    if t.dtype != torch.float32:
+        raise TypeError(f"{name} must be float32, got {t.dtype}")
+    if tuple(t.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {what}, got {tuple(t.shape)}")
+    if t.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {t.device}")
+
+
+def check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, dropout_seed):
+    """The variant arguments of an attention call on q (B, Hq, ..., D): TypeError / ValueError
+    naming the bad one."""
+    batch, heads_q = q.shape[:2]
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise TypeError(f"window_size must be a (left, right) pair of ints, got {window_size!r}")
+    for side, w in zip(("left", "right"), window_size):
+        if not is_int(w):
+            raise TypeError(f"window_size's {side} entry must be an int (-1 = unbounded), got {w!r}")
+        if w < -1:
+            raise ValueError(f"window_size's {side} entry must be -1 (unbounded) or >= 0, got {w}")
+    if not is_real(softcap):
+        raise TypeError(f"softcap must be a float (0 = off), got {type(softcap).__name__}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
+    if alibi_slopes is not None:
+        check_float32_vector("alibi_slopes", alibi_slopes, q, ((heads_q,), (batch, heads_q)),
+                              f"({heads_q},) or ({batch}, {heads_q})")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(alibi_slopes).all()):  # the op repeats it
+            raise ValueError("alibi_slopes must be finite")
+    if sinks is not None:
+        check_float32_vector("sinks", sinks, q, ((heads_q,),), f"({heads_q},)")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(sinks).all()):  # the op repeats it
+            raise ValueError("sinks must be finite")
+    if not is_real(dropout_p):
+        raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}")
+    if dropout_seed is not None:
+        if not is_int(dropout_seed):
+            raise TypeError(f"dropout_seed must be an int in [0, 2**63) or None, got {type(dropout_seed).__name__}")
+        if not 0 <= dropout_seed < DROPOUT_SEED_LIMIT:
+            raise ValueError(f"dropout_seed must lie in [0, 2**63), got {dropout_seed}")
+
+
+def check_values(kv_lens: Optional[torch.Tensor], alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor],
+                  seqlen_k: int) -> None:
+    """The input checks that read tensor values. ``flash_attention`` does them in eager mode;
+    under ``torch.compile`` it cannot (a data-dependent branch breaks the graph), so the op
+    repeats them here, where they run eagerly in either case, still before any launch."""
+    if kv_lens is not None and kv_lens.numel() and (int(kv_lens.min()) < 0 or int(kv_lens.max()) > seqlen_k):
+        raise ValueError(f"kv_lens must lie in [0, {seqlen_k}] (k's seqlen), got {kv_lens.tolist()}")
+    for name, t in (("alibi_slopes", alibi), ("sinks", sinks)):
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} must be finite")
