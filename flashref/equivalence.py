@@ -237,6 +237,13 @@ Case.SUFFIXES = (
 
 
 # ---------------------------------------------------------------------------- results
+def error_ratio(error: float, bound: float) -> float:
+    """error / bound; NaN for a NaN error, inf for a positive error over a 0 bound."""
+    if bound == 0.0:
+        return 0.0 if error == 0.0 else math.inf
+    return error / bound
+
+
 @dataclass(frozen=True)
 class RmsError:
     """The second criterion (docs/design.md, "The algorithm's own rounding"): the root mean
@@ -262,9 +269,7 @@ class RmsError:
 
     @property
     def ratio(self) -> float:
-        if self.bound == 0.0:
-            return 0.0 if self.kernel == 0.0 else math.inf
-        return self.kernel / self.bound
+        return error_ratio(self.kernel, self.bound)
 
     @property
     def passed(self) -> bool:
@@ -296,10 +301,7 @@ class TensorError:
 
     @property
     def max_ratio(self) -> float:
-        """kernel / bound; NaN for a NaN kernel error, inf for a positive error over a 0 bound."""
-        if self.bound == 0.0:
-            return 0.0 if self.kernel == 0.0 else math.inf
-        return self.kernel / self.bound
+        return error_ratio(self.kernel, self.bound)
 
     @property
     def ratio(self) -> float:

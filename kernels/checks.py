@@ -61,15 +61,9 @@ def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
     heads_kv = k.shape[1]
     if heads_kv == 0 and heads_q != 0 or heads_kv and heads_q % heads_kv != 0:
         raise ValueError(f"q's heads ({heads_q}) must be a multiple of k's and v's heads ({heads_kv}) (GQA/MQA)")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    check_causal_and_scale(causal, softmax_scale)
     if causal_alignment not in CAUSAL_ALIGNMENTS:
         raise ValueError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, got {causal_alignment!r}")
-    if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
-            raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
     if kv_lens is not None:
         check_kv_lens(kv_lens, batch, k.shape[2], q.device)
     if q.device.type == "cpu" and not INTERPRETED:
@@ -77,6 +71,17 @@ def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
             "q is a CPU tensor but the Triton kernels were compiled for a GPU. To run them on the CPU "
             "with Triton's interpreter, set TRITON_INTERPRET=1 in the environment before triton and "
             "flashref.kernels are imported (e.g. `TRITON_INTERPRET=1 python ...`).")
+
+
+def check_causal_and_scale(causal, softmax_scale) -> None:
+    """``causal`` a bool; ``softmax_scale`` None or a positive finite number."""
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if softmax_scale is not None:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
+        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
 
 
 def check_kv_lens(kv_lens, batch: int, seqlen_k: int, device, what: str = "k's seqlen") -> None:

@@ -335,7 +335,7 @@ class RingAttentionFunction(torch.autograd.Function):
 def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants: dict, world: int) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
     from flashref.kernels.configs import MAX_HEAD_DIM
-    from flashref.kernels.checks import check_attention_tensors, check_kv_lens, check_variants
+    from flashref.kernels.checks import check_attention_tensors, check_causal_and_scale, check_kv_lens, check_variants
 
     check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")
     if k.shape != v.shape:
@@ -349,13 +349,7 @@ def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants: dict
     heads_kv = k.shape[1]
     if heads_kv == 0 or heads_q % heads_kv:
         raise ValueError(f"q's heads ({heads_q}) must be a multiple of k's and v's heads ({heads_kv}) (GQA/MQA)")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
-    if softmax_scale is not None:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"softmax_scale must be a float or None, got {type(softmax_scale).__name__}")
-        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
-            raise ValueError(f"softmax_scale must be positive and finite, got {softmax_scale}")
+    check_causal_and_scale(causal, softmax_scale)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     check_variants(q, variants["window_size"], variants["softcap"], variants["alibi_slopes"], variants["sinks"], 0.0,
