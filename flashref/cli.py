@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from flashref import __version__
-from flashref.commands import audit, bench, compile_report, evaluate, generate, serve, train, tune, verify
+from flashref.commands import audit, bench, compile_report, evaluate, generate, mutate, serve, train, tune, verify
 
 # In the order `--help` lists them: the correctness gate first.
-COMMANDS = (verify, audit, compile_report, tune, bench, train, evaluate, generate, serve)
+COMMANDS = (verify, mutate, audit, compile_report, tune, bench, train, evaluate, generate, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

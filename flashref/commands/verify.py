@@ -17,12 +17,11 @@ magnitudes (docs/design.md). Exit status 0 only if every configuration passed, 1
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import sys
 import time
 
 from flashref.commands.argtypes import comma_list
+from flashref.commands.device import choose_device
 
 # The gate's dtypes, named once (flashref.equivalence.DTYPES); this module must not import
 # torch at CLI start-up, and equivalence imports it lazily.
@@ -71,24 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _choose_device(requested: str) -> str:
-    """'cuda' or 'cpu'; for 'cpu' the Triton interpreter is switched on before triton loads."""
-    import torch  # importing torch does not import triton
-
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("flashref verify: --device cuda, but torch sees no CUDA device")
-    if requested == "cpu":
-        already = "flashref.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-        if already:
-            raise SystemExit(
-                "flashref verify: the kernels were imported before the Triton interpreter could be "
-                "switched on; set TRITON_INTERPRET=1 in the environment and rerun")
-        os.environ["TRITON_INTERPRET"] = "1"
-    return requested
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
@@ -96,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
         console = Console(width=max(console.width, 170))
-    device = _choose_device(args.device)
+    device = choose_device(args.device, "flashref verify")
     if args.model:  # issue 12: the whole-model check (flashref/model_check.py)
         from flashref.model_check import run_verify_model
 
