@@ -6,8 +6,9 @@ another (``new``). ``scratch_tree`` lays out a runnable copy of the package with
 (``flashref/`` with ``kernels/``, ``reference/`` and ``autograd/`` inside, as pyproject maps
 them); ``run_preset`` runs a preset's cases there in a fresh interpreter, in order, and stops at
 the first failing case (``flashref mutate --worker``): the mutation is *caught* by the preset, or
-it *escaped* (every case passed), or the run *broke* (it crashed or timed out: a catalogue
-entry that no longer applies, say). ``CATALOGUE`` is the project's list; each entry names a
+it *escaped* (every case passed), or the run *broke* (it timed out, or failed outside any
+case: a catalogue entry that no longer applies, say). A process killed by a signal inside a case
+(an out-of-bounds read under the interpreter) counts as caught by that case. ``CATALOGUE`` is the project's list; each entry names a
 ``witness``, a case that fails under it, so that an entry is known to be a real bug and not an
 equivalent rewrite. ``flashref mutate`` prints the score per preset (docs/design.md, "The
 mutation score").
@@ -118,6 +119,12 @@ def run_preset(mutation: Mutation | None, preset: str, seed: int, *, timeout: fl
     failing = next((line.split()[1] for line in lines if line.startswith("FAIL ")), "")
     if proc.returncode == 1 and failing:
         return PresetRun(name, preset, "caught", failing, ran, seconds)
+    started = [line.split()[1] for line in lines if line.startswith("CASE ")]
+    if proc.returncode < 0 and started:
+        # Killed by a signal inside a case (an out-of-bounds read under the interpreter): the
+        # gate's run fails loudly there, as a GPU's illegal-address error would.
+        return PresetRun(name, preset, "caught", started[-1], ran + 1, seconds,
+                         detail=f"the process died of signal {-proc.returncode} in this case")
     if proc.returncode == 0:
         return PresetRun(name, preset, "escaped", "", ran, seconds)
     return PresetRun(name, preset, "broken", failing, ran, seconds,
@@ -139,37 +146,37 @@ CATALOGUE: tuple[Mutation, ...] = (
              "hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))",
              "hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M - 1 + causal_shift, 0))",
              "the last visible key of a query block's last row dropped",
-             "b1-hq4-hkv2-lq113-lk203-d64-float32-causal_bottom_right-dense"),
+             "b2-hq2-hkv1-lq65-lk130-d40-float16-causal_bottom_right-kvlens-kvl130_66-tiles64x32_32x64_64x32"),
     Mutation("forward-window-full-from-1", "boundary", F,
              "full_from = tl.cdiv(tl.maximum(start_m + BLOCK_M - 1 + window_shift, 0), BLOCK_N) * BLOCK_N",
              "full_from = tl.cdiv(tl.maximum(start_m + BLOCK_M - 2 + window_shift, 0), BLOCK_N) * BLOCK_N",
              "a window's first fully visible block one block early: wrong when its left edge is 2 mod BLOCK_N",
-             "b2-hq2-hkv1-lq64-lk126-d40-bfloat16-noncausal-kvlens-win60_inf-kvl126_64-tiles64x32_32x64_64x32"),
+             "b2-hq2-hkv1-lq64-lk126-d40-bfloat16-noncausal_bottom_right-kvlens-win60_inf-kvl126_64-tiles64x32_32x64_64x32"),
     Mutation("forward-window-lo+1", "boundary", F,
              "lo = (tl.maximum(start_m + window_shift, 0) // BLOCK_N) * BLOCK_N",
              "lo = (tl.maximum(start_m + window_shift + 1, 0) // BLOCK_N) * BLOCK_N",
              "the first key block of a window skipped when its left edge is BLOCK_N - 1 mod BLOCK_N",
-             "b2-hq2-hkv1-lq66-lk129-d40-float16-noncausal-kvlens-win0_inf-kvl129_63-tiles64x32_32x64_64x32"),
+             "b2-hq2-hkv1-lq66-lk129-d40-float16-noncausal_bottom_right-kvlens-win0_inf-kvl129_63-tiles64x32_32x64_64x32"),
     Mutation("dkdv-causal-lo+1", "boundary", B,
              "lo = tl.minimum(tl.maximum(start_n - causal_shift, 0), seqlen_q)",
              "lo = tl.minimum(tl.maximum(start_n - causal_shift + 1, 0), seqlen_q)",
              "dK/dV skip the first query block that sees a key block when it starts one row early",
-             "b2-hq2-hkv1-lq64-lk126-d16-float32-causal_bottom_right-kvlens-kvl126_64-tiles64x32_32x64_64x32"),
+             "b2-hq2-hkv1-lq65-lk130-d40-float16-causal_bottom_right-kvlens-kvl130_66-tiles64x32_32x64_64x32"),
     Mutation("dkdv-causal-full-from-1", "boundary", B,
              "full_from = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_shift, 0), seqlen_q)",
              "full_from = tl.minimum(tl.maximum(start_n + BLOCK_N - 2 - causal_shift, 0), seqlen_q)",
              "dK/dV treat a diagonal query block as unmasked one row early",
-             "b2-hq2-hkv1-lq62-lk128-d16-float16-causal_bottom_right-kvlens-kvl128_65-tiles64x32_32x64_64x32-tma"),
+             "b2-hq2-hkv1-lq64-lk126-d16-float32-causal_bottom_right-kvlens-kvl126_64-tiles64x32_32x64_64x32"),
     Mutation("dkdv-window-hi-1", "boundary", B,
              "hi = tl.minimum(hi, tl.maximum(start_n + BLOCK_N - window_shift, 0))",
              "hi = tl.minimum(hi, tl.maximum(start_n + BLOCK_N - 1 - window_shift, 0))",
              "dK/dV drop the last query row whose window reaches a key block",
-             "b2-hq2-hkv1-lq64-lk126-d40-bfloat16-noncausal-kvlens-win60_inf-kvl126_64-tiles64x32_32x64_64x32"),
+             "b2-hq2-hkv1-lq66-lk129-d40-float16-noncausal_bottom_right-kvlens-win0_inf-kvl129_63-tiles64x32_32x64_64x32"),
     Mutation("dkdv-window-full-to+1", "boundary", B,
              "full_to = tl.minimum(tl.maximum(start_n - window_shift + 1, 0), seqlen_q)",
              "full_to = tl.minimum(tl.maximum(start_n - window_shift + 2, 0), seqlen_q)",
              "dK/dV take one more query row as seeing a key block whole on the window's left",
-             "b2-hq2-hkv1-lq63-lk127-d16-float16-noncausal-kvlens-win61_inf-kvl127_62-tiles64x32_32x64_64x32-tma"),
+             "b2-hq2-hkv1-lq64-lk126-d40-bfloat16-noncausal_bottom_right-kvlens-win60_inf-kvl126_64-tiles64x32_32x64_64x32"),
     # Loop bounds.
     Mutation("forward-partial-block-dropped", "loop", F,
              "    hi = seqlen_k_visible\n    if CAUSAL:\n        hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))",
@@ -199,7 +206,7 @@ CATALOGUE: tuple[Mutation, ...] = (
              "    LN2: tl.constexpr = 0.6931471805599453",
              "    LN2: tl.constexpr = 0.6931",
              "ln 2 typed to four digits in the decode kernel's split lse (the combine weighs splits by it)",
-             "kvcache-hq4-hkv2-lq1-new1-cap32-page16-splits3-d64-bfloat16"),
+             "kvcache-hq4-hkv2-lq2-new2-cap192-page16-splits3-d32-float32-lens64_188_0_189-tile16x32"),
     # Roundings.
     Mutation("bfloat16-truncates", "rounding", "kernels/rounding.py",
              "bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16", "bits = (bits >> 16) << 16",
@@ -240,33 +247,33 @@ CATALOGUE: tuple[Mutation, ...] = (
              "p = tl.where(dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p), p, 0.0)",
              "p = tl.where(dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream % 2, dropout_p), p, 0.0)",
              "the forward's dropout stream keyed by too little of (batch, head): rows of the batch share masks",
-             "b2-hq4-hkv2-lq33-lk47-d32-float16-causal_top_left-dense-sinks-dropout0.25"),
+             "b1-hq4-hkv2-lq64-lk90-d40-bfloat16-noncausal-dense-dropout0.2-tma"),
     Mutation("dq-dropout-counter", "dropout", B,
              "keep = dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)",
              "keep = dropout_keep(seed, offs_m[:, None], keys[None, :] + 1, seqlen_k, stream, dropout_p)",
              "the dQ kernel replays the keep mask one key off",
-             "b2-hq4-hkv2-lq33-lk47-d32-float16-causal_top_left-dense-sinks-dropout0.25"),
+             "b1-hq4-hkv2-lq64-lk90-d40-bfloat16-noncausal-dense-dropout0.2-tma"),
     # Variants.
     Mutation("sinks-in-natural-units", "variant", F,
              "m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h) * LOG2E_K",
              "m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h)",
              "the sink's logit left in natural-log units where the running max is in log2 units",
-             "b2-hq4-hkv2-lq33-lk47-d32-float16-causal_top_left-dense-sinks-dropout0.25"),
+             "b2-hq3-hkv1-lq17-lk17-d64-bfloat16-noncausal-dense-sinks-tma"),
     Mutation("alibi-without-shift", "variant", F,
              "qk = qk - alibi_slope * tl.abs(offs_m[:, None] + alibi_shift - keys[None, :]).to(tl.float32)",
              "qk = qk - alibi_slope * tl.abs(offs_m[:, None] - keys[None, :]).to(tl.float32)",
              "ALiBi's distance measured without the bottom-right shift",
-             "b2-hq2-hkv2-lq113-lk57-d128-float16-causal_bottom_right-kvlens-alibi_bh"),
+             "b1-hq4-hkv2-lq1-lk97-d64-float16-causal_bottom_right-kvlens-alibi_bh"),
     Mutation("softcap-tanh-constant", "constant", F,
              "e = tl.math.exp2(ax * -2.8853900817779268)  # exp(-2|x|)",
-             "e = tl.math.exp2(ax * -2.88539)  # exp(-2|x|)",
-             "softcap's tanh with 2 log2(e) typed to six digits",
-             "b2-hq2-hkv2-lq17-lk17-d32-bfloat16-noncausal-dense-softcap5"),
+             "e = tl.math.exp2(ax * -2.885)  # exp(-2|x|)",
+             "softcap's tanh with 2 log2(e) typed to four digits",
+             "b2-hq3-hkv1-lq17-lk17-d40-float32-noncausal-dense-softcap5"),
     # The descriptor (TMA) path alone.
     Mutation("tma-row-offset", "tma", "kernels/tile_loads.py", "return desc.load([start_row, 0])",
              "return desc.load([start_row + 1, 0])",
              "the descriptor path loads every tile one row down (the pointer path is right)",
-             "b2-hq2-hkv1-lq62-lk128-d16-float16-causal_bottom_right-kvlens-kvl128_65-tiles64x32_32x64_64x32-tma"),
+             "b1-hq4-hkv2-lq113-lk203-d128-bfloat16-causal_bottom_right-dense-tma"),
 )
 
 

@@ -61,9 +61,21 @@ def _dense_side(dtype, hq, hkv, d, causal, alignment, q, k, v, dout, ref_out, re
     return base, mags
 
 
+class ReplayableCase:
+    """What the reports need of a packed case besides its name and seed: the replay command
+    and its fields as plain data."""
+
+    def replay_command(self) -> str:
+        return f'flashref verify --case "{self.name}" --seed {self.seed}'
+
+    @property
+    def config(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 # ---------------------------------------------------------------------------- varlen
 @dataclass(frozen=True)
-class VarlenCase:
+class VarlenCase(ReplayableCase):
     """Packed sequences: ``batch`` sequences, lengths drawn from the seed in [0, max_seqlen_q]
     and [0, max_seqlen_k] (an empty, a single-token and an odd one always among them), or the
     given ``lengths`` ((Lq_b, Lk_b) per sequence, each within the maxima); ``tiles`` forces the
@@ -118,13 +130,6 @@ class VarlenCase:
         return cls(*(int(g) for g in m.groups()[:6]), m.group(7), mask != "noncausal",
                    "bottom_right" if mask == "causal_bottom_right" else "top_left", seed, pairs(m.group(9)),
                    pairs(m.group(10)))
-
-    def replay_command(self) -> str:
-        return f'flashref verify --case "{self.name}" --seed {self.seed}'
-
-    @property
-    def config(self) -> dict:
-        return dataclasses.asdict(self)
 
     def check(self, device: str = "cpu") -> eq.CaseResult:
         import torch
@@ -183,7 +188,7 @@ class VarlenCase:
 
 # ---------------------------------------------------------------------------- kvcache
 @dataclass(frozen=True)
-class KvcacheCase:
+class KvcacheCase(ReplayableCase):
     """Decoding: ``seqlen_q`` new queries and ``new_len`` appended tokens per sequence against a
     cache of ``capacity`` tokens, contiguous (``page_size`` 0) or paged with a shuffled table;
     four sequences with cache_seqlens 0, 1, odd and full (capacity - new_len), or the given
@@ -245,13 +250,6 @@ class KvcacheCase:
         tile = (int(g[18]), int(g[19])) if g[18] is not None else ()
         return cls(*(int(x) for x in g[:8]), g[8], seed, lens, window, float(g[15]) if g[15] else 0.0,
                    g[16] is not None, g[17] is not None, tile)
-
-    def replay_command(self) -> str:
-        return f'flashref verify --case "{self.name}" --seed {self.seed}'
-
-    @property
-    def config(self) -> dict:
-        return dataclasses.asdict(self)
 
     def check(self, device: str = "cpu") -> eq.CaseResult:
         import torch

@@ -56,6 +56,7 @@ def worker(preset: str, seed: int, names: list[str] | None) -> int:
 
     cases = [eq.Case.from_name(n, seed) for n in names] if names else eq.sweep(preset, seed=seed)
     for case in cases:
+        print(f"CASE {case.name}", flush=True)  # a crash (a signal) is then pinned on this case
         try:
             result = eq.check_case(case)
             passed, why = result.passed, "" if result.passed else result.failure_summary()
