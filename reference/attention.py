@@ -36,28 +36,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_inputs import AttentionInputs, as_float64, check_attention_inputs
+from .attention_inputs import AttentionInputs, as_float64, attention_keywords, check_attention_inputs
 
 
+@attention_keywords(before="return_dropout_mask")
 def attention_forward(
     q,
     k,
     v,
     *,
-    causal=False,
-    causal_alignment="top_left",
-    softmax_scale=None,
-    kv_lens=None,
-    window_size=(-1, -1),
-    softcap=0.0,
-    alibi_slopes=None,
-    sinks=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    dropout_seed=None,
-    rng=None,
-    dropout_mask=None,
     return_dropout_mask=False,
+    **attention,
 ):
     """Attention output and per-row log-sum-exp, float64, closed form.
 
@@ -72,13 +61,7 @@ def attention_forward(
     (B, Hq, Lq, Lk) or None when dropout_p == 0.
     """
     q, k, v = as_float64("q", q), as_float64("k", k), as_float64("v", v)
-    inputs = check_attention_inputs(
-        q.shape, k.shape, v.shape,
-        causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        rng=rng, dropout_mask=dropout_mask,
-    )  # fmt: skip
+    inputs = check_attention_inputs(q.shape, k.shape, v.shape, **attention)
     k_full, v_full = expand_kv_heads(k, inputs.group), expand_kv_heads(v, inputs.group)
     scores, _ = score_tile(q, k_full, inputs)  # (B, Hq, Lq, Lk), -inf where masked
     row_max = scores.max(axis=-1)  # (B, Hq, Lq)
@@ -103,6 +86,7 @@ def attention_forward(
     return out, lse
 
 
+@attention_keywords()
 def attention_backward(
     q,
     k,
@@ -110,20 +94,7 @@ def attention_backward(
     out,
     lse,
     dout,
-    *,
-    causal=False,
-    causal_alignment="top_left",
-    softmax_scale=None,
-    kv_lens=None,
-    window_size=(-1, -1),
-    softcap=0.0,
-    alibi_slopes=None,
-    sinks=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    dropout_seed=None,
-    rng=None,
-    dropout_mask=None,
+    **attention,
 ):
     """Gradients of attention, closed form: ``(dq, dk, dv)``, or ``(dq, dk, dv, dsinks)``
     when ``sinks`` is given; float64.
@@ -140,13 +111,7 @@ def attention_backward(
     forward's rng was in. dk, dv are summed over the query heads sharing a kv head.
     """
     q, k, v = as_float64("q", q), as_float64("k", k), as_float64("v", v)
-    inputs = check_attention_inputs(
-        q.shape, k.shape, v.shape,
-        causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        rng=rng, dropout_mask=dropout_mask,
-    )  # fmt: skip
+    inputs = check_attention_inputs(q.shape, k.shape, v.shape, **attention)
     out, lse, dout = check_saved_forward(out, lse, dout, inputs)
     k_full, v_full = expand_kv_heads(k, inputs.group), expand_kv_heads(v, inputs.group)
     scores, dcap = score_tile(q, k_full, inputs)

@@ -53,6 +53,9 @@ import math
 import numbers
 from dataclasses import dataclass
 
+import functools
+import inspect
+
 import numpy as np
 
 from .philox import check_seed, dropout_keep as philox_dropout_keep
@@ -473,3 +476,39 @@ def _check_dropout(dropout_p, dropout_seed, rng, dropout_mask, full_shape: tuple
             "a numpy.random.Generator as rng, or an explicit dropout_mask"
         )
     return p, None, draw_dropout_keep(rng, p, full_shape)
+
+
+#: The attention keywords and their defaults, defined once: ``check_attention_inputs``'s keyword
+#: parameters (docs/design.md, "Shared semantics"). Every oracle attention function takes them.
+ATTENTION_KEYWORDS = {name: p.default for name, p in inspect.signature(check_attention_inputs).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def attention_keywords(before: str | None = None):
+    """Decorator for an oracle function ``fn(q, k, v, ..., *, <own keywords>, **attention)``.
+
+    Its public signature (``inspect.signature``, ``help()``) lists the ``ATTENTION_KEYWORDS``
+    with their defaults, placed before its own keyword ``before`` (else after its own), and
+    a call hands them to ``fn`` as ``attention``, every one present, defaults filled: ``fn``
+    passes them on once, ``check_attention_inputs(q.shape, k.shape, v.shape, **attention)``.
+    An unknown or missing argument raises TypeError as for any function."""
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                  for name, default in ATTENTION_KEYWORDS.items()]
+        at = next((i for i, p in enumerate(own) if p.name == before), len(own))
+        public = signature.replace(parameters=own[:at] + shared + own[at:])
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            bound = public.bind(*args, **kwargs)
+            bound.apply_defaults()
+            values = bound.arguments
+            return fn(**{p.name: values[p.name] for p in own}, **{name: values[name] for name in ATTENTION_KEYWORDS})
+
+        wrapper.__signature__ = public
+        return wrapper
+
+    return decorate

@@ -58,7 +58,7 @@ from .attention import (
     sink_gradient,
     sink_logits,
 )
-from .attention_inputs import as_float64, check_attention_inputs
+from .attention_inputs import as_float64, attention_keywords, check_attention_inputs
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class AttentionTile:
 TileHook = Callable[[AttentionTile], None]
 
 
+@attention_keywords(before="return_dropout_mask")
 def blocked_attention_forward(
     q,
     k,
@@ -86,21 +87,9 @@ def blocked_attention_forward(
     *,
     block_m=64,
     block_n=64,
-    causal=False,
-    causal_alignment="top_left",
-    softmax_scale=None,
-    kv_lens=None,
-    window_size=(-1, -1),
-    softcap=0.0,
-    alibi_slopes=None,
-    sinks=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    dropout_seed=None,
-    rng=None,
-    dropout_mask=None,
     return_dropout_mask=False,
     on_tile: TileHook | None = None,
+    **attention,
 ):
     """FlashAttention-2 forward tile by tile: ``(out, lse)``, float64, equal to the closed form.
 
@@ -115,13 +104,7 @@ def blocked_attention_forward(
     sinks the running max and sum start at the sink (m = sinks[h], l = 1), not at -inf, 0.
     """
     q, k, v = as_float64("q", q), as_float64("k", k), as_float64("v", v)
-    inputs = check_attention_inputs(
-        q.shape, k.shape, v.shape,
-        causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        rng=rng, dropout_mask=dropout_mask,
-    )  # fmt: skip
+    inputs = check_attention_inputs(q.shape, k.shape, v.shape, **attention)
     block_m, block_n = _check_block("block_m", block_m), _check_block("block_n", block_n)
     batch, heads = inputs.batch, inputs.q_heads
     out = np.empty((batch, heads, inputs.q_len, inputs.v_head_dim))
@@ -169,6 +152,7 @@ def blocked_attention_forward(
     return out, lse
 
 
+@attention_keywords(before="on_tile")
 def blocked_attention_backward(
     q,
     k,
@@ -179,20 +163,8 @@ def blocked_attention_backward(
     *,
     block_m=64,
     block_n=64,
-    causal=False,
-    causal_alignment="top_left",
-    softmax_scale=None,
-    kv_lens=None,
-    window_size=(-1, -1),
-    softcap=0.0,
-    alibi_slopes=None,
-    sinks=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    dropout_seed=None,
-    rng=None,
-    dropout_mask=None,
     on_tile: TileHook | None = None,
+    **attention,
 ):
     """FlashAttention-2 backward tile by tile: ``(dq, dk, dv)``, plus ``dsinks`` (Hq,) when
     ``sinks`` is given; float64, equal to the closed form.
@@ -204,13 +176,7 @@ def blocked_attention_backward(
     per query head, before the GQA sum).
     """
     q, k, v = as_float64("q", q), as_float64("k", k), as_float64("v", v)
-    inputs = check_attention_inputs(
-        q.shape, k.shape, v.shape,
-        causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        rng=rng, dropout_mask=dropout_mask,
-    )  # fmt: skip
+    inputs = check_attention_inputs(q.shape, k.shape, v.shape, **attention)
     block_m, block_n = _check_block("block_m", block_m), _check_block("block_n", block_n)
     out, lse, dout = check_saved_forward(out, lse, dout, inputs)
     scale = inputs.softmax_scale

@@ -22,28 +22,17 @@ import numpy as np
 from flashref.autograd import Tensor, concatenate, masked_fill, where
 import flashref.autograd.functional as F
 
-from .attention_inputs import as_float64, check_attention_inputs
+from .attention_inputs import as_float64, attention_keywords, check_attention_inputs
 
 
+@attention_keywords(before="return_dropout_mask")
 def scaled_dot_product_attention(
     q,
     k,
     v,
     *,
-    causal=False,
-    causal_alignment="top_left",
-    softmax_scale=None,
-    kv_lens=None,
-    window_size=(-1, -1),
-    softcap=0.0,
-    alibi_slopes=None,
-    sinks=None,
-    attn_bias=None,
-    dropout_p=0.0,
-    dropout_seed=None,
-    rng=None,
-    dropout_mask=None,
     return_dropout_mask=False,
+    **attention,
 ):
     """Attention as a differentiable autograd expression; returns a `Tensor` (B, Hq, Lq, Dv).
 
@@ -53,13 +42,8 @@ def scaled_dot_product_attention(
     ``return_dropout_mask=True`` returns ``(out, keep)``.
     """
     q, k, v = _as_tensor("q", q), _as_tensor("k", k), _as_tensor("v", v)
-    inputs = check_attention_inputs(
-        q.shape, k.shape, v.shape,
-        causal=causal, causal_alignment=causal_alignment, softmax_scale=softmax_scale,
-        kv_lens=kv_lens, window_size=window_size, softcap=softcap, alibi_slopes=alibi_slopes,
-        sinks=sinks, attn_bias=attn_bias, dropout_p=dropout_p, dropout_seed=dropout_seed,
-        rng=rng, dropout_mask=dropout_mask,
-    )  # fmt: skip
+    inputs = check_attention_inputs(q.shape, k.shape, v.shape, **attention)
+    attn_bias, sinks = attention["attn_bias"], attention["sinks"]  # the caller's, maybe Tensors that require grad
     k_full, v_full = _expand_kv_heads(k, inputs.group), _expand_kv_heads(v, inputs.group)
     scores = (q @ k_full.swapaxes(-1, -2)) * inputs.softmax_scale  # (B, Hq, Lq, Lk)
     if inputs.softcap > 0.0:
