@@ -134,7 +134,7 @@ def run_preset(mutation: Mutation | None, preset: str, seed: int, *, timeout: fl
 # ---------------------------------------------------------------------------- the catalogue
 F = "kernels/attention_forward.py"
 B = "kernels/attention_backward.py"
-D = "kernels/decode.py"
+D = "kernels/attention_decode.py"
 CATALOGUE: tuple[Mutation, ...] = (
     # Block-skipping bounds: each fails only when a boundary quantity sits on one residue.
     Mutation("forward-unmasked-end+1", "boundary", F,

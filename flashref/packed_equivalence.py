@@ -412,7 +412,7 @@ _KVCACHE_VARIANTS = {
            ((4, 1, 2, 1, 37, 0, 3, 64, "bfloat16"), dict(sinks=True)),
            ((2, 1, 2, 2, 50, 0, 1, 32, "float32"), dict(window=(17, -1), softcap=10.0, alibi=True, sinks=True))],
 }
-# Decode tiles: every (BLOCK_M, BLOCK_N) of ``kernels.decode.decode_tile`` on any architecture.
+# Decode tiles: every (BLOCK_M, BLOCK_N) of ``kernels.attention_decode.decode_tile`` on any architecture.
 DECODE_TILES = ((16, 16), (16, 32), (16, 64), (64, 16), (64, 32), (64, 64))
 
 

@@ -9,7 +9,7 @@ from .checks import CAUSAL_ALIGNMENTS
 from .flash_attention import flash_attention
 from .launch import INTERPRETED, last_dropout_seed, poisoned_outputs
 from .flash_attention_varlen import flash_attention_varlen
-from .kvcache import flash_attention_with_kvcache
+from .flash_attention_kvcache import flash_attention_with_kvcache
 
 __all__ = ["flash_attention", "flash_attention_varlen", "flash_attention_with_kvcache", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
            "configs_for"]

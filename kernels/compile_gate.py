@@ -34,6 +34,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from .attention_decode import decode_tile
 from .launch import FLOAT32_DOT_PRECISION
 from .configs import (
     BUCKETS,
@@ -58,8 +59,6 @@ from .configs import (
 ARCHS = {"sm_90": 90, "sm_80": 80}
 # Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block.
 SHARED_MEMORY_LIMITS = {"sm_90": 232448, "sm_80": 166912}  # H100/H200; A100
-HOPPER_SHARED_MEMORY_LIMIT = SHARED_MEMORY_LIMITS["sm_90"]
-AMPERE_SHARED_MEMORY_LIMIT = SHARED_MEMORY_LIMITS["sm_80"]
 # 16-bit dots must lower to Hopper's wgmma; float32 takes exact ("ieee") FMA dots, no MMA.
 WGMMA_DTYPES = ("float16", "bfloat16")
 # Head dims the gate compiles: every padded width (16..256) and the non-powers of two that
@@ -523,15 +522,12 @@ def _main() -> None:
     json.dump([row.as_dict() for row in rows], sys.stdout)
 
 
-if __name__ == "__main__":
-    _main()
-
 
 # ---------------------------------------------------------------------------------------------
-# The decoding kernels (kernels/decode.py, issue 11): split-KV attention over a contiguous or
+# The decoding kernels (kernels/attention_decode.py, issue 11): split-KV attention over a contiguous or
 # paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
-# signature of their own and one tile per head dim (kernels/kvcache.py picks it).
-from .decode import decode_tile  # noqa: E402  (the dispatcher's tile rule, one place)
+# signature of their own and one tile per head dim (kernels/flash_attention_kvcache.py picks it,
+# with ``attention_decode.decode_tile``, the dispatcher's tile rule, imported at the top).
 
 DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",
                         "LseP": "*fp32", "Sinks": "*fp32", "Lse": "*fp32"}
@@ -558,7 +554,7 @@ class DecodeSpec:
 
 
 def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90") -> list[DecodeSpec]:
-    """The dispatcher's decode launches on ``arch`` (``decode.decode_tile``: the split kernel
+    """The dispatcher's decode launches on ``arch`` (``attention_decode.decode_tile``: the split kernel
     contiguous and paged, plain and with window + softcap + ALiBi on, and the combine, once per
     head dim and dtype)."""
     specs = []
@@ -619,3 +615,7 @@ def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
         registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0), uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2), variant=spec.variant)
+
+
+if __name__ == "__main__":
+    _main()

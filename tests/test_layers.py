@@ -15,9 +15,9 @@ PACKAGES = ("flashref", "kernels", "reference", "autograd")
 # kernels/: each module's rank in the stack; a module may import only modules of a lower rank.
 KERNEL_STACK = {
     "rounding": 0, "tile_loads": 0, "configs": 0,  # jit helpers, the launch tables
-    "attention_forward": 1, "attention_backward": 2, "decode": 2,  # the Triton kernels
+    "attention_forward": 1, "attention_backward": 2, "attention_decode": 2,  # the Triton kernels
     "launch": 3, "checks": 4, "library": 5,  # the launch layer, the host checks, the custom ops
-    "flash_attention": 6, "flash_attention_varlen": 6, "kvcache": 6,  # the API
+    "flash_attention": 6, "flash_attention_varlen": 6, "flash_attention_kvcache": 6,  # the API
     "sdpa_routing": 7, "tuning": 7, "compile_gate": 7, "__init__": 8,  # users of the API and the tables
 }
 

@@ -1,5 +1,6 @@
-"""Where a command runs the kernels: a CUDA device, or the CPU under Triton's interpreter,
-which must be switched on before triton (and flashref.kernels) are imported."""
+"""The machine a command runs on: the kernels on a CUDA device, or on the CPU under Triton's
+interpreter (switched on before triton and flashref.kernels are imported); and NumPy's BLAS
+threads for the commands that run the oracle."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def choose_device(requested: str, command: str) -> str:
                 "switched on; set TRITON_INTERPRET=1 in the environment and rerun")
         os.environ["TRITON_INTERPRET"] = "1"
     return requested
+
+
+def single_threaded_blas() -> None:
+    """OpenBLAS's worker threads spin when the cores are busy; the oracle's small matmuls
+    run up to 10x slower with them on a shared CPU. Only effective before numpy loads."""
+    if "numpy" not in sys.modules:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")

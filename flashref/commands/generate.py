@@ -22,7 +22,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from flashref.commands.train import single_threaded_blas
+    from flashref.commands.device import single_threaded_blas
 
     single_threaded_blas()
     import numpy as np

@@ -13,8 +13,9 @@ the test split's greedy token accuracy and sequence accuracy.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from flashref.commands.device import choose_device, single_threaded_blas
 
 
 def register(subparsers) -> None:
@@ -49,14 +50,6 @@ def register(subparsers) -> None:
                         help="numpy: the NumPy Transformer (default); torch: torch.nn.Transformer with attention "
                              "on the Triton kernels (GPU, or the CPU under Triton's interpreter)")
     parser.set_defaults(func=run)
-
-
-def single_threaded_blas() -> None:
-    """OpenBLAS's worker threads spin when the cores are busy; the oracle's small matmuls
-    run up to 10x slower with them on a shared CPU. Only effective before numpy loads."""
-    if "numpy" not in sys.modules:
-        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ.setdefault(var, "1")
 
 
 def run(args) -> int:
@@ -123,14 +116,7 @@ def run(args) -> int:
 def _train_torch(model_config, task, train_config, *, progress: bool):
     """The torch engine; without CUDA the kernels run under Triton's interpreter, which must be
     switched on before triton and flashref.kernels are first imported (as `verify` does)."""
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        if "flashref.kernels" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            raise SystemExit("flashref train --engine torch: the kernels were imported before the Triton "
-                             "interpreter could be switched on; set TRITON_INTERPRET=1 and rerun")
-        os.environ["TRITON_INTERPRET"] = "1"
+    device = choose_device("auto", "flashref train --engine torch")
     from flashref.workflow.torch_engine import train_torch
 
     where = "CUDA, bfloat16 autocast" if device == "cuda" else "CPU, float32, Triton interpreter"

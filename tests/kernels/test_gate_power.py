@@ -61,7 +61,7 @@ def test_a_new_tile_in_the_tables_is_covered_by_construction(monkeypatch):
 
 
 def test_decode_tiles_are_the_dispatchers_and_kvcache_lengths_hit_the_residues():
-    from flashref.kernels.decode import decode_tile
+    from flashref.kernels.attention_decode import decode_tile
     from flashref.packed_equivalence import DECODE_TILES, kvcache_boundary_rows
 
     dispatched = {decode_tile(d, dt, hopper)[:2] for d in (16, 32, 64, 96, 128, 256)

@@ -16,7 +16,7 @@ import torch
 
 from flashref import equivalence as eq
 from flashref.kernels import INTERPRETED, flash_attention_with_kvcache
-from flashref.kernels.kvcache import num_splits_heuristic
+from flashref.kernels.flash_attention_kvcache import num_splits_heuristic
 from flashref.reference import append_to_kvcache, attention_with_kvcache
 from varlen_cases import BASE_SEED, describe, errors, rule, torch_attention
 

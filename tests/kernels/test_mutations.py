@@ -36,7 +36,7 @@ def test_the_catalogue_covers_the_classes_of_issue_20():
     assert {m.kind for m in mut.CATALOGUE} >= {"boundary", "loop", "rescale", "constant", "rounding", "index",
                                                "stride", "dropout", "packed", "variant", "tma"}
     files = {m.file for m in mut.CATALOGUE}
-    assert {"kernels/attention_forward.py", "kernels/attention_backward.py", "kernels/decode.py",
+    assert {"kernels/attention_forward.py", "kernels/attention_backward.py", "kernels/attention_decode.py",
             "kernels/rounding.py", "kernels/tile_loads.py"} <= files
 
 

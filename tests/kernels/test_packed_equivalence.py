@@ -4,7 +4,7 @@ that replay, the quick cases pass, and the checks fail when the kernel is wrong.
 import pytest
 
 import flashref.equivalence as eq
-import flashref.kernels.kvcache as kvcache_host
+import flashref.kernels.flash_attention_kvcache as kvcache_host
 from flashref.kernels import INTERPRETED
 from flashref.packed_equivalence import KvcacheCase, VarlenCase, packed_sweep
 from varlen_cases import BASE_SEED

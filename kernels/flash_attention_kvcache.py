@@ -2,7 +2,7 @@
 
 The host checks the inputs, appends the new keys/values in place (torch index_put on the
 device: no sync), picks ``num_splits`` and the tiles, and launches ``decode_split_kernel`` then
-``decode_combine_kernel`` (kernels/decode.py has the math). Checks that read tensor values
+``decode_combine_kernel`` (kernels/attention_decode.py has the math). Checks that read tensor values
 (``cache_seqlens + Lnew`` within the capacity, block_table entries in range) cost one
 device-to-host copy per call; ``check_values=False`` skips them.
 """
@@ -13,7 +13,7 @@ import torch
 import triton
 
 from .configs import MAX_HEAD_DIM, interpreter_config, padded_head_dim
-from .decode import decode_combine_kernel, decode_split_kernel, decode_tile
+from .attention_decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .attention_forward import LOG2E
 from .checks import check_attention_tensors, check_variants, is_int
 from .launch import FLOAT32_DOT_PRECISION, INTERPRETED, new_buffer
