@@ -345,6 +345,9 @@ class CaseResult:
     seconds: float = 0.0
     exception: str | None = None
     path: str = ""  # the kernels' tile loads: "tma" (tensor descriptors) or "pointer"; "" unknown
+    # flashref.gate: the implementation judged, and why it could not run the case (if so).
+    implementation: str = "flashref"
+    unsupported: str | None = None
 
     @classmethod
     def from_exception(cls, case: Case, exc: BaseException, seconds: float) -> "CaseResult":
@@ -356,11 +359,23 @@ class CaseResult:
 
     @property
     def replay(self) -> str:
-        return self.case.replay_command()
+        command = self.case.replay_command()
+        if self.implementation != "flashref":
+            command = command.replace("flashref verify ", f"flashref verify --impl {self.implementation} ", 1)
+        return command
 
     @property
     def passed(self) -> bool:
         return self.exception is None and bool(self.errors) and all(e.passed for e in self.errors.values())
+
+    @property
+    def status(self) -> str:
+        """"pass", "fail", "error" (the check raised) or "unsupported"."""
+        if self.unsupported is not None:
+            return "unsupported"
+        if self.exception is not None:
+            return "error"
+        return "pass" if self.passed else "fail"
 
     def failure_summary(self) -> str:
         """One line saying why the case failed ('' when it passed)."""

@@ -169,6 +169,31 @@ def verify_table(outcomes: Iterable[Any], *, only_failures: bool = False) -> Tab
     return table
 
 
+def implementations_table(results: Mapping[str, list[Any]]) -> Table:
+    """``flashref verify --impl A --impl B``: a row per configuration, a column per
+    implementation: its verdict ratio (the worst tensor's), FAIL with it, ERROR, or unsupported."""
+    names = list(results)
+    table = Table(title="implementations vs float64 oracle: worst ratio per configuration (PASS when <= 1)",
+                  title_justify="left", show_lines=False)
+    table.add_column("configuration", overflow="fold")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in zip(*(results[n] for n in names)):
+        cells = []
+        for outcome in row:
+            status = outcome.status
+            if status == "unsupported":
+                cells.append("[dim]unsupported[/]")
+            elif status == "error":
+                cells.append("[bold red]ERROR[/]")
+            else:
+                worst = max((e.ratio for e in outcome.errors.values()), default=0.0)
+                text = _ratio_text(worst)
+                cells.append(f"[green]{text}[/]" if status == "pass" else f"[bold red]FAIL {text}[/]")
+        table.add_row(escape(row[0].name), *cells)
+    return table
+
+
 def _ratio_text(ratio: float) -> str:
     return f"{ratio:.2f}" if ratio < 1000 else _fmt(ratio)
 
@@ -205,6 +230,8 @@ def verify_report(
                 "seconds": round(o.seconds, 4),
                 "replay": o.replay,
                 "exception": o.exception,
+                "status": getattr(o, "status", "pass" if o.passed else "fail"),
+                "unsupported": getattr(o, "unsupported", None),
                 "path": getattr(o, "path", ""),
                 "errors": {
                     t: {
@@ -252,44 +279,61 @@ def write_junit(
 
     A case that raised is an <error>, a case outside the bound a <failure>.
     """
-    failures = sum(1 for o in outcomes if not o.passed and o.exception is None)
-    errors = sum(1 for o in outcomes if o.exception is not None)
-    total_time = seconds if seconds is not None else sum(o.seconds for o in outcomes)
+    return write_junit_suites(path, {suite: outcomes}, env=env, seconds=seconds)
+
+
+def write_junit_suites(
+    path: str | os.PathLike[str],
+    suites_outcomes: Mapping[str, list[Any]],
+    *,
+    env: Mapping[str, Any],
+    seconds: float | None = None,
+) -> Path:
+    """A JUnit XML file with one <testsuite> per name of ``suites_outcomes`` (``flashref verify
+    --impl A --impl B``: one per implementation); an unsupported case is <skipped>."""
     suites = ET.Element("testsuites", name="flashref")
-    ts = ET.SubElement(
-        suites,
-        "testsuite",
-        name=suite,
-        tests=str(len(outcomes)),
-        failures=str(failures),
-        errors=str(errors),
-        skipped="0",
-        time=f"{total_time:.3f}",
-        timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        hostname=socket.gethostname(),
-    )
-    props = ET.SubElement(ts, "properties")
     flat_env = dict(env)
     device = flat_env.pop("device", {})
-    for key, value in list(flat_env.items()) + [("device", describe_device({"device": device}))]:
-        ET.SubElement(props, "property", name=str(key), value=str(value))
-    for o in outcomes:
-        tc = ET.SubElement(ts, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.3f}")
-        details = "\n".join(
-            f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} slack={e.slack:.6g} "
-            f"bound={e.bound:.6g}"
-            + ("" if getattr(e, "rms", None) is None else f" rms={e.rms.kernel:.6g}/{e.rms.bound:.6g}")
-            + f" ratio={e.ratio:.4g} {'PASS' if e.passed else 'FAIL'}"
-            for t, e in o.errors.items()
+    for suite, outcomes in suites_outcomes.items():
+        skipped = sum(1 for o in outcomes if getattr(o, "unsupported", None) is not None)
+        failures = sum(1 for o in outcomes if not o.passed and o.exception is None
+                       and getattr(o, "unsupported", None) is None)
+        errors = sum(1 for o in outcomes if o.exception is not None)
+        total_time = seconds if seconds is not None else sum(o.seconds for o in outcomes)
+        ts = ET.SubElement(
+            suites,
+            "testsuite",
+            name=suite,
+            tests=str(len(outcomes)),
+            failures=str(failures),
+            errors=str(errors),
+            skipped=str(skipped),
+            time=f"{total_time:.3f}",
+            timestamp=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            hostname=socket.gethostname(),
         )
-        if o.exception is not None:
-            el = ET.SubElement(tc, "error", message=o.exception.splitlines()[0], type="error")
-            el.text = f"{o.exception}\nreplay: {o.replay}"
-        elif not o.passed:
-            el = ET.SubElement(tc, "failure", message=o.failure_summary(), type="bound")
-            el.text = f"{details}\nreplay: {o.replay}"
-        else:
-            ET.SubElement(tc, "system-out").text = details
+        props = ET.SubElement(ts, "properties")
+        for key, value in list(flat_env.items()) + [("device", describe_device({"device": device}))]:
+            ET.SubElement(props, "property", name=str(key), value=str(value))
+        for o in outcomes:
+            tc = ET.SubElement(ts, "testcase", classname=suite, name=o.name, time=f"{o.seconds:.3f}")
+            details = "\n".join(
+                f"{t}: kernel={e.kernel:.6g} baseline={e.baseline:.6g} slack={e.slack:.6g} "
+                f"bound={e.bound:.6g}"
+                + ("" if getattr(e, "rms", None) is None else f" rms={e.rms.kernel:.6g}/{e.rms.bound:.6g}")
+                + f" ratio={e.ratio:.4g} {'PASS' if e.passed else 'FAIL'}"
+                for t, e in o.errors.items()
+            )
+            if getattr(o, "unsupported", None) is not None:
+                ET.SubElement(tc, "skipped", message=f"unsupported: {o.unsupported}")
+            elif o.exception is not None:
+                el = ET.SubElement(tc, "error", message=o.exception.splitlines()[0], type="error")
+                el.text = f"{o.exception}\nreplay: {o.replay}"
+            elif not o.passed:
+                el = ET.SubElement(tc, "failure", message=o.failure_summary(), type="bound")
+                el.text = f"{details}\nreplay: {o.replay}"
+            else:
+                ET.SubElement(tc, "system-out").text = details
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)

@@ -17,6 +17,7 @@ magnitudes (docs/design.md). Exit status 0 only if every configuration passed, 1
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import time
 
@@ -64,6 +65,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--distributed", type=int, default=None, metavar="N",
                    help="check ring attention (flashref.distributed) on N local processes instead: gloo on the "
                         "CPU, nccl with one GPU each on CUDA (docs/distributed.md)")
+    p.add_argument("--impl", action="append", default=None, metavar="NAME",
+                   help="judge this implementation (repeatable): flashref (default), sdpa-math, sdpa-flash, "
+                        "sdpa-efficient, sdpa-cudnn, flex, an installed flashref.implementations entry point, "
+                        "or module:attribute (docs/cli.md)")
+    p.add_argument("--features", type=str, default=None, metavar="A,B,...",
+                   help="with --impl module:attribute naming a plain callable: what it can do "
+                        "(causal_top_left, causal_bottom_right, kv_lens, gqa, window, softcap, alibi, sinks, lse)")
+    p.add_argument("--layout", choices=("bhld", "blhd"), default=None,
+                   help="with --impl module:attribute naming a plain callable: (B, H, L, D) or (B, L, H, D)")
     p.add_argument("--model", action="store_true",
                    help="instead: a whole torch.nn.Transformer on the kernels vs the NumPy Transformer, output "
                         "and every parameter gradient (flashref.model_check); --dtype, --seed, --case apply")
@@ -106,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         console.print("[red]flashref verify: no configuration matches these filters[/]")
         return 2
 
+    if args.impl and args.impl != ["flashref"]:
+        return _run_implementations(args, cases, device, seed, console)
+
     env = environment()
     where = describe_device(env)
     seed_note = f"seed {seed}"
@@ -142,6 +155,75 @@ def run(args: argparse.Namespace) -> int:
     if len(failed) > MAX_REPLAYS_SHOWN:
         console.print(f"  ... and {len(failed) - MAX_REPLAYS_SHOWN} more (see --json / --junit)")
     return 1
+
+
+def _run_implementations(args, cases: list, device: str, seed: int, console) -> int:
+    """``--impl A --impl B``: every case for every implementation; one table, a summary per
+    implementation, replay lines; exit 1 if any implementation fails or errs on a case."""
+    from rich.markup import escape
+
+    from flashref.gate import check_case_with, parse_features, resolve_implementation
+    from flashref.reporting import (describe_device, environment, implementations_table, verify_report, write_json,
+                                    write_junit_suites)
+
+    try:
+        features = parse_features(args.features) if args.features is not None else None
+        impls = [resolve_implementation(spec, features=features, layout=args.layout) for spec in args.impl]
+    except (ValueError, TypeError) as err:
+        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
+        return 2
+    env = environment()
+    where = describe_device(env)
+    console.print(f"flashref verify: {len(cases)} configurations x {len(impls)} implementations "
+                  f"({', '.join(i.name for i in impls)}) on {where}, seed {seed}")
+    results = {}
+    for impl in impls:
+        outcomes = []
+        for case in cases:
+            t0 = time.perf_counter()
+            try:
+                outcome = check_case_with(impl, case, device)
+            except Exception as exc:  # the gate reports it; the run goes on
+                from flashref import equivalence as eq
+
+                outcome = dataclasses.replace(eq.CaseResult.from_exception(case, exc, time.perf_counter() - t0),
+                                              implementation=impl.name)
+            outcomes.append(outcome)
+        results[impl.name] = outcomes
+    console.print(implementations_table(results))
+    bad = 0
+    for name, outcomes in results.items():
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "fail", "error", "unsupported")}
+        worst = {}
+        for o in outcomes:
+            for tensor, e in o.errors.items():
+                worst[(o.case.dtype, tensor)] = max(worst.get((o.case.dtype, tensor), 0.0), e.ratio)
+        worst_text = ", ".join(f"{d} {t} {r:.2f}" for (d, t), r in sorted(worst.items()))
+        console.print(f"{name}: {counts['pass']} passed, {counts['fail']} failed, {counts['error']} errors, "
+                      f"{counts['unsupported']} unsupported; worst ratio: {worst_text or '-'}", highlight=False,
+                      soft_wrap=True)
+        reasons = sorted({o.unsupported for o in outcomes if o.unsupported})
+        if reasons:
+            console.print(f"  unsupported: {escape('; '.join(reasons))}", highlight=False, soft_wrap=True)
+        impl = next(i for i in impls if i.name == name)
+        if device not in impl.backward_devices:
+            console.print(f"  {name} has no backward on {device}: its forward (out, lse) alone was judged",
+                          highlight=False)
+        for o in [o for o in outcomes if o.status in ("fail", "error")][:MAX_REPLAYS_SHOWN]:
+            console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)
+            print(f"  {o.replay}", flush=True)
+        bad += counts["fail"] + counts["error"]
+    settings = {"preset": args.preset if not args.case else None, "seed": seed, "device": device,
+                "implementations": [i.name for i in impls], "cases": args.case}
+    if args.json:
+        report = {"schema": "flashref.verify-implementations/1", "settings": settings,
+                  "implementations": {name: verify_report(outcomes, settings=settings, env=env,
+                                                          seconds=sum(o.seconds for o in outcomes))
+                                      for name, outcomes in results.items()}}
+        console.print(f"JSON report: {write_json(args.json, report)}")
+    if args.junit:
+        console.print(f"JUnit report: {write_junit_suites(args.junit, results, env=env)}")
+    return 1 if bad else 0
 
 
 def _run_cases(cases: list, device: str, console) -> list:

@@ -90,7 +90,9 @@ def test_json_report_schema(tmp_path):
     assert loaded["summary"] == {"cases": 3, "passed": 1, "failed": 2, "seconds": 1.25, "all_passed": False}
     assert set(loaded["environment"]) >= {"flashref", "torch", "triton", "numpy", "device"}
     first = loaded["cases"][0]
-    assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors", "path"}
+    assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors", "path", "status",
+                          "unsupported"}
+    assert first["status"] == "pass" and first["unsupported"] is None
     assert first["config"]["head_dim"] == 64 and first["config"]["seed"] == 7 and first["name"] == PASSING.case.name
     assert set(first["errors"]) == {"out", "dq", "dk", "dv"}
     assert set(first["errors"]["out"]) == {"kernel", "baseline", "slack", "factor", "bound", "ratio",

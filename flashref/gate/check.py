@@ -1,0 +1,84 @@
+"""The gate on any implementation: each case judged by the project's rule (flashref/equivalence.py,
+docs/design.md) against the float64 oracle, with flashref's own baselines, never the
+implementation under test.
+
+``check_case_with(impl, case)`` gives a ``CaseResult`` whose ``status`` is pass, fail, error
+(the implementation raised or returned something wrong: ``ImplementationError``) or unsupported
+(a feature, dtype, head dim or device it does not declare). flashref's own kernels take the
+gate's usual path (``equivalence.check_case``: same cases, verdicts and replay commands as
+``flashref verify`` without ``--impl``). The RMS criterion applies to implementations that
+declare ``fused`` (the FlashAttention algorithm); lse is judged where one is returned and the
+RMS criterion applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+from flashref import equivalence as eq
+
+from .implementations import Implementation, ImplementationError, run_implementation, unsupported_reason
+
+
+def check_case_with(impl: Implementation, case, device: str = "cpu") -> eq.CaseResult:
+    """Judge ``impl`` on one case (see the module docstring)."""
+    reason = unsupported_reason(impl, case, device)
+    if reason is not None:
+        return eq.CaseResult(case, unsupported=reason, implementation=impl.name)
+    if impl.name == "flashref" and impl.attention.__module__ == __name__.rsplit(".", 1)[0] + ".implementations":
+        return dataclasses.replace(eq.check_case(case, device), implementation=impl.name)
+    start = time.perf_counter()
+    inputs = eq.make_inputs(case, device)
+    ref = eq.oracle_attention(case, inputs)
+    base = eq.baseline_attention(case, inputs)
+    algo = eq.algorithm_attention(case, inputs) if impl.fused else None
+    try:
+        kern = run_implementation(impl, case, inputs, ref)
+    except ImplementationError as exc:
+        return eq.CaseResult(case, {}, time.perf_counter() - start, str(exc), implementation=impl.name)
+    return eq.CaseResult(case, eq.judge_all(case, inputs, ref, base, kern, algo), time.perf_counter() - start,
+                         implementation=impl.name)
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """One implementation over a list of cases: the results and their counts."""
+
+    implementation: str
+    results: tuple
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def passed(self) -> bool:
+        """No case failed or raised (unsupported cases are reported, not failed)."""
+        return self.count("fail") == 0 and self.count("error") == 0
+
+    def worst_ratios(self) -> dict[tuple[str, str], float]:
+        """(dtype, tensor) -> the worst verdict ratio over the judged cases."""
+        worst: dict[tuple[str, str], float] = {}
+        for r in self.results:
+            for tensor, e in r.errors.items():
+                key = (r.case.dtype, tensor)
+                worst[key] = max(worst.get(key, 0.0), e.ratio)
+        return worst
+
+
+def resolve_cases(cases, seed: int = 0) -> list:
+    """"quick" / "ci" / "full" (the presets, with ``seed``) or a list of cases as given."""
+    if isinstance(cases, str):
+        return eq.sweep(cases, seed=seed)
+    return list(cases)
+
+
+def check(impl: Implementation, cases="quick", device: str | None = None, seed: int = 0) -> GateReport:
+    """Judge ``impl`` on a preset ("quick", "ci", "full") or a list of ``Case``s; ``device``
+    None: CUDA if torch sees one, else the CPU (set TRITON_INTERPRET=1 before importing
+    flashref.kernels to judge flashref's kernels there). Returns a ``GateReport``."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return GateReport(impl.name, tuple(check_case_with(impl, c, device) for c in resolve_cases(cases, seed)))

@@ -1,0 +1,140 @@
+"""flashref.gate: any implementation judged by the gate (issue 21's first slice).
+
+Small cases chosen by a covering design (dtype x masking x GQA), so the file stays within a
+few seconds per implementation on 2 cores. A correct plain attention passes, each planted bug
+fails with a replay command naming the implementation, bad behaviour is an ERROR (never a
+crash), a missing feature is unsupported (never a failure), and bad --impl specs exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flashref import equivalence as eq
+from flashref.cli import main
+from flashref.gate import (FEATURES, Implementation, builtin_implementations, check, parse_features,
+                           required_features, resolve_implementation)
+from flashref.kernels import INTERPRETED
+
+pytestmark = pytest.mark.skipif(not INTERPRETED, reason="the CPU run (the interpreter judges flashref's kernels)")
+
+CASES = [  # dtype x masking x heads, each value twice
+    "b2-hq2-hkv2-lq17-lk33-d16-float32-causal_top_left-dense",
+    "b1-hq4-hkv2-lq33-lk17-d32-bfloat16-noncausal-dense",
+    "b2-hq2-hkv1-lq40-lk40-d16-float16-causal_top_left-dense",
+    "b1-hq2-hkv2-lq9-lk70-d32-float32-noncausal-dense",
+]
+
+
+def judge(impl, names=CASES, seed=0):
+    return check(impl, [eq.Case.from_name(n, seed + i) for i, n in enumerate(names)], device="cpu")
+
+
+def test_a_correct_plain_attention_passes(seed):
+    from user_impls import PLAIN
+
+    report = judge(PLAIN, seed=seed)
+    assert report.passed and report.count("pass") == len(CASES), [r.failure_summary() for r in report.results]
+
+
+@pytest.mark.parametrize("name", ["sdpa-math", "sdpa-flash", "flex"])
+def test_torch_implementations_pass_on_the_cpu(name, seed):
+    report = judge(builtin_implementations()[name], seed=seed)
+    assert report.passed and report.count("pass") == len(CASES), [r.failure_summary() for r in report.results]
+
+
+@pytest.mark.parametrize("bug", ["off_by_one_causal", "truncated_scale", "drops_last_partial_block"])
+def test_a_planted_bug_fails_with_a_replay_command(bug, seed):
+    import user_impls
+
+    impl = Implementation(bug, getattr(user_impls, bug), features={"causal_top_left", "gqa"})
+    report = judge(impl, seed=seed)
+    failed = [r for r in report.results if r.status == "fail"]
+    assert failed, f"{bug} passed every case"
+    assert failed[0].replay.startswith(f"flashref verify --impl {bug} --case ")
+
+
+@pytest.mark.parametrize("bad, message", [("raises", "raised RuntimeError"), ("wrong_shape", "shape"),
+                                          ("returns_nan", "NaN"), ("writes_into_q", "wrote into its input q")])
+def test_bad_behaviour_is_an_error_not_a_crash(bad, message):
+    import user_impls
+
+    report = judge(Implementation(bad, getattr(user_impls, bad), features={"causal_top_left", "gqa"}))
+    assert {r.status for r in report.results} == {"error"} and not report.passed
+    assert message in report.results[0].exception
+
+
+def test_a_missing_feature_is_unsupported_not_failed():
+    from user_impls import PLAIN
+
+    case = eq.Case.from_name("b1-hq2-hkv2-lq9-lk20-d16-float32-causal_bottom_right-dense-softcap5", 1)
+    result = check(PLAIN, [case], device="cpu").results[0]
+    assert result.status == "unsupported" and "causal_bottom_right" in result.unsupported
+    assert required_features(case) == {"causal_bottom_right", "softcap"}
+
+
+def test_blhd_layout(seed):
+    from user_impls import plain_blhd
+
+    report = judge(Implementation("blhd", plain_blhd, layout="blhd", features={"causal_top_left", "gqa"}), seed=seed)
+    assert report.passed
+
+
+def test_flashref_through_the_gate_is_verify(seed):
+    case = eq.Case.from_name(CASES[0], seed)
+    direct, gated = eq.check_case(case), check(builtin_implementations()["flashref"], [case]).results[0]
+    assert {t: e.kernel for t, e in direct.errors.items()} == {t: e.kernel for t, e in gated.errors.items()}
+
+
+def test_the_cli_judges_a_users_function_with_features(tmp_path, capsys, seed):
+    code = main(["verify", "--impl", "user_impls:plain_attention", "--features", "causal_top_left,gqa",
+                 "--case", CASES[0], "--case", CASES[2], "--seed", str(seed), "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["implementations"]["user_impls:plain_attention"]["summary"]["passed"] == 2
+
+
+def test_the_cli_fails_a_buggy_function_and_prints_its_replay(capsys):
+    code = main(["verify", "--impl", "user_impls:off_by_one_causal", "--features", "causal_top_left,gqa",
+                 "--case", CASES[0], "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 1 and 'flashref verify --impl user_impls:off_by_one_causal --case "' in out
+
+
+@pytest.mark.parametrize("spec", ["nosuch", "no_such_module_at_all:f", "user_impls:", "user_impls:missing"])
+def test_a_bad_impl_spec_exits_2(spec, capsys):
+    assert main(["verify", "--impl", spec, "--case", CASES[0]]) == 2
+    assert "flashref verify:" in capsys.readouterr().out
+
+
+def test_entry_points_are_found(monkeypatch):
+    import importlib.metadata
+
+    from user_impls import PLAIN
+
+    class Entry:
+        name, load = "theirs", staticmethod(lambda: PLAIN)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Entry()] if group else [])
+    assert resolve_implementation("theirs") is PLAIN
+
+
+def test_bad_declarations_are_refused():
+    with pytest.raises(ValueError, match="unknown features"):
+        parse_features("causal,telepathy")
+    with pytest.raises(ValueError, match="layout"):
+        Implementation("x", lambda q, k, v: q, layout="lbhd")
+    with pytest.raises(TypeError, match="callable"):
+        Implementation("x", 3)
+    assert "lse" in FEATURES
+
+
+def test_the_pytest_plugin_fixture_judges_and_fails(attention_gate):
+    """The plugin's fixture as another project uses it (entry point pytest11)."""
+    cases = [eq.Case.from_name(n, 7) for n in CASES[:2]]
+    report = attention_gate("user_impls:plain_attention", cases, features="causal_top_left,gqa")
+    assert report.passed
+    with pytest.raises(AssertionError, match="replay|--impl user_impls:off_by_one_causal"):
+        attention_gate("user_impls:off_by_one_causal", cases, features="causal_top_left,gqa")
