@@ -60,8 +60,12 @@ def ulp(x: float, dtype: str) -> float:
     return 2.0 ** (math.floor(math.log2(abs(x))) - ULP_BITS[dtype])
 
 
-# The rule allows factor x the baseline's error, itself a few ulps of the largest element.
+# The rule allows factor x the baseline's error, itself a few ulps of the largest element. In
+# float32 the gradients' derived slack is some 40-60 ulps of their largest element, so a move of
+# 64 fails on most seeds but not all (12 fresh seeds: the smallest failing move was 32 ulps for
+# out, 16 for lse, 64 for dq, dk, dv; one CI seed needed more than 64 for dk): 128 for them.
 MUTATION_ULPS = {"float16": 8, "bfloat16": 8, "float32": 64}
+FLOAT32_GRADIENT_ULPS = 128
 
 
 @pytest.mark.interp
@@ -82,7 +86,8 @@ def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
         index = int(t.abs().argmax())
         value = float(t.reshape(-1)[index])
         units = "float32" if key == "lse" else dtype  # lse is float32 in every dtype
-        t.reshape(-1)[index] = value + math.copysign(MUTATION_ULPS[units] * ulp(value, units), value)
+        moves = FLOAT32_GRADIENT_ULPS if dtype == "float32" and key.startswith("d") else MUTATION_ULPS[units]
+        t.reshape(-1)[index] = value + math.copysign(moves * ulp(value, units), value)
         assert float(t.reshape(-1)[index]) != value
         mutated[key] = t
         errors = eq.judge_all(case, inputs, ref, base, mutated, algo)
