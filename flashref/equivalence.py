@@ -1090,8 +1090,9 @@ def boundary_cases(preset: str, *, dtypes=DTYPES, head_dims=None, causal=None, s
     ``Lq = Bmax + r``; batch row 0 sees every key, so its bottom-right shift is
     ``Lk - Lq = Bmax + SHIFT_PAIRING[r]``; batch row 1 has ``kv_len = Bmax + KV_LEN_PAIRING[r]``.
     Five causal bottom-right cases (the right edge of the visible keys is the shift), then five
-    non-causal left windows whose left edge ``shift - left`` runs through the residues too. GQA (2 query heads on 1), head dims and dtypes cycle; 16-bit cases
-    alternate the pointer and the descriptor (TMA) path."""
+    non-causal left windows whose left edge ``shift - left`` runs through the residues too.
+    GQA (2 query heads on 1), head dims and dtypes cycle; 16-bit cases alternate the pointer
+    and the descriptor (TMA) path."""
     dims = tuple(head_dims) if head_dims is not None else (16, 40)
     cases = []
     for t, tiles in enumerate(tile_triples(preset)):
