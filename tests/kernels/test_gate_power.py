@@ -129,6 +129,10 @@ def test_the_rms_criterion_allows_for_few_elements():
     small = eq.rms_check(case, torch.ones(2), torch.ones(2), np.zeros(2), np.ones(2))
     large = eq.rms_check(case, torch.ones(10**4), torch.ones(10**4), np.zeros(10**4), np.ones(10**4))
     assert small.factor > 2 * large.factor and large.factor == pytest.approx(eq.RMS_FACTOR_16BIT * 1.03)
+    # (B, H, L, D) tensors count rows: one query row of 256 elements is one sample, not 256.
+    one_row = eq.rms_check(case, torch.ones(1, 1, 1, 256), torch.ones(1, 1, 1, 256), np.zeros((1, 1, 1, 256)),
+                           np.ones((1, 1, 1, 256)))
+    assert one_row.factor == pytest.approx(eq.RMS_FACTOR_16BIT * 4)
 
 
 # ---------------------------------------------------------------------------- reach
