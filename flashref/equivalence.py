@@ -935,9 +935,9 @@ def judge_all(case: Case, inputs: CaseInputs, ref: Mapping, base: Mapping, kern:
             # lse has no dS to cancel; the kernels' lse = ln2 (m + log2 l), m from S log2(e), rounds
             # four times (S log2e, log2 l, the sum, the ln 2 product) where the algorithm
             # baseline's m + log l rounds twice: LSE_ROUNDING u32 (|lse| + 1) per row on RMS.
-            lse_rms = rms_check(f32, kern[key], algo[key], ref[key], mags[key], few_keys=False)
-            lse_rms = dataclasses.replace(lse_rms, slack=LSE_ROUNDING * U32 * rms_error(
-                np.zeros(int(np.count_nonzero(np.isfinite(ref[key])))), np.abs(ref[key][np.isfinite(ref[key])]) + 1.0))
+            finite = np.isfinite(ref[key])
+            lse_slack = LSE_ROUNDING * U32 * rms_error(np.zeros(int(finite.sum())), np.abs(ref[key][finite]) + 1.0)
+            lse_rms = rms_check(f32, kern[key], algo[key], ref[key], mags[key], slack=lse_slack)
             errors[key] = judge(finite_error(kern[key], ref[key]), finite_error(algo[key], ref[key]), FACTORS[key],
                                 U32 * _max(mags[key]), baseline_ceiling(f32, mags[key], np.zeros(1)), lse_rms)
             continue
@@ -949,7 +949,8 @@ def judge_all(case: Case, inputs: CaseInputs, ref: Mapping, base: Mapping, kern:
     return errors
 
 
-def rms_check(case: Case, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, few_keys: bool = False) -> RmsError:
+def rms_check(case: Case, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, few_keys: bool = False,
+              slack: float | None = None) -> RmsError:
     """The RMS criterion on one tensor (docs/design.md, "The algorithm's own rounding").
 
     Two regimes. Where the dtype's roundings make the error (16-bit inputs, and the algorithm
@@ -968,7 +969,8 @@ def rms_check(case: Case, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, 
     baseline happens to be exact); with ``few_keys`` (a row sees one or two keys) the max-norm
     rule's derived slack in RMS, ``u32 * rms(magnitude)``: there dS = P (dP - D) cancels, and
     how much of the float32 rounding of dP and D cancels with it depends on the two sums'
-    orders, which no baseline shares with the kernel (docs/design.md, "Known limits")."""
+    orders, which no baseline shares with the kernel (docs/design.md, "Known limits"). An
+    explicit ``slack`` replaces both (lse's: ``LSE_ROUNDING``)."""
     finite = np.isfinite(ref)
     # Independent samples: rows, not elements (a row's elements share its roundings of l and of
     # the dS row: with Lq = 1 four rows are four draws, however wide the head).
@@ -977,7 +979,8 @@ def rms_check(case: Case, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, 
     magnitude_rms = rms_error(np.zeros(np.count_nonzero(finite)), magnitude[finite])
     sixteen_bit = case.dtype != "float32" and reference > FLOAT32_REGIME * U32 * magnitude_rms
     factor = (RMS_FACTOR_16BIT if sixteen_bit else RMS_FACTOR_FLOAT32) * (1.0 + LAMBDA / math.sqrt(n))
-    slack = U32 * (magnitude_rms if few_keys else rms_error(np.zeros_like(ref), ref))
+    if slack is None:
+        slack = U32 * (magnitude_rms if few_keys else rms_error(np.zeros_like(ref), ref))
     return RmsError(rms_error(kernel, ref), reference, slack, factor)
 
 

@@ -17,9 +17,9 @@ def plain_attention(q, k, v, *, causal=False, key_limit=None, scale_factor=1.0, 
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
     scores = (q.float() @ k.float().transpose(-1, -2)) * (scale_factor / math.sqrt(q.shape[-1]))
     lq, lk = q.shape[2], k.shape[2]
-    hidden = torch.zeros(lq, lk, dtype=torch.bool)
+    hidden = torch.zeros(lq, lk, dtype=torch.bool, device=q.device)
     if causal:
-        hidden = torch.ones(lq, lk, dtype=torch.bool).triu(1 + diagonal)
+        hidden = torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1 + diagonal)
     if key_limit is not None:
         hidden[:, key_limit(lk):] = True
     probs = torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1).nan_to_num(0.0)
@@ -53,7 +53,7 @@ def wrong_shape(q, k, v, **kw):
 
 def returns_nan(q, k, v, **kw):
     out = plain_attention(q, k, v, **kw)
-    return out + float("nan") * (torch.arange(out.shape[-1]) == 0)
+    return out + float("nan") * (torch.arange(out.shape[-1], device=out.device) == 0)
 
 
 def writes_into_q(q, k, v, **kw):
