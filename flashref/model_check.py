@@ -16,7 +16,7 @@ then computes the output and EVERY parameter gradient three ways:
   memory-efficient attention on CUDA, both of which take the masks). Each tensor's baseline
   error is the larger of the two.
 
-Each tensor is judged by the project's rule (``flashref.equivalence.judge``):
+Each tensor is judged by the project's rule (``flashref.gate.judge``):
 ``max|kernel - ref| <= factor * max|base - ref| + slack``, factor 2 for the output and 3 for
 gradients, with ``slack = u32 * max|ref|`` (one float32 rounding of the tensor's largest
 reference value: the kernels accumulate in float32, so an error that small says nothing
@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from flashref.equivalence import U32, TensorError, judge, max_abs_error
+from flashref.gate import U32, TensorError, judge, max_abs_error
 
 DTYPES = ("float32", "bfloat16", "float16")
 # gelu by default: the rule needs gradients that move as little as the forward does (module docstring).

@@ -1,7 +1,7 @@
 """The gate in another project's tests: ``assert_attention_matches_oracle(impl, "quick")``.
 
 ``impl`` is an ``flashref.gate.Implementation``, a built-in name (``"sdpa-math"``) or a
-``module:attribute`` spec; ``cases`` a preset or a list of ``flashref.equivalence.Case``. The
+``module:attribute`` spec; ``cases`` a preset or a list of ``flashref.gate.Case``. The
 assertion fails with every failing case's reason and replay command; unsupported cases are
 listed in the report, not failed. The pytest plugin (flashref/pytest_plugin.py, installed as a
 ``pytest11`` entry point) hands it out as the ``attention_gate`` fixture.

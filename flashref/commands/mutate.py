@@ -52,13 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def worker(preset: str, seed: int, names: list[str] | None) -> int:
     """Run the cases in order in this process; print one line each; exit 1 at the first failure."""
     choose_device("auto", "flashref mutate")
-    from flashref import equivalence as eq
+    from flashref import gate
 
-    cases = [eq.Case.from_name(n, seed) for n in names] if names else eq.sweep(preset, seed=seed)
+    cases = [gate.case_from_name(n, seed) for n in names] if names else gate.sweep(preset, seed=seed)
     for case in cases:
         print(f"CASE {case.name}", flush=True)  # a crash (a signal) is then pinned on this case
         try:
-            result = eq.check_case(case)
+            result = gate.check_case(case)
             passed, why = result.passed, "" if result.passed else result.failure_summary()
         except Exception as exc:  # a crash under the mutation is a catch, as verify's ERROR is
             passed, why = False, f"raised {type(exc).__name__}: {exc}"

@@ -1,6 +1,6 @@
 """`flashref verify`: the correctness gate, kernel vs float64 oracle.
 
-Runs `flashref.equivalence`'s sweep on CUDA when a GPU is present, otherwise on the
+Runs the gate's sweep (`flashref.gate`) on CUDA when a GPU is present, otherwise on the
 CPU under Triton's interpreter, which this command switches on itself: the
 interpreter is read when `@triton.jit` runs, so `TRITON_INTERPRET=1` is set here,
 in the run function, before `flashref.kernels` (and triton) are first imported.
@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import random
 import time
 
 from flashref.commands.argtypes import comma_list
 from flashref.commands.device import choose_device
 
-# The gate's dtypes, named once (flashref.equivalence.DTYPES); this module must not import
-# torch at CLI start-up, and equivalence imports it lazily.
-from flashref.equivalence import DTYPES  # noqa: E402
+# The gate's dtypes, named once (flashref.gate.rule.DTYPES); this module must not import
+# torch at CLI start-up, and the gate imports it lazily.
+from flashref.gate.rule import DTYPES
 CAUSAL = {"on": True, "off": False, "both": None}
 MAX_REPLAYS_SHOWN = 10
 
@@ -74,6 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(causal_top_left, causal_bottom_right, kv_lens, gqa, window, softcap, alibi, sinks, lse)")
     p.add_argument("--layout", choices=("bhld", "blhd"), default=None,
                    help="with --impl module:attribute naming a plain callable: (B, H, L, D) or (B, L, H, D)")
+    p.add_argument("--fuzz", type=float, default=None, metavar="SECONDS",
+                   help="instead of a preset: draw cases across everything --impl declares (odd lengths, Lq != Lk, "
+                        "every dtype and head dim it takes, feature combinations, rows that see no key, large "
+                        "logits) for SECONDS per implementation; a failure is shrunk to the smallest failing case")
     p.add_argument("--model", action="store_true",
                    help="instead: a whole torch.nn.Transformer on the kernels vs the NumPy Transformer, output "
                         "and every parameter gradient (flashref.model_check); --dtype, --seed, --case apply")
@@ -99,15 +104,18 @@ def run(args: argparse.Namespace) -> int:
 
         return verify_command(args, console, device, seed)
 
-    from flashref import equivalence as eq
-    from flashref.reporting import (describe_device, environment, verify_report, verify_table, write_json,
-                                    write_junit)
+    if args.fuzz is not None:
+        return _run_fuzz(args, device, seed, console)
+
+    from flashref import gate
+    from flashref.gate.reports import verify_report, verify_table, write_junit
+    from flashref.reporting import describe_device, environment, write_json
 
     try:
         if args.case:
-            cases = [eq.Case.from_name(name, seed=seed) for name in args.case]
+            cases = [gate.case_from_name(name, seed=seed) for name in args.case]
         else:
-            cases = eq.sweep(args.preset, dtypes=args.dtype, head_dims=args.head_dim,
+            cases = gate.sweep(args.preset, dtypes=args.dtype, head_dims=args.head_dim,
                              causal=CAUSAL[args.causal], seed=seed)
     except ValueError as err:
         console.print(f"[red]flashref verify: {err}[/]")
@@ -163,8 +171,8 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
     from rich.markup import escape
 
     from flashref.gate import check_case_with, parse_features, resolve_implementation
-    from flashref.reporting import (describe_device, environment, implementations_table, verify_report, write_json,
-                                    write_junit_suites)
+    from flashref.gate.reports import implementations_table, verify_report, write_junit_suites
+    from flashref.reporting import describe_device, environment, write_json
 
     try:
         features = parse_features(args.features) if args.features is not None else None
@@ -184,9 +192,9 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
             try:
                 outcome = check_case_with(impl, case, device)
             except Exception as exc:  # the gate reports it; the run goes on
-                from flashref import equivalence as eq
+                from flashref import gate
 
-                outcome = dataclasses.replace(eq.CaseResult.from_exception(case, exc, time.perf_counter() - t0),
+                outcome = dataclasses.replace(gate.CaseResult.from_exception(case, exc, time.perf_counter() - t0),
                                               implementation=impl.name)
             outcomes.append(outcome)
         results[impl.name] = outcomes
@@ -230,7 +238,7 @@ def _run_cases(cases: list, device: str, console) -> list:
     """Check each case under a live progress bar; a case that raises is a failure, not a crash."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flashref import equivalence as eq
+    from flashref import gate
 
     outcomes = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -240,9 +248,80 @@ def _run_cases(cases: list, device: str, console) -> list:
             progress.update(task, description=case.name)
             t0 = time.perf_counter()
             try:
-                outcome = eq.check_case(case, device=device)
+                outcome = gate.check_case(case, device=device)
             except Exception as exc:  # the gate reports it; the rest of the sweep still runs
-                outcome = eq.CaseResult.from_exception(case, exc, time.perf_counter() - t0)
+                outcome = gate.CaseResult.from_exception(case, exc, time.perf_counter() - t0)
             outcomes.append(outcome)
             progress.advance(task)
     return outcomes
+
+
+def _run_fuzz(args, device: str, seed: int, console) -> int:
+    """``--fuzz SECONDS``: cases drawn for each implementation until the time is up; the first
+    failure shrunk; exit 1 if any case failed or raised, 2 for bad arguments."""
+    from rich.markup import escape
+
+    from flashref.gate import parse_features, resolve_implementation
+    from flashref.gate.fuzz import fuzz
+    from flashref.gate.reports import verify_report, write_junit_suites
+    from flashref.reporting import describe_device, environment, write_json
+
+    if args.fuzz <= 0:
+        console.print(f"[red]flashref verify: --fuzz needs a positive number of seconds, got {args.fuzz:g}[/]")
+        return 2
+    if args.case:
+        console.print("[red]flashref verify: --fuzz draws its own cases; it takes no --case[/]")
+        return 2
+    try:
+        features = parse_features(args.features) if args.features is not None else None
+        impls = [resolve_implementation(spec, features=features, layout=args.layout)
+                 for spec in (args.impl or ["flashref"])]
+    except (ValueError, TypeError) as err:
+        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
+        return 2
+    env = environment()
+    where = describe_device(env)
+    reports, bad = {}, 0
+    for impl in impls:
+        console.print(f"flashref verify --fuzz {args.fuzz:g} --impl {impl.name}: drawing cases over what it declares "
+                      f"on {where}, seed {seed} (case i uses seed {seed} + i)", highlight=False)
+        with console.status(f"fuzzing {impl.name}") as status:
+            counter = itertools.count(1)
+
+            def progress(result):
+                status.update(f"fuzzing {impl.name}: {next(counter)} cases, last {result.case.name} {result.status}")
+
+            report = fuzz(impl, args.fuzz, seed=seed, device=device, interpreted=device == "cpu", progress=progress)
+        reports[impl.name] = report
+        worst = {}
+        for r in report.results:
+            for tensor, e in r.errors.items():
+                worst[(r.case.dtype, tensor)] = max(worst.get((r.case.dtype, tensor), 0.0), e.ratio)
+        worst_text = ", ".join(f"{d} {t} {v:.2f}" for (d, t), v in sorted(worst.items()))
+        console.print(f"{impl.name}: {len(report.results)} cases in {report.seconds:.0f} s: {report.count('pass')} passed, "
+                      f"{report.count('fail')} failed, {report.count('error')} errors; worst ratio: {worst_text or '-'}",
+                      highlight=False, soft_wrap=True)
+        if report.failures:
+            bad += len(report.failures)
+            shrunk = report.shrunk
+            console.print(f"[bold red]FAIL[/]: {len(report.failures)} of {len(report.results)} cases; the first shrunk "
+                          f"in {report.shrink_checks} checks to:")
+            console.print(f"  {escape(shrunk.name)}: {escape(shrunk.failure_summary())}", highlight=False,
+                          soft_wrap=True)
+            print(f"  {shrunk.replay}", flush=True)
+            for r in report.failures[:MAX_REPLAYS_SHOWN]:
+                print(f"  unshrunk: {r.replay}", flush=True)
+    settings = {"fuzz_seconds": args.fuzz, "seed": seed, "device": device, "implementations": list(reports)}
+    if args.json:
+        document = {"schema": "flashref.verify-fuzz/1", "settings": settings, "implementations": {
+            name: {**verify_report(r.results, settings=settings, env=env, seconds=r.seconds),
+                   "shrunk": None if r.shrunk is None else {"name": r.shrunk.name, "seed": r.shrunk.case.seed,
+                                                             "replay": r.shrunk.replay,
+                                                             "why": r.shrunk.failure_summary()}}
+            for name, r in reports.items()}}
+        console.print(f"JSON report: {write_json(args.json, document)}")
+    if args.junit:
+        console.print(f"JUnit report: {write_junit_suites(args.junit, {n: r.results for n, r in reports.items()}, env=env)}")
+    if not bad:
+        console.print(f"[bold green]PASS[/]: every drawn case within bounds ({where}).")
+    return 1 if bad else 0

@@ -3,13 +3,13 @@ r"""Ring attention against the float64 oracle, on N local processes.
 ``run_ring_check(cases, world_size)`` spawns ``world_size`` processes
 (``torch.multiprocessing``, start method "spawn"; gloo and Triton's interpreter on the CPU,
 nccl and one GPU per process on CUDA), each joins a process group over TCP on a free local
-port, and for every case draws the full sequence (``flashref.equivalence.make_inputs``, the
+port, and for every case draws the full sequence (``flashref.gate.make_inputs``, the
 same seeded inputs on every rank), takes its shard (``shard_sequence``), runs
 ``ring_attention`` forward and backward with the kernels' outputs NaN-poisoned, and
 all-gathers out, dq, dk, dv (``gather_sequence``; dsinks, each rank's share, all-reduced). The parent judges the gathered tensors
 exactly as ``flashref verify`` judges the single-device kernels: against the float64 oracle
 on the whole sequence, with the same-dtype plain attention on the whole sequence as the
-baseline (``flashref.equivalence``'s rule).
+baseline (``flashref.gate``'s rule).
 
 A run can also exercise bad input across ranks (``BAD_INPUT_SCENARIOS``): every rank must
 raise, none may hang. Process-group timeouts and a deadline on the whole run turn a hang into
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from flashref import equivalence as eq
+from flashref import gate
 
 from .layout import LAYOUTS, chunks_per_sequence
 
@@ -63,7 +63,7 @@ class RingCase:
 
     world_size: int
     layout: str
-    case: eq.Case
+    case: gate.Case
 
     _NAME = re.compile(r"ring(\d+)-(zigzag|contiguous)-(.+)")
 
@@ -96,7 +96,7 @@ class RingCase:
         if m is None:
             raise ValueError(f"ring case name must look like 'ring2-zigzag-b1-hq2-hkv1-lq36-lk36-d16-float16-"
                              f"causal_top_left-dense', got {name!r}")
-        return cls(int(m.group(1)), m.group(2), eq.Case.from_name(m.group(3), seed=seed))
+        return cls(int(m.group(1)), m.group(2), gate.Case.from_name(m.group(3), seed=seed))
 
     def replay_command(self) -> str:
         return f'flashref verify --distributed {self.world_size} --case "{self.name}" --seed {self.seed}'
@@ -125,7 +125,7 @@ _SPECS = (
 def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> list[RingCase]:
     """A covering design over layout x causal x GQA x odd lengths, dtypes cycling
     (restricted to ``dtypes`` / ``causal`` when given). Case i has seed ``seed + i``."""
-    dtypes = tuple(dtypes) if dtypes is not None else eq.DTYPES
+    dtypes = tuple(dtypes) if dtypes is not None else gate.DTYPES
     cases = []
     for index, (layout, is_causal, chunk, (b, hq, hkv), d, variants) in enumerate(_SPECS):
         if causal is not None and is_causal != causal:
@@ -134,7 +134,7 @@ def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> l
         dtype = dtypes[index % len(dtypes)]
         variants = dict(variants)
         kv_lens = variants.pop("kv_lens", False)
-        cases.append(RingCase(world_size, layout, eq.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
+        cases.append(RingCase(world_size, layout, gate.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
                                                           "top_left", kv_lens, seed + len(cases), **variants)))
     return cases
 
@@ -187,7 +187,7 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
     results = {"cases": [], "scenarios": {}}
     try:
         for rc in cases:
-            inputs = eq.make_inputs(rc.case, device)
+            inputs = gate.make_inputs(rc.case, device)
             q, k, v, dout = (shard_sequence(t, world_size, rank, layout=rc.layout)
                              for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
             q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -231,7 +231,7 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
 
 @dataclass
 class RingRun:
-    """What one spawned run produced: per-case ``flashref.equivalence.CaseResult``s (a case
+    """What one spawned run produced: per-case ``flashref.gate.CaseResult``s (a case
     whose ring raised carries the exception and does not pass), per-rank scenario errors,
     whether each rank's group was still usable at the end, the wall time of the run and each
     rank's ring seconds per case."""
@@ -261,15 +261,15 @@ def _spawn(world_size: int, device_kind: str, cases, scenarios, deadline_s: floa
     return per_rank, time.perf_counter() - start
 
 
-def judge_ring_case(rc: RingCase, tensors, seconds: float) -> eq.CaseResult:
-    """The project's rule (``flashref.equivalence.judge_all``) on the gathered
+def judge_ring_case(rc: RingCase, tensors, seconds: float) -> gate.CaseResult:
+    """The project's rule (``flashref.gate.judge_all``) on the gathered
     ``tensors = (out, dq, dk, dv)`` of ``rc``: oracle and baseline on the whole sequence,
     drawn from the same seeded inputs the ranks sharded."""
-    inputs = eq.make_inputs(rc.case, "cpu")
-    ref = eq.oracle_attention(rc.case, inputs)
-    base = eq.baseline_attention(rc.case, inputs)
-    errors = eq.judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
-    return eq.CaseResult(rc, errors, seconds)
+    inputs = gate.make_inputs(rc.case, "cpu")
+    ref = gate.oracle_attention(rc.case, inputs)
+    base = gate.baseline_attention(rc.case, inputs)
+    errors = gate.judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
+    return gate.CaseResult(rc, errors, seconds)
 
 
 def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
@@ -289,7 +289,7 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
     for i, rc in enumerate(cases):
         entry = per_rank[0]["cases"][i]
         if "error" in entry:
-            results.append(eq.CaseResult(rc, {}, 0.0, entry["error"]))
+            results.append(gate.CaseResult(rc, {}, 0.0, entry["error"]))
         else:
             results.append(judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank)))
     return RingRun(results, [p["scenarios"] for p in per_rank],
@@ -305,7 +305,7 @@ def verify_command(args, console, device: str, seed: int) -> int:
     processes, the usual table, exit status 0 only if every configuration passed."""
     from rich.markup import escape
 
-    from flashref.reporting import verify_table
+    from flashref.gate.reports import verify_table
 
     world = args.distributed
     if world < 1:
@@ -341,7 +341,8 @@ def verify_command(args, console, device: str, seed: int) -> int:
     outcomes = run.results
     console.print(verify_table(outcomes))
     if args.json or args.junit:
-        from flashref.reporting import environment, verify_report, write_json, write_junit
+        from flashref.gate.reports import verify_report, write_junit
+        from flashref.reporting import environment, write_json
 
         env = environment()
         settings = {"distributed": world, "seed": seed, "device": device, "dtypes": args.dtype,

@@ -1,14 +1,55 @@
 """flashref.gate: the correctness gate for any attention implementation.
 
-``Implementation`` declares an attention function and what it can do; ``check(impl, cases)``
-judges it against the float64 oracle with flashref's rule (flashref/equivalence.py,
-docs/design.md) and returns a ``GateReport``; ``resolve_implementation`` finds one by name
-(built-ins, ``module:attribute``, or the ``flashref.implementations`` entry points).
+One module per concept, each calling only the ones above it in this list:
+
+- ``rule``: the rule (``TensorError``, ``RmsError``, ``judge``, ``slack``, ``baseline_ceiling``,
+  ``rms_check``), taking a dtype and magnitudes;
+- ``cases``: the dense ``Case`` and its name grammar; ``results``: ``CaseResult``;
+- ``dense``: a dense case's inputs, oracle, baselines, magnitudes and verdict;
+- ``boundaries`` and ``sweeps``: the dense presets (covering design, variants, block edges);
+- ``packed``: the varlen and KV-cache families;
+- ``families``: the registry that makes the families peers (``sweep``, ``case_from_name``,
+  ``check_case``);
+- ``implementations``: ``Implementation`` (anyone's attention and what it declares), the
+  built-ins, ``resolve_implementation``; ``check``: ``check(impl, cases)`` -> ``GateReport``;
+- ``fuzz``: drawing cases over what an implementation declares, shrinking a failure;
+- ``reports``: tables, JSON and JUnit of results.
+
+The names below are the package's public API (docs/architecture.md).
 """
 
-from .check import GateReport, check, check_case_with
-from .implementations import (FEATURES, Implementation, ImplementationError, builtin_implementations,
-                              parse_features, required_features, resolve_implementation)
+from .boundaries import (BOUNDARY_QUANTITIES, KV_LEN_PAIRING, QUICK_TILES, RESIDUES, SHIFT_PAIRING, boundary_cases,
+                         boundary_quantities, residue_gaps, table_tiles, tile_triples)
+from .cases import CAUSAL_MODES, TILE_LAUNCHES, Case, ReplayableCase, Suffix
+from .check import GateReport, check, check_case_with, resolve_cases
+from .dense import (MASK_KEYWORDS, CaseInputs, algorithm_attention, attention_kwargs, baseline_attention,
+                    float32_matmuls_in_ieee, judge_all, kernel_attention, magnitudes, make_inputs, oracle_attention)
+from .families import FAMILIES, PRESETS, Family, case_from_name, check_case, family_of, register_family, sweep
+from .implementations import (FEATURES, Implementation, ImplementationError, builtin_implementations, parse_features,
+                              required_features, resolve_implementation, run_implementation, unsupported_reason)
+from .packed import (DECODE_TILES, KvcacheCase, VarlenCase, kvcache_boundary_rows, kvcache_sweep,
+                     varlen_boundary_rows, varlen_sweep)
+from .results import CaseResult
+from .rule import (BASELINE_CEILING, DS_ROUNDING, DTYPES, FACTORS, FLOAT32_REGIME, LAMBDA, LSE_ROUNDING,
+                   RMS_FACTOR_16BIT, RMS_FACTOR_FLOAT32, TANH_ROUNDING, TENSORS, U32, UNIT_ROUNDOFF, RmsError,
+                   TensorError, as_float64, baseline_ceiling, error_ratio, finite_error, half_ulp, judge,
+                   max_abs_error, max_or_zero, rms_check, rms_error, slack)
+from .sweeps import (CI_HEAD_DIMS, CI_SEQLENS, HEAD_LAYOUTS, QUICK_HEAD_DIMS, QUICK_SEQLENS, VARIANT_FAMILIES,
+                     dense_sweep)
 
-__all__ = ["FEATURES", "GateReport", "Implementation", "ImplementationError", "builtin_implementations", "check",
-           "check_case_with", "parse_features", "required_features", "resolve_implementation"]
+__all__ = [
+    "BASELINE_CEILING", "BOUNDARY_QUANTITIES", "CAUSAL_MODES", "CI_HEAD_DIMS", "CI_SEQLENS", "DECODE_TILES", "DS_ROUNDING", "DTYPES", "FACTORS",
+    "FAMILIES", "FEATURES", "FLOAT32_REGIME", "HEAD_LAYOUTS", "KV_LEN_PAIRING", "LAMBDA", "LSE_ROUNDING", "MASK_KEYWORDS", "PRESETS", "QUICK_HEAD_DIMS", "QUICK_SEQLENS",
+    "QUICK_TILES", "RESIDUES",
+    "RMS_FACTOR_16BIT", "RMS_FACTOR_FLOAT32", "SHIFT_PAIRING", "TANH_ROUNDING", "TENSORS", "TILE_LAUNCHES", "U32",
+    "UNIT_ROUNDOFF", "VARIANT_FAMILIES", "Case", "CaseInputs", "CaseResult", "Family", "GateReport",
+    "Implementation", "ImplementationError", "KvcacheCase", "ReplayableCase", "RmsError", "Suffix", "TensorError",
+    "VarlenCase", "algorithm_attention", "as_float64", "attention_kwargs", "baseline_attention",
+    "baseline_ceiling", "boundary_cases", "boundary_quantities", "builtin_implementations", "case_from_name",
+    "check", "check_case", "check_case_with", "dense_sweep", "error_ratio", "family_of", "finite_error",
+    "float32_matmuls_in_ieee", "half_ulp", "judge", "judge_all", "kernel_attention", "kvcache_boundary_rows",
+    "kvcache_sweep", "magnitudes", "make_inputs", "max_abs_error", "max_or_zero", "oracle_attention",
+    "parse_features", "register_family", "required_features", "residue_gaps", "resolve_cases",
+    "resolve_implementation", "rms_check", "rms_error", "run_implementation", "slack", "sweep", "table_tiles",
+    "tile_triples", "unsupported_reason", "varlen_boundary_rows", "varlen_sweep",
+]

@@ -1,11 +1,11 @@
-"""The gate on any implementation: each case judged by the project's rule (flashref/equivalence.py,
+"""The gate on any implementation: each case judged by the project's rule (rule.py,
 docs/design.md) against the float64 oracle, with flashref's own baselines, never the
 implementation under test.
 
 ``check_case_with(impl, case)`` gives a ``CaseResult`` whose ``status`` is pass, fail, error
 (the implementation raised or returned something wrong: ``ImplementationError``) or unsupported
 (a feature, dtype, head dim or device it does not declare). flashref's own kernels take the
-gate's usual path (``equivalence.check_case``: same cases, verdicts and replay commands as
+gate's usual path (``families.check_case``: same cases, verdicts and replay commands as
 ``flashref verify`` without ``--impl``). The RMS criterion applies to implementations that
 declare ``fused`` (the FlashAttention algorithm); lse is judged where one is returned and the
 RMS criterion applies.
@@ -17,28 +17,29 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
-from flashref import equivalence as eq
-
+from . import dense
+from .families import check_case, sweep
 from .implementations import Implementation, ImplementationError, run_implementation, unsupported_reason
+from .results import CaseResult
 
 
-def check_case_with(impl: Implementation, case, device: str = "cpu") -> eq.CaseResult:
+def check_case_with(impl: Implementation, case, device: str = "cpu") -> CaseResult:
     """Judge ``impl`` on one case (see the module docstring)."""
     reason = unsupported_reason(impl, case, device)
     if reason is not None:
-        return eq.CaseResult(case, unsupported=reason, implementation=impl.name)
+        return CaseResult(case, unsupported=reason, implementation=impl.name)
     if impl.name == "flashref" and impl.attention.__module__ == __name__.rsplit(".", 1)[0] + ".implementations":
-        return dataclasses.replace(eq.check_case(case, device), implementation=impl.name)
+        return dataclasses.replace(check_case(case, device), implementation=impl.name)
     start = time.perf_counter()
-    inputs = eq.make_inputs(case, device)
-    ref = eq.oracle_attention(case, inputs)
-    base = eq.baseline_attention(case, inputs)
-    algo = eq.algorithm_attention(case, inputs) if impl.fused else None
+    inputs = dense.make_inputs(case, device)
+    ref = dense.oracle_attention(case, inputs)
+    base = dense.baseline_attention(case, inputs)
+    algo = dense.algorithm_attention(case, inputs) if impl.fused else None
     try:
         kern = run_implementation(impl, case, inputs, ref)
     except ImplementationError as exc:
-        return eq.CaseResult(case, {}, time.perf_counter() - start, str(exc), implementation=impl.name)
-    return eq.CaseResult(case, eq.judge_all(case, inputs, ref, base, kern, algo), time.perf_counter() - start,
+        return CaseResult(case, {}, time.perf_counter() - start, str(exc), implementation=impl.name)
+    return CaseResult(case, dense.judge_all(case, inputs, ref, base, kern, algo), time.perf_counter() - start,
                          implementation=impl.name)
 
 
@@ -70,7 +71,7 @@ class GateReport:
 def resolve_cases(cases, seed: int = 0) -> list:
     """"quick" / "ci" / "full" (the presets, with ``seed``) or a list of cases as given."""
     if isinstance(cases, str):
-        return eq.sweep(cases, seed=seed)
+        return sweep(cases, seed=seed)
     return list(cases)
 
 

@@ -22,7 +22,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from flashref.equivalence import DTYPES, Case, CaseInputs, attention_kwargs
+from .cases import Case
+from .dense import CaseInputs, attention_kwargs
+from .families import family_of
+from .rule import DTYPES
 
 #: What an implementation can declare (one vocabulary for every implementation).
 FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",

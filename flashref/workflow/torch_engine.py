@@ -50,7 +50,7 @@ def compare_loss_curves(reference, kernel, baseline):
     ``LOSS_FACTOR * max_t |baseline - reference| + u32 * max_t |reference|``, with reference the
     NumPy engine (float64), kernel the torch engine on the kernels and baseline the same torch
     engine on torch's math SDPA, in the same dtype. Returns the ``TensorError``."""
-    from flashref.equivalence import U32, judge
+    from flashref.gate import U32, judge
 
     reference, kernel, baseline = (np.asarray(x, dtype=np.float64) for x in (reference, kernel, baseline))
     return judge(float(np.max(np.abs(kernel - reference))), float(np.max(np.abs(baseline - reference))),

@@ -10,8 +10,9 @@ import xml.etree.ElementTree as ET
 import pytest
 from rich.console import Console
 
-from flashref.equivalence import Case, CaseResult, TensorError, judge
-from flashref.reporting import VERIFY_SCHEMA, describe_device, environment, verify_report, verify_table, write_json, write_junit
+from flashref.gate import Case, CaseResult, TensorError, judge
+from flashref.gate.reports import VERIFY_SCHEMA, verify_report, verify_table, write_junit
+from flashref.reporting import describe_device, environment, write_json
 
 SLACK = 1e-5
 

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.cli import main
 
 TINY = "b1-hq2-hkv1-lq17-lk9-d16-float32-causal_bottom_right-kvlens"
@@ -53,17 +53,17 @@ def fake_check(*, broken: set[str] = frozenset(), raising: set[str] = frozenset(
         if case.name in raising:
             raise RuntimeError("triton compilation failed")
         dq_error = 1.0 if case.name in broken else 1e-4
-        errors = {"out": eq.judge(1e-4, 1e-4, 2), "dq": eq.judge(dq_error, 1e-4, 3),
-                  "dk": eq.judge(1e-4, 1e-4, 3), "dv": eq.judge(1e-4, 1e-4, 3)}
-        return eq.CaseResult(case, errors, 0.01)
+        errors = {"out": gate.judge(1e-4, 1e-4, 2), "dq": gate.judge(dq_error, 1e-4, 3),
+                  "dk": gate.judge(1e-4, 1e-4, 3), "dv": gate.judge(1e-4, 1e-4, 3)}
+        return gate.CaseResult(case, errors, 0.01)
 
     return check_case
 
 
 def test_a_failure_exits_nonzero_and_prints_seed_and_replay(monkeypatch, capsys, tmp_path):
-    cases = eq.sweep("quick", seed=100)[:3]
-    monkeypatch.setattr(eq, "sweep", lambda *a, **kw: cases)
-    monkeypatch.setattr(eq, "check_case", fake_check(broken={cases[1].name}))
+    cases = gate.sweep("quick", seed=100)[:3]
+    monkeypatch.setattr(gate, "sweep", lambda *a, **kw: cases)
+    monkeypatch.setattr(gate, "check_case", fake_check(broken={cases[1].name}))
     code = main(["verify", "--seed", "100", "--junit", str(tmp_path / "v.xml")])
     out = capsys.readouterr().out
     assert code == 1
@@ -76,13 +76,13 @@ def test_a_failure_exits_nonzero_and_prints_seed_and_replay(monkeypatch, capsys,
 
 
 def test_the_replay_line_replays_the_same_case_and_seed(monkeypatch, capsys):
-    failing = eq.sweep("quick", seed=40)[5]
-    monkeypatch.setattr(eq, "sweep", lambda *a, **kw: [failing])
-    monkeypatch.setattr(eq, "check_case", fake_check(broken={failing.name}))
+    failing = gate.sweep("quick", seed=40)[5]
+    monkeypatch.setattr(gate, "sweep", lambda *a, **kw: [failing])
+    monkeypatch.setattr(gate, "check_case", fake_check(broken={failing.name}))
     assert main(["verify"]) == 1
     replay = capsys.readouterr().out.splitlines()[-1].strip()
     seen: list = []
-    monkeypatch.setattr(eq, "check_case", fake_check(seen=seen))
+    monkeypatch.setattr(gate, "check_case", fake_check(seen=seen))
     argv = shlex.split(replay)
     assert argv[:2] == ["flashref", "verify"]
     assert main(argv[1:]) == 0
@@ -90,9 +90,9 @@ def test_the_replay_line_replays_the_same_case_and_seed(monkeypatch, capsys):
 
 
 def test_a_case_that_raises_is_an_error_not_a_crash(monkeypatch, capsys, tmp_path):
-    cases = eq.sweep("quick", seed=0)[:2]
-    monkeypatch.setattr(eq, "sweep", lambda *a, **kw: cases)
-    monkeypatch.setattr(eq, "check_case", fake_check(raising={cases[0].name}))
+    cases = gate.sweep("quick", seed=0)[:2]
+    monkeypatch.setattr(gate, "sweep", lambda *a, **kw: cases)
+    monkeypatch.setattr(gate, "check_case", fake_check(raising={cases[0].name}))
     code = main(["verify", "--json", str(tmp_path / "v.json")])
     out = capsys.readouterr().out
     assert code == 1 and "ERROR" in out and "raised RuntimeError: triton compilation failed" in out
@@ -111,28 +111,28 @@ def test_a_case_that_raises_is_an_error_not_a_crash(monkeypatch, capsys, tmp_pat
     ],
 )
 def test_filters_reach_the_sweep(monkeypatch, capsys, argv, expected):
-    calls, real_sweep = [], eq.sweep
+    calls, real_sweep = [], gate.sweep
 
     def sweep(preset, *, dtypes=None, head_dims=None, causal=None, seed=0):
         calls.append(dict(preset=preset, dtypes=dtypes, head_dims=head_dims, causal=causal, seed=seed))
         return real_sweep("quick", seed=seed)[:1]
 
-    monkeypatch.setattr(eq, "sweep", sweep)
-    monkeypatch.setattr(eq, "check_case", fake_check())
+    monkeypatch.setattr(gate, "sweep", sweep)
+    monkeypatch.setattr(gate, "check_case", fake_check())
     assert main(["verify", *argv, "--seed", "9"]) == 0
     assert calls == [dict(expected, seed=9)]
     assert "PASS: 1/1" in capsys.readouterr().out
 
 
 def test_without_a_seed_a_fresh_one_is_drawn_and_printed(monkeypatch, capsys):
-    seeds, real_sweep = [], eq.sweep
+    seeds, real_sweep = [], gate.sweep
 
     def sweep(preset, *, seed, **kw):
         seeds.append(seed)
         return real_sweep("quick", seed=seed)[:1]
 
-    monkeypatch.setattr(eq, "sweep", sweep)
-    monkeypatch.setattr(eq, "check_case", fake_check())
+    monkeypatch.setattr(gate, "sweep", sweep)
+    monkeypatch.setattr(gate, "check_case", fake_check())
     main(["verify"])
     first = capsys.readouterr().out
     main(["verify"])

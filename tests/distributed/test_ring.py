@@ -13,7 +13,7 @@ import pytest
 import torch
 from seeding import derived_seed
 
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.distributed import ring_attention, unshard_sequence
 from flashref.distributed.check import (BAD_INPUT_SCENARIOS, RING_TENSORS, RingCase, judge_ring_case, ring_sweep,
                                         run_ring_check)
@@ -44,7 +44,7 @@ def assert_bad_input_rejected_everywhere(run):
 
 def test_the_ci_design_covers_layouts_masks_gqa_dtypes_and_odd_lengths():
     assert {(c.layout, c.case.causal) for c in CI_CASES} == {(l, m) for l in ("zigzag", "contiguous") for m in (True, False)}
-    assert {c.case.dtype for c in CI_CASES} == set(eq.DTYPES)
+    assert {c.case.dtype for c in CI_CASES} == set(gate.DTYPES)
     assert any(c.case.heads_q > c.case.heads_kv for c in CI_CASES)
     assert any(c.layout == "contiguous" and c.case.seqlen_q // c.world_size % 2 for c in CI_CASES)  # odd per rank
     assert any(c.layout == "zigzag" and c.case.seqlen_q // (2 * c.world_size) % 2 for c in CI_CASES)  # odd chunk
@@ -75,9 +75,9 @@ def test_without_a_process_group_ring_attention_says_so():
 
 def test_the_checker_can_fail(seed):
     """A gathered dk whose second half (the zigzag chunks of one rank) is missing fails the rule."""
-    rc = RingCase(2, "zigzag", eq.Case(1, 2, 1, 12, 12, 16, "float32", True, "top_left", False, seed))
-    inputs = eq.make_inputs(rc.case)
-    base = eq.baseline_attention(rc.case, inputs)
+    rc = RingCase(2, "zigzag", gate.Case(1, 2, 1, 12, 12, 16, "float32", True, "top_left", False, seed))
+    inputs = gate.make_inputs(rc.case)
+    base = gate.baseline_attention(rc.case, inputs)
     tensors = [base[t] for t in RING_TENSORS if t in base]
     assert judge_ring_case(rc, tensors, 0.0).passed  # the baseline itself is within its own bound
     shards = [t.clone() for t in base["dk"].chunk(2, dim=2)]
@@ -91,10 +91,10 @@ def test_the_checker_can_fail(seed):
 def test_a_ring_case_is_top_left_self_attention_without_dropout():
     fields = dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=12, seqlen_k=12, head_dim=16, dtype="float16",
                   causal=True, causal_alignment="top_left", kv_lens=False)
-    RingCase(2, "zigzag", eq.Case(**fields | dict(kv_lens=True, softcap=5.0, window=(3, 0), alibi="h", sinks=True)))
+    RingCase(2, "zigzag", gate.Case(**fields | dict(kv_lens=True, softcap=5.0, window=(3, 0), alibi="h", sinks=True)))
     for bad in (dict(seqlen_k=10), dict(causal_alignment="bottom_right"), dict(dropout_p=0.1)):
         with pytest.raises(ValueError, match="a ring case is self-attention"):
-            RingCase(2, "zigzag", eq.Case(**fields | bad))
+            RingCase(2, "zigzag", gate.Case(**fields | bad))
 
 
 @pytest.mark.slow

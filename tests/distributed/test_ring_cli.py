@@ -7,7 +7,7 @@ import json
 import pytest
 
 import flashref.distributed.check as check
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.cli import main
 
 
@@ -23,8 +23,8 @@ def fake_run(factor):
     def run(cases, world_size, *, device="cpu", scenarios=(), deadline_s=0):
         results = []
         for rc in cases:
-            base = eq.baseline_attention(rc.case, eq.make_inputs(rc.case))
-            ref = eq.oracle_attention(rc.case, eq.make_inputs(rc.case))
+            base = gate.baseline_attention(rc.case, gate.make_inputs(rc.case))
+            ref = gate.oracle_attention(rc.case, gate.make_inputs(rc.case))
             off = [ref[t] + factor * (base[t].double().numpy() - ref[t]) for t in check.RING_TENSORS if t in ref]
             results.append(check.judge_ring_case(rc, off, 0.0))
         return check.RingRun(results, [], [True], 0.0, [])
@@ -69,7 +69,7 @@ def test_bad_arguments_exit_2(argv, message, capsys):
 
 def test_a_case_whose_ring_raised_is_an_error_row_and_exits_1(monkeypatch, capsys):
     def run(cases, world_size, **_):
-        return check.RingRun([eq.CaseResult(rc, {}, 0.0, "RuntimeError: gloo timed out") for rc in cases],
+        return check.RingRun([gate.CaseResult(rc, {}, 0.0, "RuntimeError: gloo timed out") for rc in cases],
                              [], [True], 0.0, [])
 
     monkeypatch.setattr(check, "run_ring_check", run)

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.cli import main
 from flashref.gate import (FEATURES, Implementation, builtin_implementations, check, parse_features,
                            required_features, resolve_implementation)
@@ -30,7 +30,7 @@ CASES = [  # dtype x masking x heads, each value twice
 
 
 def judge(impl, names=CASES, seed=0):
-    return check(impl, [eq.Case.from_name(n, seed + i) for i, n in enumerate(names)], device="cpu")
+    return check(impl, [gate.Case.from_name(n, seed + i) for i, n in enumerate(names)], device="cpu")
 
 
 def test_a_correct_plain_attention_passes(seed):
@@ -70,7 +70,7 @@ def test_bad_behaviour_is_an_error_not_a_crash(bad, message):
 def test_a_missing_feature_is_unsupported_not_failed():
     from user_impls import PLAIN
 
-    case = eq.Case.from_name("b1-hq2-hkv2-lq9-lk20-d16-float32-causal_bottom_right-dense-softcap5", 1)
+    case = gate.Case.from_name("b1-hq2-hkv2-lq9-lk20-d16-float32-causal_bottom_right-dense-softcap5", 1)
     result = check(PLAIN, [case], device="cpu").results[0]
     assert result.status == "unsupported" and "causal_bottom_right" in result.unsupported
     assert required_features(case) == {"causal_bottom_right", "softcap"}
@@ -84,8 +84,8 @@ def test_blhd_layout(seed):
 
 
 def test_flashref_through_the_gate_is_verify(seed):
-    case = eq.Case.from_name(CASES[0], seed)
-    direct = eq.check_case(case, KERNEL_DEVICE)
+    case = gate.Case.from_name(CASES[0], seed)
+    direct = gate.check_case(case, KERNEL_DEVICE)
     gated = check(builtin_implementations()["flashref"], [case], device=KERNEL_DEVICE).results[0]
     assert {t: e.kernel for t, e in direct.errors.items()} == {t: e.kernel for t, e in gated.errors.items()}
 
@@ -135,7 +135,7 @@ def test_bad_declarations_are_refused():
 
 def test_the_pytest_plugin_fixture_judges_and_fails(attention_gate):
     """The plugin's fixture as another project uses it (entry point pytest11)."""
-    cases = [eq.Case.from_name(n, 7) for n in CASES[:2]]
+    cases = [gate.Case.from_name(n, 7) for n in CASES[:2]]
     report = attention_gate("user_impls:plain_attention", cases, features="causal_top_left,gqa")
     assert report.passed
     with pytest.raises(AssertionError, match="replay|--impl user_impls:off_by_one_causal"):

@@ -18,12 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from seeding import session_seed
 
-import flashref.equivalence as eq
-from flashref.equivalence import Case, check_case, sweep
+from flashref import gate
+from flashref.gate import Case, check_case, sweep
 from flashref.kernels import INTERPRETED
 from flashref.reference import attention_mask
 
-CI_CASES = sweep("ci", seed=session_seed() // 1000 * 1000, packed=False)
+CI_CASES = sweep("ci", seed=session_seed() // 1000 * 1000, families=["dense"])
 # A few cheap cases spanning dtypes, alignments, GQA/MQA and kv_lens; CI reruns them on 3.6.
 SMOKE = {c.name for c in CI_CASES if c.seqlen_q * c.seqlen_k <= 239 * 3 or c.seqlen_q == 17}
 
@@ -69,16 +69,16 @@ FLOAT32_GRADIENT_ULPS = 128
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("dtype", eq.DTYPES)
+@pytest.mark.parametrize("dtype", gate.DTYPES)
 def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
     """Mutation test: the kernel's result, nudged by MUTATION_ULPS units in the last place of its
     dtype in ONE element (the largest of the tensor), fails -- for out, dq, dk and dv in turn.
     The checker can fail, and its bound is within a few ulps of the right answer."""
     case = Case(1, 2, 1, 33, 47, 32, dtype, True, "bottom_right", False, seed=seed)
-    inputs = eq.make_inputs(case)
-    ref, base, kern = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs), eq.kernel_attention(case, inputs)
-    algo = eq.algorithm_attention(case, inputs)
-    judged = eq.judge_all(case, inputs, ref, base, kern, algo)
+    inputs = gate.make_inputs(case)
+    ref, base, kern = gate.oracle_attention(case, inputs), gate.baseline_attention(case, inputs), gate.kernel_attention(case, inputs)
+    algo = gate.algorithm_attention(case, inputs)
+    judged = gate.judge_all(case, inputs, ref, base, kern, algo)
     assert all(e.passed for e in judged.values()) and "lse" in judged
     for key in judged:
         mutated = dict(kern)
@@ -90,7 +90,7 @@ def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
         t.reshape(-1)[index] = value + math.copysign(moves * ulp(value, units), value)
         assert float(t.reshape(-1)[index]) != value
         mutated[key] = t
-        errors = eq.judge_all(case, inputs, ref, base, mutated, algo)
+        errors = gate.judge_all(case, inputs, ref, base, mutated, algo)
         assert not errors[key].passed, (key, errors[key])
 
 
@@ -98,7 +98,7 @@ def test_a_few_ulps_in_one_element_fail_the_rule(monkeypatch, dtype, seed):
 def test_the_checker_fails_an_unwritten_element(monkeypatch, seed):
     """Poisoning works: an element left as NaN fails the rule (NaN <= bound is False)."""
     case = Case(1, 1, 1, 20, 20, 16, "float16", False, "top_left", False, seed=seed)
-    real = eq.kernel_attention
+    real = gate.kernel_attention
 
     def leaves_nan(case, inputs):
         results = real(case, inputs)
@@ -106,19 +106,19 @@ def test_the_checker_fails_an_unwritten_element(monkeypatch, seed):
         results["out"][0, 0, 7, 3] = float("nan")
         return results
 
-    monkeypatch.setattr(eq, "kernel_attention", leaves_nan)
+    monkeypatch.setattr(gate.dense, "kernel_attention", leaves_nan)
     result = check_case(case)
     assert not result.passed and np.isnan(result.errors["out"].kernel)
     assert "replay: flashref verify --case" in result.summary()
 
 
 def test_the_rule():
-    e = eq.judge(kernel_error=2.1e-3, baseline_error=1e-3, factor=2.0, slack=1e-5)
+    e = gate.judge(kernel_error=2.1e-3, baseline_error=1e-3, factor=2.0, slack=1e-5)
     assert e.bound == pytest.approx(2e-3 + 1e-5) and not e.passed and e.ratio > 1
-    assert eq.judge(2.0e-3, 1e-3, 2.0).passed and eq.judge(2.0e-3, 1e-3, 2.0).ratio == pytest.approx(1.0)
-    assert eq.judge(3.0e-3, 1e-3, 3.0).passed and not eq.judge(3.02e-3, 1e-3, 3.0).passed
-    assert not eq.judge(float("nan"), 1e-3, 3.0).passed
-    over = eq.judge(1e-9, 5e-3, 3.0, slack=0.0, ceiling=1e-3)  # a baseline out of line fails
+    assert gate.judge(2.0e-3, 1e-3, 2.0).passed and gate.judge(2.0e-3, 1e-3, 2.0).ratio == pytest.approx(1.0)
+    assert gate.judge(3.0e-3, 1e-3, 3.0).passed and not gate.judge(3.02e-3, 1e-3, 3.0).passed
+    assert not gate.judge(float("nan"), 1e-3, 3.0).passed
+    over = gate.judge(1e-9, 5e-3, 3.0, slack=0.0, ceiling=1e-3)  # a baseline out of line fails
     assert not over.passed and "ceiling" in over.describe("dq")
 
 
@@ -127,8 +127,8 @@ def degenerate(case: Case, inputs) -> bool:
     (dS = 1 * (dP - dP) = 0), with two nearly so (dS = P0 P1 (dP0 - dP1)), while the kernel's
     D = rowsum(dO o O) is a separate float32 sum whose rounding does not cancel; there the
     slack, not the factor, carries the bound (docs/design.md)."""
-    kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in eq.attention_kwargs(case, inputs).items()
-          if k in eq.MASK_KEYWORDS}
+    kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in gate.attention_kwargs(case, inputs).items()
+          if k in gate.MASK_KEYWORDS}
     visible = attention_mask(case.seqlen_q, case.seqlen_k, batch=case.batch, **kw).sum(axis=-1)
     return bool(((visible == 1) | (visible == 2)).any())
 
@@ -137,15 +137,15 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
     """Requirement (b) of issue 9: slack < factor * baseline error for every tensor of every
     non-degenerate CI case, on this run's fresh inputs (no kernel needed)."""
     checked, worst = 0, {}
-    for case in sweep("ci", seed=session_seed() % 2**20 * 100, packed=False):
-        inputs = eq.make_inputs(case)
+    for case in sweep("ci", seed=session_seed() % 2**20 * 100, families=["dense"]):
+        inputs = gate.make_inputs(case)
         if degenerate(case, inputs):
             continue
-        ref, base = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs)
-        mags = eq.magnitudes(case, inputs, ref)
-        for key in (t for t in eq.TENSORS if t in ref and t != "lse"):  # lse: no plain baseline
-            slack = eq.slack(case, mags[key], ref[key])
-            term = eq.FACTORS[key] * eq.max_abs_error(base[key], ref[key])
+        ref, base = gate.oracle_attention(case, inputs), gate.baseline_attention(case, inputs)
+        mags = gate.magnitudes(case, inputs, ref)
+        for key in (t for t in gate.TENSORS if t in ref and t != "lse"):  # lse: no plain baseline
+            slack = gate.slack(case.dtype, mags[key], ref[key])
+            term = gate.FACTORS[key] * gate.max_abs_error(base[key], ref[key])
             worst[(case.dtype, key)] = max(worst.get((case.dtype, key), 0.0), slack / term)
             if (case.dtype != "float32" and not ((case.dropout_p > 0 or case.sinks) and key in ("dq", "dk"))
                     and key != "dsinks"):
@@ -161,7 +161,7 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
                 # one sum per head over every row: its slack is mostly the final rounding to the
                 # dtype, which is also most of the baseline's error, so the two are alike.
                 assert slack < term, (case.name, case.seed, key, slack, term)
-            assert eq.max_abs_error(base[key], ref[key]) <= eq.baseline_ceiling(case, mags[key], ref[key],
+            assert gate.max_abs_error(base[key], ref[key]) <= gate.baseline_ceiling(case.dtype, mags[key], ref[key],
                                                                                 mags.get("score_error", 0.0))
         checked += 1
     print("max slack / (factor x baseline):", {k: round(v, 3) for k, v in worst.items()})
@@ -172,7 +172,7 @@ def test_tf32_settings_are_restored():
     before = [torch.backends.mkldnn.matmul.fp32_precision, torch.backends.cuda.matmul.fp32_precision]
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     try:
-        with eq.float32_matmuls_in_ieee():
+        with gate.float32_matmuls_in_ieee():
             assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
             assert torch.backends.cuda.matmul.fp32_precision == "ieee"
         assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
@@ -186,7 +186,7 @@ SINGLE_KEY_SEEDS = 1000
 
 @pytest.mark.slow
 @pytest.mark.interp
-@pytest.mark.parametrize("dtype", eq.DTYPES)
+@pytest.mark.parametrize("dtype", gate.DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_single_key_cases_pass_for_many_fresh_seeds(dtype, head_dim, seed):
     """Requirement (d): Lk = 1 (the baseline's dq, dk exact by cancellation) passes for
@@ -203,7 +203,7 @@ def test_single_key_cases_pass_for_many_fresh_seeds(dtype, head_dim, seed):
 @given(st.builds(
     Case, batch=st.integers(0, 9), heads_q=st.integers(1, 16), heads_kv=st.integers(1, 16),
     seqlen_q=st.integers(0, 99999), seqlen_k=st.integers(0, 99999), head_dim=st.integers(1, 256),
-    dtype=st.sampled_from(eq.DTYPES), causal=st.booleans(),
+    dtype=st.sampled_from(gate.DTYPES), causal=st.booleans(),
     causal_alignment=st.sampled_from(["top_left", "bottom_right"]), kv_lens=st.booleans(),
     seed=st.integers(0, 2**31)))
 def test_case_names_round_trip(case):
@@ -221,7 +221,7 @@ def test_a_variant_field_is_an_optional_name_suffix():
     @dataclass(frozen=True)
     class WindowCase(Case):
         window_left: int = -1
-        SUFFIXES = (eq.Suffix("window_left", r"wl(-?\d+)", lambda v: f"wl{v}", lambda m: int(m.group(1))),)
+        SUFFIXES = (gate.Suffix("window_left", r"wl(-?\d+)", lambda v: f"wl{v}", lambda m: int(m.group(1))),)
 
     plain = WindowCase(1, 2, 1, 17, 9, 16, "float16", True, "top_left", False, seed=3)
     assert plain.name == Case(1, 2, 1, 17, 9, 16, "float16", True, "top_left", False).name
@@ -239,27 +239,27 @@ def test_bad_case_names_are_rejected(bad):
 
 
 def is_variant(case: Case) -> bool:
-    """A case of one of the variant families (eq.VARIANT_FAMILIES) rather than plain attention."""
+    """A case of one of the variant families (gate.VARIANT_FAMILIES) rather than plain attention."""
     return not case.tiles and (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
                                or case.dropout_p > 0)
 
 
 def is_boundary(case: Case) -> bool:
-    """A block-boundary case (eq.boundary_cases): its launch tiles are forced."""
+    """A block-boundary case (gate.boundary_cases): its launch tiles are forced."""
     return bool(case.tiles)
 
 
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
-    every = sweep("ci", packed=False)
+    every = sweep("ci", families=["dense"])
     # The plain covering design first, then every variant family three times, then the
     # block-boundary cases.
     cases = [c for c in every if not is_variant(c) and not is_boundary(c)]
     variants = [c for c in every if is_variant(c)]
     boundary = [c for c in every if is_boundary(c)]
     assert every == cases + variants + boundary
-    assert len(cases) == len(eq.CI_SEQLENS) * 3
-    assert len(variants) == 3 * len(eq.VARIANT_FAMILIES)
-    assert len(boundary) == 10 * len(eq.tile_triples("ci"))
+    assert len(cases) == len(gate.CI_SEQLENS) * 3
+    assert len(variants) == 3 * len(gate.VARIANT_FAMILIES)
+    assert len(boundary) == 10 * len(gate.tile_triples("ci"))
     assert len({c.seed for c in every}) == len(every)
     axes = {
         "seqlens": lambda c: (c.seqlen_q, c.seqlen_k),
@@ -269,8 +269,8 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
         "heads": lambda c: (c.heads_q, c.heads_kv),
         "kv_lens": lambda c: c.kv_lens,
     }
-    expected = {"seqlens": set(eq.CI_SEQLENS), "head_dim": set(eq.CI_HEAD_DIMS), "dtype": set(eq.DTYPES),
-                "mask": set(eq.CAUSAL_MODES), "heads": {(h[1], h[2]) for h in eq.HEAD_LAYOUTS},
+    expected = {"seqlens": set(gate.CI_SEQLENS), "head_dim": set(gate.CI_HEAD_DIMS), "dtype": set(gate.DTYPES),
+                "mask": set(gate.CAUSAL_MODES), "heads": {(h[1], h[2]) for h in gate.HEAD_LAYOUTS},
                 "kv_lens": {False, True}}
     for name, key in axes.items():
         counts = Counter(key(c) for c in cases)
@@ -286,18 +286,18 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 
 def test_sweep_filters_and_presets():
-    every = sweep("quick", packed=False)
+    every = sweep("quick", families=["dense"])
     quick = [c for c in every if not is_variant(c) and not is_boundary(c)]
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
     # Each variant family twice (16-bit, then float32), the boundary cases of one tile triple;
     # with the packed families `flashref verify --quick` stays near a minute.
-    assert len([c for c in every if is_variant(c)]) == 2 * len(eq.VARIANT_FAMILIES)
+    assert len([c for c in every if is_variant(c)]) == 2 * len(gate.VARIANT_FAMILIES)
     assert len([c for c in every if is_boundary(c)]) == 10
     assert len(every) < len(sweep("quick")) <= 60
-    only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, packed=False)
+    only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, families=["dense"])
     assert {c.dtype for c in only_bf16} == {"bfloat16"} and {c.head_dim for c in only_bf16} == {64}
     assert not any(c.causal for c in only_bf16) and min(c.seed for c in only_bf16) == 100
-    assert {c.causal_alignment for c in sweep("ci", causal=True, packed=False)} == {"top_left", "bottom_right"}
+    assert {c.causal_alignment for c in sweep("ci", causal=True, families=["dense"])} == {"top_left", "bottom_right"}
     assert len(sweep("full")) > len(sweep("ci"))
     for bad in (dict(preset="huge"), dict(preset="ci", dtypes=["float64"]), dict(preset="ci", head_dims=[0])):
         with pytest.raises(ValueError):

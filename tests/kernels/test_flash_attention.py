@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flashref.equivalence import Case, check_case
+from flashref.gate import Case, check_case
 from flashref.kernels import INTERPRETED, flash_attention, poisoned_outputs
 from flashref.reference import attention_backward, attention_forward
 

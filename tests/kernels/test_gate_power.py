@@ -22,47 +22,46 @@ import numpy as np
 import pytest
 import torch
 
-import flashref.equivalence as eq
-from flashref.equivalence import Case, sweep
-from flashref.packed_equivalence import KvcacheCase, VarlenCase, packed_sweep
+from flashref import gate
+from flashref.gate import Case, KvcacheCase, VarlenCase, case_from_name, sweep
 
 
 # ---------------------------------------------------------------------------- block boundaries
 def test_ci_cases_put_every_boundary_quantity_on_every_residue_of_every_table_tile():
-    cases = sweep("ci", packed=False)
-    assert eq.residue_gaps(cases) == []
-    tables = eq.table_tiles()
-    for launch_index, launch in enumerate(eq.TILE_LAUNCHES):
+    cases = sweep("ci", families=["dense"])
+    assert gate.residue_gaps(cases) == []
+    tables = gate.table_tiles()
+    for launch_index, launch in enumerate(gate.TILE_LAUNCHES):
         assert {c.tiles[launch_index] for c in cases if c.tiles} == set(tables[launch]), launch
 
 
 def test_quick_covers_the_residues_of_its_own_tiles():
-    cases = sweep("quick", packed=False)
-    own = {launch: (tile,) for launch, tile in zip(eq.TILE_LAUNCHES, eq.QUICK_TILES)}
-    assert eq.residue_gaps(cases, own) == []
-    tables = eq.table_tiles()
-    assert all(tile in tables[launch] for launch, tile in zip(eq.TILE_LAUNCHES, eq.QUICK_TILES))
+    cases = sweep("quick", families=["dense"])
+    own = {launch: (tile,) for launch, tile in zip(gate.TILE_LAUNCHES, gate.QUICK_TILES)}
+    assert gate.residue_gaps(cases, own) == []
+    tables = gate.table_tiles()
+    assert all(tile in tables[launch] for launch, tile in zip(gate.TILE_LAUNCHES, gate.QUICK_TILES))
 
 
 def test_a_missing_residue_is_reported():
-    cases = sweep("ci", packed=False)
+    cases = sweep("ci", families=["dense"])
     boundary = [c for c in cases if c.tiles]
-    gaps = eq.residue_gaps([c for c in cases if c is not boundary[2]])
+    gaps = gate.residue_gaps([c for c in cases if c is not boundary[2]])
     assert gaps and all("never" in g for g in gaps)
 
 
 def test_a_new_tile_in_the_tables_is_covered_by_construction(monkeypatch):
-    tables = eq.table_tiles()
+    tables = gate.table_tiles()
     grown = {**tables, "forward": tables["forward"] + ((256, 16),)}
-    monkeypatch.setattr(eq, "table_tiles", lambda: grown)
-    cases = eq.boundary_cases("ci")
+    monkeypatch.setattr(gate.boundaries, "table_tiles", lambda: grown)
+    cases = gate.boundary_cases("ci")
     assert any(c.tiles[0] == (256, 16) for c in cases)
-    assert eq.residue_gaps(cases) == []
+    assert gate.residue_gaps(cases) == []
 
 
 def test_decode_tiles_are_the_dispatchers_and_kvcache_lengths_hit_the_residues():
     from flashref.kernels.attention_decode import decode_tile
-    from flashref.packed_equivalence import DECODE_TILES, kvcache_boundary_rows
+    from flashref.gate import DECODE_TILES, kvcache_boundary_rows
 
     dispatched = {decode_tile(d, dt, hopper)[:2] for d in (16, 32, 64, 96, 128, 256)
                   for dt in ("float16", "bfloat16", "float32") for hopper in (False, True)}
@@ -97,15 +96,15 @@ PRECISION_CASE = dict(batch=2, heads_q=2, heads_kv=1, seqlen_q=64, seqlen_k=90, 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_the_rms_criterion_fails_a_kernel_that_rounds_worse_than_its_algorithm(dtype, seed):
     case = Case(dtype=dtype, seed=seed, **PRECISION_CASE)
-    inputs = eq.make_inputs(case)
-    ref, base = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs)
-    algo = eq.algorithm_attention(case, inputs)
-    kernel = eq.judge_all(case, inputs, ref, base, eq.kernel_attention(case, inputs), algo)
+    inputs = gate.make_inputs(case)
+    ref, base = gate.oracle_attention(case, inputs), gate.baseline_attention(case, inputs)
+    algo = gate.algorithm_attention(case, inputs)
+    kernel = gate.judge_all(case, inputs, ref, base, gate.kernel_attention(case, inputs), algo)
     assert all(e.passed for e in kernel.values()), {t: e.ratio for t, e in kernel.items()}
     bad_roundings = [truncating(getattr(torch, dtype))] + ([coarser] if dtype == "float16" else [])
     for rounding in bad_roundings:
-        worse = eq.algorithm_attention(case, inputs, rounding=rounding)
-        judged = eq.judge_all(case, inputs, ref, base, worse, algo)
+        worse = gate.algorithm_attention(case, inputs, rounding=rounding)
+        judged = gate.judge_all(case, inputs, ref, base, worse, algo)
         for key in ("out", "dq", "dk", "dv"):
             assert not judged[key].passed and judged[key].rms.ratio > 1, (key, judged[key].rms)
         # The max-norm rule alone lets some of it through (plain 16-bit attention errs more).
@@ -113,26 +112,26 @@ def test_the_rms_criterion_fails_a_kernel_that_rounds_worse_than_its_algorithm(d
 
 
 @pytest.mark.interp
-@pytest.mark.parametrize("dtype", eq.DTYPES)
+@pytest.mark.parametrize("dtype", gate.DTYPES)
 def test_a_truncated_ln2_in_the_lse_fails(dtype, seed):
     case = Case(dtype=dtype, seed=seed, **PRECISION_CASE)
-    inputs = eq.make_inputs(case)
-    ref, base = eq.oracle_attention(case, inputs), eq.baseline_attention(case, inputs)
-    algo, kern = eq.algorithm_attention(case, inputs), eq.kernel_attention(case, inputs)
-    assert eq.judge_all(case, inputs, ref, base, kern, algo)["lse"].passed
+    inputs = gate.make_inputs(case)
+    ref, base = gate.oracle_attention(case, inputs), gate.baseline_attention(case, inputs)
+    algo, kern = gate.algorithm_attention(case, inputs), gate.kernel_attention(case, inputs)
+    assert gate.judge_all(case, inputs, ref, base, kern, algo)["lse"].passed
     truncated = dict(kern, lse=kern["lse"] * (0.6931 / math.log(2)))
-    assert not eq.judge_all(case, inputs, ref, base, truncated, algo)["lse"].passed
+    assert not gate.judge_all(case, inputs, ref, base, truncated, algo)["lse"].passed
 
 
 def test_the_rms_criterion_allows_for_few_elements():
     case = Case(1, 1, 1, 1, 1, 1, "bfloat16", False, "top_left", False)
-    small = eq.rms_check(case, torch.ones(2), torch.ones(2), np.zeros(2), np.ones(2))
-    large = eq.rms_check(case, torch.ones(10**4), torch.ones(10**4), np.zeros(10**4), np.ones(10**4))
-    assert small.factor > 2 * large.factor and large.factor == pytest.approx(eq.RMS_FACTOR_16BIT * 1.03)
+    small = gate.rms_check(case.dtype, torch.ones(2), torch.ones(2), np.zeros(2), np.ones(2))
+    large = gate.rms_check(case.dtype, torch.ones(10**4), torch.ones(10**4), np.zeros(10**4), np.ones(10**4))
+    assert small.factor > 2 * large.factor and large.factor == pytest.approx(gate.RMS_FACTOR_16BIT * 1.03)
     # (B, H, L, D) tensors count rows: one query row of 256 elements is one sample, not 256.
-    one_row = eq.rms_check(case, torch.ones(1, 1, 1, 256), torch.ones(1, 1, 1, 256), np.zeros((1, 1, 1, 256)),
+    one_row = gate.rms_check(case.dtype, torch.ones(1, 1, 1, 256), torch.ones(1, 1, 1, 256), np.zeros((1, 1, 1, 256)),
                            np.ones((1, 1, 1, 256)))
-    assert one_row.factor == pytest.approx(eq.RMS_FACTOR_16BIT * 4)
+    assert one_row.factor == pytest.approx(gate.RMS_FACTOR_16BIT * 4)
 
 
 # ---------------------------------------------------------------------------- reach
@@ -159,7 +158,7 @@ def test_every_family_has_float32_and_16bit_cases(preset):
 
 @pytest.mark.parametrize("preset", ["quick", "ci"])
 def test_the_descriptor_path_and_the_pointer_path_both_run(preset):
-    sixteen = [c for c in sweep(preset, packed=False) if c.dtype != "float32"]
+    sixteen = [c for c in sweep(preset, families=["dense"]) if c.dtype != "float32"]
     for group in ([c for c in sixteen if not c.tiles], [c for c in sixteen if c.tiles]):
         assert {c.descriptors for c in group} == {True, False}
     assert all(c.head_dim % 8 == 0 for c in sixteen if c.descriptors)  # 16-byte rows: TMA can load them
@@ -167,7 +166,7 @@ def test_the_descriptor_path_and_the_pointer_path_both_run(preset):
 
 @pytest.mark.parametrize("preset", ["quick", "ci"])
 def test_kvcache_has_variants_and_both_split_paths(preset):
-    kv = [c for c in packed_sweep(preset) if isinstance(c, KvcacheCase)]
+    kv = [c for c in sweep(preset, families=["varlen", "kvcache"]) if isinstance(c, KvcacheCase)]
     assert any(c.window != (-1, -1) for c in kv) and any(c.softcap for c in kv)
     assert any(c.alibi for c in kv) and any(c.sinks for c in kv)
     assert {c.num_splits == 1 for c in kv} == {True, False}  # one split (no combine) and several
@@ -175,15 +174,15 @@ def test_kvcache_has_variants_and_both_split_paths(preset):
 
 def test_quick_has_gqa_dropout_over_several_batch_rows():
     assert any(c.batch > 1 and c.heads_q > c.heads_kv > 0 and c.dropout_p > 0
-               for c in sweep("quick", packed=False))
+               for c in sweep("quick", families=["dense"]))
 
 
 @pytest.mark.interp
 def test_verify_runs_and_reports_the_path_it_asked_for(seed):
     tma = Case(1, 2, 1, 20, 33, 16, "bfloat16", True, "top_left", False, seed=seed, descriptors=True)
-    assert eq.check_case(tma).path == "tma"
-    assert eq.check_case(dataclasses.replace(tma, descriptors=False)).path == "pointer"
-    assert eq.check_case(dataclasses.replace(tma, dtype="float32")).path == "pointer"  # float32: no TMA
+    assert gate.check_case(tma).path == "tma"
+    assert gate.check_case(dataclasses.replace(tma, descriptors=False)).path == "pointer"
+    assert gate.check_case(dataclasses.replace(tma, dtype="float32")).path == "pointer"  # float32: no TMA
 
 
 @pytest.mark.parametrize("name", [
@@ -193,7 +192,7 @@ def test_verify_runs_and_reports_the_path_it_asked_for(seed):
     "kvcache-hq4-hkv2-lq2-new1-cap48-page16-splits3-d32-float16-win9_inf-softcap20-alibi-sinks",
 ])
 def test_new_case_fields_round_trip_through_names(name):
-    case = Case.from_name(name, 5)
+    case = case_from_name(name, 5)
     assert case.name == name and case.seed == 5
 
 

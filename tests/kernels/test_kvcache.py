@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.kernels import INTERPRETED, flash_attention_with_kvcache
 from flashref.kernels.flash_attention_kvcache import num_splits_heuristic
 from flashref.reference import append_to_kvcache, attention_with_kvcache
@@ -110,15 +110,15 @@ def run_case(case, seed):
                                sinks=None if sinks is None else sinks.to(dtype))
         base[b] = o
         if n:  # the gate's derived float32 slack for this sequence (the dense gate's magnitudes)
-            seq_case = eq.Case(1, hq, hkv, lq, n, d, dtype_name, causal, "bottom_right", False, window=tuple(window),
+            seq_case = gate.Case(1, hq, hkv, lq, n, d, dtype_name, causal, "bottom_right", False, window=tuple(window),
                                softcap=softcap, alibi="h" if alibi is not None else "", sinks=sinks is not None)
-            inputs = eq.CaseInputs(q[b][None], kb.transpose(0, 1)[None], vb.transpose(0, 1)[None],
+            inputs = gate.CaseInputs(q[b][None], kb.transpose(0, 1)[None], vb.transpose(0, 1)[None],
                                    torch.zeros_like(q[b][None]), None,
                                    alibi_slopes=None if alibi is None else alibi.float(),
                                    sinks=None if sinks is None else sinks.float())
             ref_b = dict(out=ref_out[b:b + 1], lse=ref_lse[b:b + 1])
-            mags = eq.magnitudes(seq_case, inputs, ref_b)
-            slack = max(slack, eq.slack(seq_case, mags["out"], ref_b["out"]))
+            mags = gate.magnitudes(seq_case, inputs, ref_b)
+            slack = max(slack, gate.slack(seq_case.dtype, mags["out"], ref_b["out"]))
     verdict = rule(errors(dict(out=out), dict(out=ref_out)), errors(dict(out=base), dict(out=ref_out)),
                    dict(out=slack))
     assert all(e.passed for e in verdict.values()), f"{name} seed {seed}: {describe(verdict)}"

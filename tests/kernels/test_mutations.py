@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from flashref import mutations as mut
-from flashref.equivalence import Case
+from flashref.gate import case_from_name
 
 ROOT = mut.repository_root()
 
@@ -27,7 +27,7 @@ def test_every_mutation_applies_to_the_current_tree(mutation):
     text = (ROOT / mutation.file).read_text()
     assert text.count(mutation.old) == 1, f"{mutation.name}: stale ({text.count(mutation.old)} occurrences)"
     assert mut.apply(mutation, text) != text
-    Case.from_name(mutation.witness, 0)  # a replayable case name (packed ones included)
+    case_from_name(mutation.witness, 0)  # a replayable case name (packed ones included)
 
 
 def test_the_catalogue_covers_the_classes_of_issue_20():

@@ -22,7 +22,7 @@ import math
 import pytest
 import torch
 
-from flashref import equivalence as eq
+from flashref import gate
 from flashref.kernels import INTERPRETED, flash_attention
 
 pytestmark = pytest.mark.skipif(not INTERPRETED, reason="runs the descriptor path under the interpreter")
@@ -117,6 +117,6 @@ def test_the_dispatcher_takes_descriptors_only_where_tma_can_load():
 def test_backward_through_descriptors_meets_the_rule(name, seed):
     """Forward and backward on the descriptor path, judged by the gate against the float64
     oracle (max-norm and RMS criteria, lse included)."""
-    result = eq.check_case(eq.Case.from_name(name, seed))
+    result = gate.check_case(gate.case_from_name(name, seed))
     assert result.path == "tma", f"{name}: ran the {result.path} path"
     assert result.passed, f"{result.failure_summary()}  replay: {result.replay}"

@@ -1,7 +1,7 @@
 """The attention variants in the kernels (issues 10 and 14), judged against the float64 oracle.
 
 Each case runs ``flash_attention`` forward and backward (NaN-poisoned outputs), and judges
-out, dq, dk, dv and dsinks by the project's rule (``flashref.equivalence.judge_all``): against
+out, dq, dk, dv and dsinks by the project's rule (``flashref.gate.judge_all``): against
 the float64 oracle with the same keywords (dropout replayed from the same Philox seed, bit
 for bit), with the same-dtype torch baseline (each variant written out, on the oracle's mask
 and keep mask) and the derived slack. Inputs are fresh every run: the base seed is
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import flashref.equivalence as eq
+from flashref import gate
 from flashref.kernels import INTERPRETED, flash_attention, last_dropout_seed, poisoned_outputs
 from flashref.reference import attention_forward
 from flashref.reference.philox import dropout_keep
@@ -113,30 +113,30 @@ def run_kernel(d: Drawn):
 
 
 def as_gate_case(case: VariantCase, d: Drawn, seed: int):
-    """The same case and inputs in flashref.equivalence's terms (its oracle, baseline, rule)."""
-    gate_case = eq.Case(case.batch, case.heads_q, case.heads_kv, case.seqlen_q, case.seqlen_k, case.head_dim,
+    """The same case and inputs in flashref.gate's terms (its oracle, baseline, rule)."""
+    gate_case = gate.Case(case.batch, case.heads_q, case.heads_kv, case.seqlen_q, case.seqlen_k, case.head_dim,
                         case.dtype, case.causal, case.causal_alignment, case.kv_lens is not None, seed,
                         window=case.window_size, softcap=case.softcap, alibi=case.alibi or "", sinks=case.sinks,
                         dropout_p=case.dropout_p)
-    inputs = eq.CaseInputs(d.q, d.k, d.v, d.dout, d.kw.get("kv_lens"), d.kw.get("alibi_slopes"), d.sinks,
+    inputs = gate.CaseInputs(d.q, d.k, d.v, d.dout, d.kw.get("kv_lens"), d.kw.get("alibi_slopes"), d.sinks,
                            d.kw.get("dropout_seed"))
     return gate_case, inputs
 
 
 def check(case: VariantCase, seed: int):
-    """Judge one case by the project's rule (``flashref.equivalence.judge_all``: the oracle, the
+    """Judge one case by the project's rule (``flashref.gate.judge_all``: the oracle, the
     same-dtype baseline, the derived slack; dsinks like the other gradients) and check the
     lse; returns the drawn inputs and the kernel's (out, lse, grads) for extra checks."""
     d = draw(case, seed)
     out, lse, grads = run_kernel(d)
     gate_case, inputs = as_gate_case(case, d, seed)
-    ref = eq.oracle_attention(gate_case, inputs)
-    base = eq.baseline_attention(gate_case, inputs)
+    ref = gate.oracle_attention(gate_case, inputs)
+    base = gate.baseline_attention(gate_case, inputs)
     kern = dict(zip(("dq", "dk", "dv", "dsinks"), grads), out=out)
     where = f"{case.id} seed={seed} (replay: FLASHREF_SEED={BASE_SEED})"
     for t in (out, lse, *grads):
         assert not torch.isnan(t).any(), f"NaN in a kernel output: {where}"
-    errors = eq.judge_all(gate_case, inputs, ref, base, kern)
+    errors = gate.judge_all(gate_case, inputs, ref, base, kern)
     assert set(errors) == {"out", "dq", "dk", "dv"} | ({"dsinks"} if case.sinks else set())
     print(where, " ".join(f"{k} {e.kernel:.1e}/{e.bound:.1e}" for k, e in errors.items()))
     failures = [e.describe(key) for key, e in errors.items() if not e.passed]
@@ -178,7 +178,7 @@ CASES = [
     V("sink_every_key_masked", 2, 2, 2, 17, 20, 16, "float16", kv_lens=(0, 9), sinks=True),
     # Raw logits ~1e4 (scale * q.k with q, k ~ 60 N(0, 1)): tanh saturates to +-1, no overflow.
     # The raw q.k cancels catastrophically where tanh has not saturated: the slack carries the
-    # kernel's own float32 error of it through 1 - t^2 (flashref/equivalence.py, magnitudes).
+    # kernel's own float32 error of it through 1 - t^2 (flashref/gate/, magnitudes).
     V("softcap_logits_1e4", 1, 2, 2, 20, 24, 32, "bfloat16", softcap=30.0, magnitude=60.0),
     V("softcap_logits_1e4", 1, 2, 2, 20, 24, 32, "float32", softcap=30.0, magnitude=60.0),
     V("dropout_0.9", 1, 2, 2, 31, 33, 16, "float32", dropout_p=0.9),

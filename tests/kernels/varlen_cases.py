@@ -1,5 +1,5 @@
 """Shared pieces of the varlen and KV-cache kernel tests: fresh seeds, the plain torch baseline in
-the kernel's dtype (one sequence at a time), and the rule (``flashref.equivalence.judge``)."""
+the kernel's dtype (one sequence at a time), and the rule (``flashref.gate.judge``)."""
 
 import math
 import os
@@ -8,8 +8,8 @@ import secrets
 import numpy as np
 import torch
 
-import flashref.equivalence as eq
-from flashref.equivalence import judge, max_abs_error
+from flashref import gate
+from flashref.gate import judge, max_abs_error
 
 BASE_SEED = int(os.environ.get("FLASHREF_SEED", secrets.randbits(31)))
 print(f"tests/kernels varlen/kvcache: base seed {BASE_SEED} (replay: FLASHREF_SEED={BASE_SEED})")
@@ -66,7 +66,7 @@ def rule(errors_kernel: dict, errors_base: dict, slacks: dict | None = None) -> 
 
 def varlen_slack(dtype: str, q, k, v, dout, ref: dict, ref_lse, cu_q, cu_k, *, causal, causal_alignment,
                  window_size=(-1, -1), softcap=0.0, alibi=None, sinks=None, dropout_p=0.0) -> dict:
-    """The dense gate's derived slack (``flashref.equivalence.magnitudes``/``slack``) of packed
+    """The dense gate's derived slack (``flashref.gate.magnitudes``/``slack``) of packed
     attention, sequence by sequence: q, dout (total_q, Hq, D), k, v (total_k, Hkv, D) in the
     dtype; ref: the oracle's tensors (packed; dsinks (Hq,)), ref_lse (Hq, total_q); alibi (B, Hq).
     A tensor's magnitude is the largest over the sequences (dsinks: their sum, as dsinks sums
@@ -80,14 +80,14 @@ def varlen_slack(dtype: str, q, k, v, dout, ref: dict, ref_lse, cu_q, cu_k, *, c
         lq, lk = qs.stop - qs.start, ks.stop - ks.start
         if lq == 0 or lk == 0:  # no term is summed (out = 0, delta = 0)
             continue
-        case = eq.Case(batch=1, heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk, head_dim=d, dtype=dtype,
+        case = gate.Case(batch=1, heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk, head_dim=d, dtype=dtype,
                        causal=causal, causal_alignment=causal_alignment, kv_lens=False, window=tuple(window_size),
                        softcap=softcap, alibi="h" if alibi is not None else "", sinks=sinks is not None)
         seq = lambda t, s: t[s].transpose(0, 1)[None]  # noqa: E731  (1, H, L, D)
-        inputs = eq.CaseInputs(seq(q, qs), seq(k, ks), seq(v, ks), seq(dout, qs), None,
+        inputs = gate.CaseInputs(seq(q, qs), seq(k, ks), seq(v, ks), seq(dout, qs), None,
                                alibi_slopes=None if alibi is None else alibi[b].float(),
                                sinks=None if sinks is None else sinks.float())
-        mags = eq.magnitudes(case, inputs, dict(out=np.asarray(ref["out"])[qs].transpose(1, 0, 2)[None],
+        mags = gate.magnitudes(case, inputs, dict(out=np.asarray(ref["out"])[qs].transpose(1, 0, 2)[None],
                                                 lse=np.asarray(ref_lse)[:, qs][None]))
         for key in largest:
             largest[key] = max(largest[key], float(np.max(mags[key])))
@@ -95,7 +95,7 @@ def varlen_slack(dtype: str, q, k, v, dout, ref: dict, ref_lse, cu_q, cu_k, *, c
             dsinks += mags["dsinks"]
     if sinks is not None:
         largest["dsinks"] = float(np.max(dsinks))
-    return {key: eq.U32 * m / (1.0 - dropout_p) + float(np.max(eq.half_ulp(np.asarray(ref[key]), dtype),
+    return {key: gate.U32 * m / (1.0 - dropout_p) + float(np.max(gate.half_ulp(np.asarray(ref[key]), dtype),
                                                                 initial=0.0))
             for key, m in largest.items()}
 
