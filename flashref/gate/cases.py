@@ -19,6 +19,10 @@ from typing import Any, Callable, ClassVar
 
 from .rule import DTYPES
 
+#: What an implementation can declare and a case can need (one vocabulary for every family).
+FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",
+            "dropout", "lse", "varlen", "kvcache", "paged")
+
 CAUSAL_MODES = ((False, "top_left"), (True, "top_left"), (True, "bottom_right"))
 # The launches a case's ``tiles`` force, in order (a split dK / dV pass takes the dK/dV tile).
 TILE_LAUNCHES = ("forward", "backward_dkdv", "backward_dq")
@@ -169,6 +173,24 @@ Case.SUFFIXES = (
 )
 
 
+def dense_features(case: Case) -> set[str]:
+    """The features (``FEATURES``) an implementation must declare to run a dense case."""
+    needs = set()
+    if case.causal:
+        needs.add(f"causal_{case.causal_alignment}")
+    elif case.causal_alignment == "bottom_right" and (case.window != (-1, -1) or case.alibi):
+        needs.add("causal_bottom_right")  # the alignment places the window and ALiBi
+    if case.kv_lens:
+        needs.add("kv_lens")
+    if case.heads_q != case.heads_kv:
+        needs.add("gqa")
+    for feature, used in (("window", case.window != (-1, -1)), ("softcap", case.softcap > 0),
+                          ("alibi", bool(case.alibi)), ("sinks", case.sinks), ("dropout", case.dropout_p > 0)):
+        if used:
+            needs.add(feature)
+    return needs
+
+
 class ReplayableCase:
     """What the reports need of a case besides its name and seed: the replay command and its
     fields as plain data (the packed families' cases inherit it)."""
@@ -181,4 +203,4 @@ class ReplayableCase:
         return dataclasses.asdict(self)
 
 
-__all__ = ["CAUSAL_MODES", "TILE_LAUNCHES", "Case", "ReplayableCase", "Suffix"]
+__all__ = ["CAUSAL_MODES", "FEATURES", "TILE_LAUNCHES", "Case", "ReplayableCase", "Suffix", "dense_features"]

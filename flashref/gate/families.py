@@ -2,9 +2,12 @@
 
 A ``Family`` says how its cases are named, listed and judged: ``prefix`` (a case name that
 starts with it is the family's; the dense family's is empty and comes last), ``from_name``,
-``sweep(preset, *, dtypes, head_dims, causal, seed)``, ``check(case, device)`` (the kernels
-against the oracle by the rule, a ``CaseResult``), the entry point it exercises and the
-``seed_offset`` its sweep's seeds start at. ``sweep``, ``case_from_name`` and ``check_case``
+``sweep(preset, *, dtypes, head_dims, causal, seed)``, ``check(case, device)`` (flashref's
+kernels against the oracle by the rule, a ``CaseResult``), ``features(case)`` (what an
+implementation must declare to run it, ``cases.FEATURES``), the entry point it exercises, the
+``Implementation`` attribute that holds another implementation's entry point (``attention``,
+``varlen``, ``kvcache``; ``check(case, device, that_callable, name)`` judges it for the packed
+families) and the ``seed_offset`` its sweep's seeds start at. ``sweep``, ``case_from_name`` and ``check_case``
 go through the registry, so a new family is one ``register_family`` call, not a branch in
 every caller.
 """
@@ -14,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .cases import Case
+from .cases import Case, dense_features
 from .dense import check_case as check_dense
-from .packed import KvcacheCase, VarlenCase, check_kvcache, check_varlen, kvcache_sweep, varlen_sweep
+from .packed import (KvcacheCase, VarlenCase, check_kvcache, check_varlen, kvcache_features, kvcache_sweep,
+                     varlen_features, varlen_sweep)
 from .results import CaseResult
 from .rule import DTYPES
 from .sweeps import dense_sweep
@@ -32,8 +36,10 @@ class Family:
     case_type: type
     prefix: str
     sweep: Callable[..., list]
-    check: Callable[[Any, str], CaseResult]
+    check: Callable[..., CaseResult]
+    features: Callable[[Any], set]
     entry_point: str
+    implementation_attribute: str
     seed_offset: int = 0
 
     def from_name(self, name: str, seed: int = 0):
@@ -53,11 +59,11 @@ def register_family(family: Family) -> Family:
     return family
 
 
-register_family(Family("dense", Case, "", dense_sweep, check_dense, "flash_attention"))
-register_family(Family("varlen", VarlenCase, "varlen-", varlen_sweep, check_varlen, "flash_attention_varlen",
-                       seed_offset=20_000))
-register_family(Family("kvcache", KvcacheCase, "kvcache-", kvcache_sweep, check_kvcache,
-                       "flash_attention_with_kvcache", seed_offset=20_000))
+register_family(Family("dense", Case, "", dense_sweep, check_dense, dense_features, "flash_attention", "attention"))
+register_family(Family("varlen", VarlenCase, "varlen-", varlen_sweep, check_varlen, varlen_features,
+                       "flash_attention_varlen", "varlen", seed_offset=20_000))
+register_family(Family("kvcache", KvcacheCase, "kvcache-", kvcache_sweep, check_kvcache, kvcache_features,
+                       "flash_attention_with_kvcache", "kvcache", seed_offset=20_000))
 
 
 def family_of(case) -> Family:

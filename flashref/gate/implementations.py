@@ -6,8 +6,11 @@ keyword names are flashref's (``causal``, ``causal_alignment``, ``kv_lens``, ``w
 ``softcap``, ``alibi_slopes``, ``sinks``, ``dropout_p``, ``dropout_seed``), passed only when a
 case uses them; it returns ``out`` or ``(out, lse)`` and gradients come from torch autograd
 through ``out`` (and ``sinks``). ``layout`` "bhld" is (B, H, L, D), "blhd" FlashAttention's
-(B, L, H, D). A case that needs a feature, dtype, head dim or device the implementation does not
-declare is *unsupported*: reported, never failed, never dropped (``unsupported_reason``).
+(B, L, H, D). Optional ``varlen`` and ``kvcache`` callables with flashref's signatures
+(``flash_attention_varlen``, ``flash_attention_with_kvcache``) let it be judged on the packed
+families too (declare ``varlen``, ``kvcache``, ``paged``). A case that needs a feature, dtype,
+head dim or device the implementation does not declare is *unsupported*: reported, never
+failed, never dropped (``unsupported_reason``).
 
 ``run_implementation`` calls it on a case's inputs and checks what comes back (shape, dtype,
 device, no NaN or Inf where the oracle is finite, the inputs left as they were); anything wrong
@@ -22,20 +25,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .cases import Case
+from .cases import FEATURES, Case
 from .dense import CaseInputs, attention_kwargs
 from .families import family_of
+from .results import ImplementationError
 from .rule import DTYPES
 
-#: What an implementation can declare (one vocabulary for every implementation).
-FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",
-            "dropout", "lse", "varlen", "kvcache", "paged")
 LAYOUTS = ("bhld", "blhd")
 ENTRY_POINT_GROUP = "flashref.implementations"
-
-
-class ImplementationError(RuntimeError):
-    """An implementation raised, or returned something that is not attention's output."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,7 @@ class Implementation:
     (docs/design.md); plain attention rounds S and P to the dtype and is judged by the
     max-norm rule alone. ``available(device)`` returns why it cannot run there, or None.
     ``backward_devices``: where it has a backward; elsewhere its forward alone (out, lse) is
-    judged, and the report says so."""
+    judged, and the report says so. ``varlen``, ``kvcache``: its packed entry points, or None."""
 
     name: str
     attention: Callable[..., Any]
@@ -59,10 +56,14 @@ class Implementation:
     fused: bool = False
     available: Callable[[str], str | None] | None = field(default=None, compare=False)
     backward_devices: tuple = ("cpu", "cuda")
+    varlen: Callable[..., Any] | None = field(default=None, compare=False)
+    kvcache: Callable[..., Any] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if not callable(self.attention):
-            raise TypeError(f"implementation {self.name!r}: attention must be callable, got {type(self.attention)}")
+        for role in ("attention", "varlen", "kvcache"):
+            fn = getattr(self, role)
+            if not callable(fn) and not (role != "attention" and fn is None):
+                raise TypeError(f"implementation {self.name!r}: {role} must be callable, got {type(fn)}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"implementation {self.name!r}: layout must be one of {LAYOUTS}, got {self.layout!r}")
         unknown = set(self.features) - set(FEATURES)
@@ -75,32 +76,17 @@ class Implementation:
         object.__setattr__(self, "features", frozenset(self.features))
 
 
-def required_features(case: Case) -> set[str]:
-    """The features a dense case needs (the FEATURES vocabulary)."""
-    needs = set()
-    if case.causal:
-        needs.add(f"causal_{case.causal_alignment}")
-    elif case.causal_alignment == "bottom_right" and (case.window != (-1, -1) or case.alibi):
-        needs.add("causal_bottom_right")  # the alignment places the window and ALiBi
-    if case.kv_lens:
-        needs.add("kv_lens")
-    if case.heads_q != case.heads_kv:
-        needs.add("gqa")
-    for feature, used in (("window", case.window != (-1, -1)), ("softcap", case.softcap > 0),
-                          ("alibi", bool(case.alibi)), ("sinks", case.sinks), ("dropout", case.dropout_p > 0)):
-        if used:
-            needs.add(feature)
-    return needs
+def required_features(case) -> set[str]:
+    """The features (``FEATURES``) an implementation must declare to run ``case``, of any family."""
+    return family_of(case).features(case)
 
 
-def unsupported_reason(impl: Implementation, case: Case, device: str) -> str | None:
-    """Why ``impl`` cannot run ``case`` on ``device`` (a non-dense case, a missing feature,
-    dtype, head dim or device, or its own ``available``), or None."""
-    if not isinstance(case, Case):
-        family = type(case).__name__.removesuffix("Case").lower()
-        if family not in impl.features or impl.name != "flashref":
-            return f"the {family} family is judged for the built-in flashref implementation only"
-        return None
+def unsupported_reason(impl: Implementation, case, device: str) -> str | None:
+    """Why ``impl`` cannot run ``case`` on ``device`` (no entry point for the case's family, a
+    missing feature, dtype, head dim or device, or its own ``available``), or None."""
+    family = family_of(case)
+    if getattr(impl, family.implementation_attribute) is None:
+        return f"no {family.implementation_attribute} entry point (the {family.name} family)"
     missing = sorted(required_features(case) - impl.features)
     if missing:
         return f"needs {', '.join(missing)}"
@@ -290,6 +276,18 @@ def _flashref(q, k, v, **kw):
     return flash_attention(q, k, v, return_lse=True, **kw)
 
 
+def _flashref_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+    from flashref.kernels import flash_attention_varlen
+
+    return flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw)
+
+
+def _flashref_kvcache(q, k_cache, v_cache, k=None, v=None, **kw):
+    from flashref.kernels import flash_attention_with_kvcache
+
+    return flash_attention_with_kvcache(q, k_cache, v_cache, k=k, v=v, **kw)
+
+
 MASKS = frozenset({"causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window"})
 
 
@@ -305,7 +303,8 @@ def builtin_implementations() -> dict[str, Implementation]:
                                    ("efficient", "EFFICIENT_ATTENTION"), ("cudnn", "CUDNN_ATTENTION"))}
     return {
         "flashref": Implementation("flashref", _flashref, features=frozenset(FEATURES),
-                                   head_dims=lambda d: 1 <= d <= 256, fused=True),
+                                   head_dims=lambda d: 1 <= d <= 256, fused=True, varlen=_flashref_varlen,
+                                   kvcache=_flashref_kvcache),
         **sdpa,
         # torch 2.13's eager FlexAttention has no backward on the CPU.
         "flex": Implementation("flex", _flex_masked, features=MASKS | {"softcap", "alibi", "lse"},

@@ -25,7 +25,7 @@ import numpy as np
 from .boundaries import RESIDUES, SHIFT_PAIRING, tile_triples
 from .cases import TILE_LAUNCHES, Case, ReplayableCase
 from .dense import CaseInputs, baseline_attention, magnitudes
-from .results import CaseResult
+from .results import CaseResult, ImplementationError
 from .rule import FACTORS, as_float64, baseline_ceiling, judge, max_abs_error, slack
 
 
@@ -121,8 +121,40 @@ class VarlenCase(ReplayableCase):
 
 
 
-def check_varlen(case: VarlenCase, device: str = "cpu") -> CaseResult:
-    """The varlen entry point against its float64 oracle twin, forward and backward (module docstring)."""
+def varlen_features(case: VarlenCase) -> set[str]:
+    """The features (``cases.FEATURES``) an implementation must declare to run a varlen case."""
+    needs = {"varlen"} | ({f"causal_{case.causal_alignment}"} if case.causal else set())
+    return needs | ({"gqa"} if case.heads_q != case.heads_kv else set())
+
+
+def _call(name: str, fn, *args, **kwargs):
+    """An implementation's packed entry point called; anything it raises is its ERROR."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        raise ImplementationError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _check_output(name: str, out, like, ref_out) -> None:
+    """``out`` must be a tensor shaped, typed and placed like ``like``, finite where the oracle is."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise ImplementationError(f"{name} returned {type(out).__name__}, not a torch.Tensor")
+    if tuple(out.shape) != tuple(like.shape) or out.dtype != like.dtype or out.device != like.device:
+        raise ImplementationError(f"{name} returned out {tuple(out.shape)} {out.dtype} on {out.device}, expected "
+                                  f"{tuple(like.shape)} {like.dtype} on {like.device}")
+    finite = torch.from_numpy(np.isfinite(ref_out)).to(out.device)
+    if not bool(out.detach().isfinite()[finite].all()):
+        raise ImplementationError(f"{name} returned NaN or Inf where the oracle is finite")
+
+
+def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str = "flashref") -> CaseResult:
+    """The varlen entry point against its float64 oracle twin, forward and backward (module
+    docstring): flashref's ``flash_attention_varlen``, or ``varlen`` (an implementation's, same
+    signature: ``varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+    causal, causal_alignment)`` with q (total_q, Hq, D), k and v (total_k, Hkv, D), returning
+    out (total_q, Hq, D); its gradients from torch autograd)."""
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_varlen, poisoned_outputs
@@ -147,14 +179,23 @@ def check_varlen(case: VarlenCase, device: str = "cpu") -> CaseResult:
     forced = {}
     if case.tiles and INTERPRETED:
         forced = {name: KernelConfig(m, n, 1, 1) for name, (m, n) in zip(TILE_LAUNCHES, case.tiles)}
-    with poisoned_outputs(), forced_configs(forced):
-        out = flash_attention_varlen(qk, kk, vk, torch.from_numpy(cu_q).to(device),
-                                     torch.from_numpy(cu_k).to(device), max_q, max_k, **kw)
-        dq, dk, dv = torch.autograd.grad(out, (qk, kk, vk), dout)
-    kern = dict(out=out, dq=dq, dk=dk, dv=dv)
-
     f64 = as_float64
     ref_out, ref_lse = attention_varlen_forward(f64(q), f64(k), f64(v), cu_q, cu_k, max_q, max_k, **kw)
+    cu_args = (torch.from_numpy(cu_q).to(device), torch.from_numpy(cu_k).to(device), max_q, max_k)
+    if varlen is None:
+        with poisoned_outputs(), forced_configs(forced):
+            out = flash_attention_varlen(qk, kk, vk, *cu_args, **kw)
+            dq, dk, dv = torch.autograd.grad(out, (qk, kk, vk), dout)
+    else:
+        if not kw["causal"]:
+            kw = {}  # only the keywords the case uses (an implementation may take no other)
+        elif kw["causal_alignment"] == "top_left":
+            kw = dict(causal=True)
+        out = _call(name, varlen, qk, kk, vk, *cu_args, **kw)
+        _check_output(name, out, q, ref_out)
+        dq, dk, dv = _call(f"{name}'s backward", torch.autograd.grad, out, (qk, kk, vk), dout)
+    kern = dict(out=out, dq=dq, dk=dk, dv=dv)
+
     rdq, rdk, rdv = attention_varlen_backward(f64(q), f64(k), f64(v), ref_out, ref_lse, f64(dout), cu_q, cu_k,
                                               max_q, max_k, **kw)
     ref = dict(out=ref_out, dq=rdq, dk=rdk, dv=rdv)
@@ -243,8 +284,23 @@ class KvcacheCase(ReplayableCase):
                    g[16] is not None, g[17] is not None, tile)
 
 
-def check_kvcache(case: KvcacheCase, device: str = "cpu") -> CaseResult:
-    """The KV-cache entry point against its float64 oracle twin, and its append (module docstring)."""
+def kvcache_features(case: KvcacheCase) -> set[str]:
+    """The features (``cases.FEATURES``) an implementation must declare to run a KV-cache case
+    (decoding: the new queries are the last of each sequence, causal bottom-right)."""
+    needs = {"kvcache", "causal_bottom_right"} | ({"paged"} if case.page_size else set())
+    for feature, used in (("gqa", case.heads_q != case.heads_kv), ("window", case.window != (-1, -1)),
+                          ("softcap", case.softcap > 0), ("alibi", case.alibi), ("sinks", case.sinks)):
+        if used:
+            needs.add(feature)
+    return needs
+
+
+def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: str = "flashref") -> CaseResult:
+    """The KV-cache entry point against its float64 oracle twin, and its append (module
+    docstring): flashref's ``flash_attention_with_kvcache``, or ``kvcache`` (an
+    implementation's, same signature: ``kvcache(q, k_cache, v_cache, k=None, v=None, *,
+    cache_seqlens, block_table=None, ...)``, the variants' keywords only when the case uses
+    them; it appends k, v into the caches in place and returns out (B, Hq, Lq, D))."""
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_with_kvcache, poisoned_outputs
@@ -287,10 +343,17 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu") -> CaseResult:
     dev = lambda t: None if t is None else t.to(device)  # noqa: E731
     kc, vc = dev(k_cache), dev(v_cache)
     forced = {"decode": KernelConfig(*case.tile, 1, 1)} if case.tile and INTERPRETED else {}
-    with poisoned_outputs(), forced_configs(forced):
-        out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t),
-                                           block_table=dev(table), num_splits=case.num_splits,
-                                           alibi_slopes=dev(slopes), sinks=dev(sinks), **variants)
+    if kvcache is None:
+        with poisoned_outputs(), forced_configs(forced):
+            out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t),
+                                               block_table=dev(table), num_splits=case.num_splits,
+                                               alibi_slopes=dev(slopes), sinks=dev(sinks), **variants)
+    else:
+        used = {key: value for key, value in dict(variants, alibi_slopes=dev(slopes), sinks=dev(sinks)).items()
+                if value is not None and value != (-1, -1) and value != 0.0}
+        if table is not None:
+            used["block_table"] = dev(table)
+        out = _call(name, kvcache, dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t), **used)
 
     f64 = lambda t: None if t is None else as_float64(t)  # noqa: E731
     tab = None if table is None else table.numpy()
@@ -299,7 +362,8 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu") -> CaseResult:
     for label, got, expected in (("k_cache", kc, want[0]), ("v_cache", vc, want[1])):
         if not np.array_equal(f64(got), expected, equal_nan=True):
             bad = int((~((f64(got) == expected) | (np.isnan(f64(got)) & np.isnan(expected)))).sum())
-            raise AssertionError(f"{label}: {bad} elements differ from the append's expectation")
+            raise ImplementationError(f"{name}: {label}: {bad} elements differ from the append's expectation "
+                                      f"(the new rows written, every other element unchanged)")
     oracle_variants = dict(variants, alibi_slopes=f64(slopes), sinks=f64(sinks))
     ref_out = attention_with_kvcache(f64(q), np.nan_to_num(f64(k0)), np.nan_to_num(f64(v0)), k=f64(knew),
                                      v=f64(vnew), cache_seqlens=np.array(seqlens), block_table=tab,
@@ -321,6 +385,8 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu") -> CaseResult:
                                      softcap=case.softcap, alibi_slopes=slopes, sinks=sinks)
         base[b] = b_side["out"][0]
         mags[b] = b_mags["out"][0]
+    if kvcache is not None:
+        _check_output(name, out, q.to(device), ref_out)
     errors = _judge_packed(case.dtype, dict(out=out), dict(out=ref_out), dict(out=base), dict(out=mags))
     return CaseResult(case, errors, time.perf_counter() - start)
 
@@ -428,5 +494,6 @@ def kvcache_boundary_rows(preset: str) -> list:
     return rows
 
 
-__all__ = ["DECODE_TILES", "KvcacheCase", "VarlenCase", "check_kvcache", "check_varlen", "kvcache_boundary_rows",
+__all__ = ["DECODE_TILES", "KvcacheCase", "VarlenCase", "check_kvcache", "check_varlen", "kvcache_features",
+           "varlen_features", "kvcache_boundary_rows",
            "kvcache_sweep", "varlen_boundary_rows", "varlen_sweep"]

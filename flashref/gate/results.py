@@ -7,6 +7,11 @@ from typing import Any, Mapping
 
 from .rule import TensorError
 
+
+class ImplementationError(RuntimeError):
+    """An implementation raised, or returned something that is not attention's output: the
+    gate reports ERROR for that case (``CaseResult.exception``) and goes on."""
+
 @dataclass(frozen=True)
 class CaseResult:
     """What one case produced: its ``errors`` per tensor, or the ``exception`` its check raised
@@ -66,4 +71,4 @@ class CaseResult:
         return line
 
 
-__all__ = ["CaseResult"]
+__all__ = ["CaseResult", "ImplementationError"]

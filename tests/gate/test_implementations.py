@@ -18,6 +18,9 @@ from flashref.gate import (FEATURES, Implementation, builtin_implementations, ch
                            required_features, resolve_implementation)
 from flashref.kernels import INTERPRETED
 
+from user_impls import (PACKED_FEATURES, PLAIN, PLAIN_PACKED, kvcache_without_append, plain_attention,
+                        varlen_overreads)
+
 # flashref's own kernels run where the suite runs them: the CPU under the interpreter, else CUDA.
 KERNEL_DEVICE = "cpu" if INTERPRETED else "cuda"
 
@@ -140,3 +143,33 @@ def test_the_pytest_plugin_fixture_judges_and_fails(attention_gate):
     assert report.passed
     with pytest.raises(AssertionError, match="replay|--impl user_impls:off_by_one_causal"):
         attention_gate("user_impls:off_by_one_causal", cases, features="causal_top_left,gqa")
+
+
+def packed_cases(seed):
+    return gate.sweep("quick", seed=seed, families=["varlen", "kvcache"])
+
+
+def test_packed_families_judge_a_users_varlen_and_kvcache(seed):
+    report = check(PLAIN_PACKED, packed_cases(seed), device="cpu")
+    assert report.passed, [r.summary() for r in report.results if r.status in ("fail", "error")]
+    judged = [r for r in report.results if r.status == "pass"]
+    assert {type(r.case).__name__ for r in judged} == {"VarlenCase", "KvcacheCase"}
+    # The decode variants it does not declare are unsupported, and say which feature they need.
+    assert any(r.unsupported and "alibi" in r.unsupported for r in report.results)
+    # Without a varlen entry point the family is unsupported, never failed.
+    dense_only = check(PLAIN, packed_cases(seed), device="cpu")
+    assert dense_only.count("unsupported") == len(dense_only.results)
+    assert all("entry point" in r.unsupported for r in dense_only.results)
+
+
+@pytest.mark.parametrize("impl, expected", [
+    (Implementation("overread", plain_attention, features=PACKED_FEATURES, varlen=varlen_overreads), "fail"),
+    (Implementation("no-append", plain_attention, features=PACKED_FEATURES, kvcache=kvcache_without_append), "error"),
+])
+def test_packed_planted_bugs_fail(impl, expected, seed):
+    report = check(impl, packed_cases(seed), device="cpu")
+    bad = [r for r in report.results if r.status == expected]
+    assert bad, f"{impl.name}: nothing {expected}ed"
+    assert f"--impl {impl.name}" in bad[0].replay
+    if expected == "error":
+        assert "differ from the append's expectation" in bad[0].exception

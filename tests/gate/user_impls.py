@@ -65,3 +65,63 @@ def writes_into_q(q, k, v, **kw):
 
 PLAIN = Implementation("plain", plain_attention, features={"causal_top_left", "gqa"})
 
+
+
+def plain_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *, causal=False,
+                 causal_alignment="top_left", overread=0):
+    """Packed sequences one at a time through ``plain_attention``: q (total_q, Hq, D), k and v
+    (total_k, Hkv, D). ``overread``: the planted bug, each sequence reads that many keys of the
+    next one."""
+    outs = []
+    for b in range(len(cu_seqlens_q) - 1):
+        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
+        k0, k1 = int(cu_seqlens_k[b]), min(int(cu_seqlens_k[b + 1]) + overread, k.shape[0])
+        as_dense = lambda t: t.transpose(0, 1)[None]  # noqa: E731  (L, H, D) -> (1, H, L, D)
+        shift = (k1 - k0) - (q1 - q0) if causal_alignment == "bottom_right" else 0
+        out = plain_attention(as_dense(q[q0:q1]), as_dense(k[k0:k1]), as_dense(v[k0:k1]), causal=causal,
+                              diagonal=shift)
+        outs.append(out[0].transpose(0, 1))
+    return torch.cat(outs)
+
+
+def varlen_overreads(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **kw):
+    return plain_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, overread=1, **kw)
+
+
+def plain_kvcache(q, k_cache, v_cache, k=None, v=None, *, cache_seqlens, block_table=None, skip_append=False):
+    """Decoding through ``plain_attention``: the new keys k, v (B, Hkv, Lnew, D) appended into
+    the cache (B, Lmax, Hkv, D) or its pages (P, page, Hkv, D) through ``block_table``, then the
+    queries (B, Hq, Lq, D) against each sequence's cache_seqlens + Lnew keys, bottom-right
+    causal. ``skip_append``: the planted bug."""
+    batch, lnew = q.shape[0], 0 if k is None else k.shape[2]
+    page = k_cache.shape[1] if block_table is not None else None
+
+    def where(b, t):
+        return (int(block_table[b, t // page]), t % page) if page else (b, t)
+
+    outs = []
+    for b in range(batch):
+        n_old = int(cache_seqlens[b])
+        if not skip_append:
+            for t in range(lnew):
+                k_cache[where(b, n_old + t)] = k[b, :, t]
+                v_cache[where(b, n_old + t)] = v[b, :, t]
+        keys = [k_cache[where(b, t)] if (t < n_old or not skip_append) else k[b, :, t - n_old]
+                for t in range(n_old + lnew)]
+        values = [v_cache[where(b, t)] if (t < n_old or not skip_append) else v[b, :, t - n_old]
+                  for t in range(n_old + lnew)]
+        if not keys:
+            outs.append(torch.zeros_like(q[b]))
+            continue
+        kb, vb = torch.stack(keys).transpose(0, 1)[None], torch.stack(values).transpose(0, 1)[None]
+        outs.append(plain_attention(q[b:b + 1], kb, vb, causal=True, diagonal=len(keys) - q.shape[2])[0])
+    return torch.stack(outs)
+
+
+def kvcache_without_append(q, k_cache, v_cache, k=None, v=None, **kw):
+    return plain_kvcache(q, k_cache, v_cache, k, v, skip_append=True, **kw)
+
+
+PACKED_FEATURES = {"causal_top_left", "causal_bottom_right", "gqa", "varlen", "kvcache", "paged"}
+PLAIN_PACKED = Implementation("plain-packed", plain_attention, features=PACKED_FEATURES, varlen=plain_varlen,
+                              kvcache=plain_kvcache)
