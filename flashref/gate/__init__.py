@@ -26,7 +26,8 @@ from .dense import (MASK_KEYWORDS, CaseInputs, algorithm_attention, attention_kw
                     float32_matmuls_in_ieee, judge_all, kernel_attention, magnitudes, make_inputs, oracle_attention)
 from .families import FAMILIES, PRESETS, Family, case_from_name, check_case, family_of, register_family, sweep
 from .implementations import (FEATURES, Implementation, ImplementationError, builtin_implementations, parse_features,
-                              required_features, resolve_implementation, run_implementation, unsupported_reason)
+                              required_features, resolve_implementation, run_implementation, unsupported_reason,
+                              visibility)
 from .packed import (DECODE_TILES, KvcacheCase, VarlenCase, kvcache_boundary_rows, kvcache_sweep,
                      varlen_boundary_rows, varlen_sweep)
 from .results import CaseResult
@@ -51,5 +52,5 @@ __all__ = [
     "kvcache_sweep", "magnitudes", "make_inputs", "max_abs_error", "max_or_zero", "oracle_attention",
     "parse_features", "register_family", "required_features", "residue_gaps", "resolve_cases",
     "resolve_implementation", "rms_check", "rms_error", "run_implementation", "slack", "sweep", "table_tiles",
-    "tile_triples", "unsupported_reason", "varlen_boundary_rows", "varlen_sweep",
+    "tile_triples", "unsupported_reason", "varlen_boundary_rows", "varlen_sweep", "visibility",
 ]

@@ -18,8 +18,8 @@ from flashref.gate import (FEATURES, Implementation, builtin_implementations, ch
                            required_features, resolve_implementation)
 from flashref.kernels import INTERPRETED
 
-from user_impls import (PACKED_FEATURES, PLAIN, PLAIN_PACKED, kvcache_without_append, plain_attention,
-                        varlen_overreads)
+from user_impls import (MASK_FEATURES, PACKED_FEATURES, PLAIN, PLAIN_PACKED, kvcache_without_append, masked_with,
+                        plain_attention, varlen_overreads)
 
 # flashref's own kernels run where the suite runs them: the CPU under the interpreter, else CUDA.
 KERNEL_DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -173,3 +173,20 @@ def test_packed_planted_bugs_fail(impl, expected, seed):
     assert f"--impl {impl.name}" in bad[0].replay
     if expected == "error":
         assert "differ from the append's expectation" in bad[0].exception
+
+
+@pytest.mark.parametrize("bug", [None, "causal_off_by_one", "drops_last_partial_block", "truncated_log2e"])
+def test_the_quick_preset_catches_each_planted_bug_of_a_wrapped_implementation(bug, seed):
+    """The issue's mutation check: a user's masked attention (flashref's masks, an exp2 softmax)
+    judged on `flashref verify --quick`'s cases; correct, it passes every case it declares, and
+    each realistic bug fails some with a replay command that names it."""
+    impl = Implementation(bug or "masked", masked_with(bug), features=MASK_FEATURES)
+    report = check(impl, "quick", device="cpu", seed=seed)
+    judged = report.count("pass") + report.count("fail")
+    assert report.count("error") == 0 and judged >= 25  # the quick cases without softcap/ALiBi/sinks/dropout
+    if bug is None:
+        assert report.passed, [r.summary() for r in report.results if r.status == "fail"]
+    else:
+        failed = [r for r in report.results if r.status == "fail"]
+        assert failed, f"{bug} passed all {judged} quick cases it declares"
+        assert failed[0].replay.startswith(f"flashref verify --impl {bug} --case ")

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from flashref.gate import Implementation
+from flashref.gate import Implementation, visibility
 
 
 def plain_attention(q, k, v, *, causal=False, key_limit=None, scale_factor=1.0, diagonal=0):
@@ -125,3 +125,41 @@ def kvcache_without_append(q, k_cache, v_cache, k=None, v=None, **kw):
 PACKED_FEATURES = {"causal_top_left", "causal_bottom_right", "gqa", "varlen", "kvcache", "paged"}
 PLAIN_PACKED = Implementation("plain-packed", plain_attention, features=PACKED_FEATURES, varlen=plain_varlen,
                               kvcache=plain_kvcache)
+
+
+
+MASK_FEATURES = {"causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window"}
+
+
+def masked_attention(q, k, v, *, causal=False, causal_alignment="top_left", kv_lens=None, window_size=(-1, -1),
+                     bug=None):
+    """A user's attention over flashref's masks (``gate.visibility``), softmax through exp2 as a
+    hand-written kernel computes it. ``bug``: the planted one, "causal_off_by_one" (the causal
+    edge one key too far right), "drops_last_partial_block" (the keys past the last multiple of
+    16 ignored) or "truncated_log2e" (log2(e) as 1.4427, a 3.4e-5 relative error on each score)."""
+    batch, _, seqlen_q, _ = q.shape
+    seqlen_k = k.shape[2]
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    visible = visibility(batch, seqlen_q, seqlen_k, causal=causal, causal_alignment=causal_alignment,
+                         kv_lens=kv_lens, window_size=window_size, device=q.device)
+    if bug == "causal_off_by_one" and causal:
+        # The diagonal one key further right: the union of the mask and itself shifted by a key.
+        visible = visible | torch.nn.functional.pad(visible[..., :-1], (1, 0))
+    if bug == "drops_last_partial_block" and seqlen_k > 16:
+        visible = visible & (torch.arange(seqlen_k, device=q.device) < seqlen_k // 16 * 16)
+    log2e = 1.4427 if bug == "truncated_log2e" else 1.4426950408889634
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1]) * log2e
+    scores = scores.masked_fill(~visible, float("-inf"))
+    top = scores.amax(dim=-1, keepdim=True)
+    weights = torch.exp2(scores - torch.where(torch.isinf(top), torch.zeros_like(top), top))
+    total = weights.sum(dim=-1, keepdim=True)
+    return ((weights / torch.where(total > 0, total, torch.ones_like(total))) @ v.float()).to(q.dtype)
+
+
+def masked_with(bug):
+    def attention(q, k, v, **kw):
+        return masked_attention(q, k, v, bug=bug, **kw)
+
+    attention.__name__ = bug or "masked_attention"
+    return attention
