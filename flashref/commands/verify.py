@@ -94,15 +94,11 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=max(console.width, 170))
     device = choose_device(args.device, "flashref verify")
     if args.model:  # issue 12: the whole-model check (flashref/model_check.py)
-        from flashref.model_check import run_verify_model
-
-        return run_verify_model(args, console)
+        return _run_model(args, console)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
 
     if args.distributed is not None:  # ring attention on N processes (flashref.distributed.check)
-        from flashref.distributed.check import verify_command
-
-        return verify_command(args, console, device, seed)
+        return _run_distributed(args, console, device, seed)
 
     if args.fuzz is not None:
         return _run_fuzz(args, device, seed, console)
@@ -325,3 +321,120 @@ def _run_fuzz(args, device: str, seed: int, console) -> int:
     if not bad:
         console.print(f"[bold green]PASS[/]: every drawn case within bounds ({where}).")
     return 1 if bad else 0
+
+
+def _run_model(args, console) -> int:
+    """``flashref verify --model``: the device is chosen (and the interpreter switched on) by the caller."""
+    import torch
+    from rich.markup import escape
+
+    from flashref.gate.model import ModelCase, check_model, model_cases
+    from flashref.gate.reports import model_tables
+    from flashref.reporting import describe_device, environment
+
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        if args.case:
+            cases = [ModelCase.from_name(name, seed=seed) for name in args.case]
+        else:
+            cases = model_cases(args.dtype, seed=seed)
+    except ValueError as err:
+        console.print(f"[red]flashref verify --model: {escape(str(err))}[/]")
+        return 2
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    where = describe_device(environment())
+    console.print(f"flashref verify --model: torch.nn.Transformer on the kernels vs the NumPy Transformer "
+                  f"(float64), {len(cases)} dtype(s) on {where}, seed {seed}")
+    results = []
+    for case in cases:
+        result = check_model(case, device)
+        results.append(result)
+        worst = result.worst()
+        console.print(f"  {case.name}: {len(result.checks)} tensors (output + every parameter gradient), "
+                      f"{result.routed_calls} attention calls on the kernels, worst ratio "
+                      f"{worst.error.ratio:.2f} ({worst.name}), {result.seconds:.1f} s: "
+                      + ("[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"))
+        if result.refused:
+            console.print(f"  [yellow]baseline on {'+'.join(result.baselines)} only: {escape(result.refused)}[/]")
+    for table in model_tables(results, only_failures=args.failures_only):
+        console.print(table)
+    console.print("ratio = kernel err / bound; PASS when kernel err <= bound = 2 x (output) or 3 x (gradients) "
+                  "baseline err + u32 max|ref|; baseline = the same torch model on torch's math and fused SDPA in "
+                  "the same dtype (the larger error, pooled over each group relative to each tensor's scale); reference = the NumPy Transformer "
+                  "in float64 with the same weights.")
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        console.print(f"[bold green]PASS[/]: {len(results)}/{len(results)} models within bounds on every tensor.")
+        return 0
+    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(results)} models out of bounds. Replay:")
+    for r in failed:
+        print(f"  {r.case.replay_command()}", flush=True)
+    return 1
+
+
+def _run_distributed(args, console, device: str, seed: int) -> int:
+    """``flashref verify --distributed N``: the ring sweep (or ``--case`` names) on N local
+    processes, the usual table, exit status 0 only if every configuration passed."""
+    import torch
+    from rich.markup import escape
+
+    from flashref.gate.reports import verify_table
+    from flashref.gate.ring import RingCase, ring_sweep, run_ring_check
+
+    world = args.distributed
+    if world < 1:
+        console.print(f"[red]flashref verify: --distributed needs at least 1 process, got {world}[/]")
+        return 2
+    if device == "cuda" and torch.cuda.device_count() < world:
+        console.print(f"[red]flashref verify: --distributed {world} on CUDA needs {world} GPUs (one per process), "
+                      f"torch sees {torch.cuda.device_count()}[/]")
+        return 2
+    causal = CAUSAL[args.causal]
+    try:
+        if args.case:
+            cases = [RingCase.from_name(name, seed=seed) for name in args.case]
+            if any(c.world_size != world for c in cases):
+                raise ValueError(f"--case names a different number of processes than --distributed {world}")
+        else:
+            cases = ring_sweep(world, dtypes=args.dtype, causal=causal, seed=seed)
+    except ValueError as err:
+        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
+        return 2
+    if not cases:
+        console.print("[red]flashref verify: no configuration matches these filters[/]")
+        return 2
+    where = (f"{world} processes, gloo, CPU with Triton's interpreter" if device == "cpu"
+             else f"{world} processes, nccl, one GPU each")
+    console.print(f"flashref verify --distributed {world}: ring attention, {len(cases)} configurations on {where}, "
+                  f"seed {seed} (case i uses seed {seed} + i)")
+    try:
+        run = run_ring_check(cases, world, device=device)
+    except TimeoutError as err:
+        console.print(f"[bold red]FAIL[/]: {escape(str(err))}")
+        return 1
+    outcomes = run.results
+    console.print(verify_table(outcomes))
+    if args.json or args.junit:
+        from flashref.gate.reports import verify_report, write_junit
+        from flashref.reporting import environment, write_json
+
+        env = environment()
+        settings = {"distributed": world, "seed": seed, "device": device, "dtypes": args.dtype,
+                    "causal": args.causal, "cases": args.case}
+        if args.json:
+            path = write_json(args.json, verify_report(outcomes, settings=settings, env=env, seconds=run.seconds))
+            console.print(f"JSON report: {path}")
+        if args.junit:
+            path = write_junit(args.junit, outcomes, env=env, suite="flashref.verify.distributed", seconds=run.seconds)
+            console.print(f"JUnit report: {path}")
+    failed = [o for o in outcomes if not o.passed]
+    if not failed:
+        console.print(f"[bold green]PASS[/]: {len(outcomes)}/{len(outcomes)} configurations within bounds; "
+                      f"{run.seconds:.1f} s wall for {world} processes (spawn, import, ring forward + backward).")
+        return 0
+    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(outcomes)} configurations out of bounds (seed {seed}). "
+                  "Replay:")
+    for o in failed:
+        console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)
+        print(f"  {o.replay}", flush=True)
+    return 1

@@ -5,8 +5,8 @@ process group, forward and backward, with the fused kernels on each block and K/
 passed around the ring; ``shard_sequence`` / ``unshard_sequence`` / ``gather_sequence`` /
 ``shard_positions`` (layout.py) cut and reassemble sequences in the ``zigzag`` or
 ``contiguous`` layout; ``merge_attention`` (merge.py) is the torch twin of the oracle's
-log-sum-exp merge. ``check.py`` spawns local processes and judges ring attention against the
-float64 oracle (``flashref verify --distributed N``). docs/distributed.md has the math, the
+log-sum-exp merge. The gate's ring family (flashref/gate/ring.py) spawns local processes and judges ring
+attention against the float64 oracle (``flashref verify --distributed N``). docs/distributed.md has the math, the
 communication volume and the overlap condition.
 
 Importing this package does not import triton: the kernels are loaded on the first call, so

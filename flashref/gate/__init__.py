@@ -7,7 +7,8 @@ One module per concept, each calling only the ones above it in this list:
 - ``cases``: the dense ``Case`` and its name grammar; ``results``: ``CaseResult``;
 - ``dense``: a dense case's inputs, oracle, baselines, magnitudes and verdict;
 - ``boundaries`` and ``sweeps``: the dense presets (covering design, variants, block edges);
-- ``packed``: the varlen and KV-cache families;
+- ``packed``: the varlen and KV-cache families; ``model``: a whole torch.nn.Transformer on
+  the kernels; ``ring``: ring attention on N processes;
 - ``families``: the registry that makes the families peers (``sweep``, ``case_from_name``,
   ``check_case``);
 - ``implementations``: ``Implementation`` (anyone's attention and what it declares), the
@@ -25,12 +26,14 @@ from .check import GateReport, check, check_case_with, resolve_cases
 from .dense import (MASK_KEYWORDS, CaseInputs, algorithm_attention, attention_kwargs, baseline_attention,
                     float32_matmuls_in_ieee, judge_all, kernel_attention, magnitudes, make_inputs, oracle_attention)
 from .families import FAMILIES, PRESETS, Family, case_from_name, check_case, family_of, register_family, sweep
+from .model import ModelCase, ModelResult, check_model, model_cases
 from .implementations import (FEATURES, Implementation, ImplementationError, builtin_implementations, parse_features,
                               required_features, resolve_implementation, run_implementation, unsupported_reason,
                               visibility)
 from .packed import (DECODE_TILES, KvcacheCase, VarlenCase, kvcache_boundary_rows, kvcache_sweep,
                      varlen_boundary_rows, varlen_sweep)
 from .results import CaseResult
+from .ring import RingCase, check_ring, ring_sweep, run_ring_check
 from .rule import (BASELINE_CEILING, DS_ROUNDING, DTYPES, FACTORS, FLOAT32_REGIME, LAMBDA, LSE_ROUNDING,
                    RMS_FACTOR_16BIT, RMS_FACTOR_FLOAT32, TANH_ROUNDING, TENSORS, U32, UNIT_ROUNDOFF, RmsError,
                    TensorError, as_float64, baseline_ceiling, error_ratio, finite_error, half_ulp, judge,
@@ -44,13 +47,13 @@ __all__ = [
     "QUICK_TILES", "RESIDUES",
     "RMS_FACTOR_16BIT", "RMS_FACTOR_FLOAT32", "SHIFT_PAIRING", "TANH_ROUNDING", "TENSORS", "TILE_LAUNCHES", "U32",
     "UNIT_ROUNDOFF", "VARIANT_FAMILIES", "Case", "CaseInputs", "CaseResult", "Family", "GateReport",
-    "Implementation", "ImplementationError", "KvcacheCase", "ReplayableCase", "RmsError", "Suffix", "TensorError",
+    "Implementation", "ImplementationError", "KvcacheCase", "ModelCase", "ModelResult", "ReplayableCase", "RingCase", "RmsError", "Suffix", "TensorError",
     "VarlenCase", "algorithm_attention", "as_float64", "attention_kwargs", "baseline_attention",
     "baseline_ceiling", "boundary_cases", "boundary_quantities", "builtin_implementations", "case_from_name",
-    "check", "check_case", "check_case_with", "dense_sweep", "error_ratio", "family_of", "finite_error",
+    "check", "check_case", "check_case_with", "check_model", "check_ring", "dense_sweep", "error_ratio", "family_of", "finite_error",
     "float32_matmuls_in_ieee", "half_ulp", "judge", "judge_all", "kernel_attention", "kvcache_boundary_rows",
-    "kvcache_sweep", "magnitudes", "make_inputs", "max_abs_error", "max_or_zero", "oracle_attention",
+    "kvcache_sweep", "magnitudes", "make_inputs", "model_cases", "max_abs_error", "max_or_zero", "oracle_attention",
     "parse_features", "register_family", "required_features", "residue_gaps", "resolve_cases",
-    "resolve_implementation", "rms_check", "rms_error", "run_implementation", "slack", "sweep", "table_tiles",
+    "resolve_implementation", "ring_sweep", "rms_check", "rms_error", "run_implementation", "run_ring_check", "slack", "sweep", "table_tiles",
     "tile_triples", "unsupported_reason", "varlen_boundary_rows", "varlen_sweep", "visibility",
 ]

@@ -29,7 +29,8 @@ def check_case_with(impl: Implementation, case, device: str = "cpu") -> CaseResu
     if reason is not None:
         return CaseResult(case, unsupported=reason, implementation=impl.name)
     if impl.name == "flashref" and impl.attention.__module__ == __name__.rsplit(".", 1)[0] + ".implementations":
-        return dataclasses.replace(check_case(case, device), implementation=impl.name)
+        result = check_case(case, device)
+        return dataclasses.replace(result, implementation=impl.name) if isinstance(result, CaseResult) else result
     family = family_of(case)
     if family.name != "dense":  # a packed family: its check calls the implementation's entry point
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The case families and their registry: dense, varlen and kvcache are peers.
+"""The case families and their registry: dense, varlen, kvcache, model and ring are peers.
 
 A ``Family`` says how its cases are named, listed and judged: ``prefix`` (a case name that
 starts with it is the family's; the dense family's is empty and comes last), ``from_name``,
@@ -7,9 +7,11 @@ kernels against the oracle by the rule, a ``CaseResult``), ``features(case)`` (w
 implementation must declare to run it, ``cases.FEATURES``), the entry point it exercises, the
 ``Implementation`` attribute that holds another implementation's entry point (``attention``,
 ``varlen``, ``kvcache``; ``check(case, device, that_callable, name)`` judges it for the packed
-families) and the ``seed_offset`` its sweep's seeds start at. ``sweep``, ``case_from_name`` and ``check_case``
-go through the registry, so a new family is one ``register_family`` call, not a branch in
-every caller.
+families; None: flashref's kernels only) and the ``seed_offset`` its sweep's seeds start at.
+``in_presets``: whether ``sweep(preset)`` lists it by default (the model and ring families
+are asked for by name: ``flashref verify --model``, ``--distributed N``). ``sweep``,
+``case_from_name`` and ``check_case`` go through the registry, so a new family is one
+``register_family`` call, not a branch in every caller.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any, Callable
 
 from .cases import Case, dense_features
 from .dense import check_case as check_dense
+from .model import ModelCase, check_model, model_cases
 from .packed import (KvcacheCase, VarlenCase, check_kvcache, check_varlen, kvcache_features, kvcache_sweep,
                      varlen_features, varlen_sweep)
 from .results import CaseResult
+from .ring import RingCase, check_ring, ring_sweep
 from .rule import DTYPES
 from .sweeps import dense_sweep
 
@@ -39,8 +43,9 @@ class Family:
     check: Callable[..., CaseResult]
     features: Callable[[Any], set]
     entry_point: str
-    implementation_attribute: str
+    implementation_attribute: str | None
     seed_offset: int = 0
+    in_presets: bool = True
 
     def from_name(self, name: str, seed: int = 0):
         return self.case_type.from_name(name, seed)
@@ -66,6 +71,20 @@ register_family(Family("kvcache", KvcacheCase, "kvcache-", kvcache_sweep, check_
                        "flash_attention_with_kvcache", "kvcache", seed_offset=20_000))
 
 
+def _model_sweep(preset, *, dtypes=None, head_dims=None, causal=None, seed=0):
+    return model_cases([d for d in dtypes if d in ("float32", "bfloat16", "float16")] if dtypes else None, seed=seed)
+
+
+def _ring_sweep(preset, *, dtypes=None, head_dims=None, causal=None, seed=0, world_size=2):
+    return ring_sweep(world_size, dtypes=dtypes, causal=causal, seed=seed)
+
+
+register_family(Family("model", ModelCase, "transformer-", _model_sweep, check_model, lambda case: set(),
+                       "torch.nn.Transformer on sdpa_routing", None, in_presets=False))
+register_family(Family("ring", RingCase, "ring", _ring_sweep, check_ring, lambda case: set(), "ring_attention", None,
+                       in_presets=False))
+
+
 def family_of(case) -> Family:
     """The registered family ``case`` belongs to (TypeError for anything else)."""
     for family in FAMILIES.values():
@@ -86,7 +105,7 @@ def case_from_name(name: str, seed: int = 0):
 
 def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 0, families=None) -> list:
     """The cases of ``preset`` ("quick", "ci", "full") over the ``families`` named (default: every
-    registered one, in registration order), each family's seeds from ``seed + seed_offset``,
+    registered one ``in_presets``, in registration order), each family's seeds from ``seed + seed_offset``,
     optionally restricted to some dtypes (names), head dims, or to causal (True: both
     alignments) / non-causal (False) masking."""
     if preset not in PRESETS:
@@ -95,7 +114,7 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
         for d in dtypes:
             if d not in DTYPES:
                 raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
-    names = tuple(FAMILIES) if families is None else tuple(families)
+    names = tuple(n for n, f in FAMILIES.items() if f.in_presets) if families is None else tuple(families)
     unknown = sorted(set(names) - set(FAMILIES))
     if unknown:
         raise ValueError(f"unknown case families {unknown}; registered: {sorted(FAMILIES)}")

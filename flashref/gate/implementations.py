@@ -85,6 +85,8 @@ def unsupported_reason(impl: Implementation, case, device: str) -> str | None:
     """Why ``impl`` cannot run ``case`` on ``device`` (no entry point for the case's family, a
     missing feature, dtype, head dim or device, or its own ``available``), or None."""
     family = family_of(case)
+    if family.implementation_attribute is None:
+        return None if impl.name == "flashref" else f"the {family.name} family judges flashref's kernels only"
     if getattr(impl, family.implementation_attribute) is None:
         return f"no {family.implementation_attribute} entry point (the {family.name} family)"
     missing = sorted(required_features(case) - impl.features)

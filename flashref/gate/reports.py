@@ -120,6 +120,34 @@ def implementations_table(results: Mapping[str, list[Any]]) -> Table:
     return table
 
 
+def model_tables(results: list, *, only_failures: bool = False) -> list:
+    """``flashref verify --model``: one rich Table per group of ``ModelResult``s' tensors (the
+    output, then parameter groups), groups and rows worst first."""
+    rows: dict[str, list] = {}
+    for result in results:
+        for check in result.checks:
+            if only_failures and check.error.passed:
+                continue
+            rows.setdefault(check.group, []).append((result, check))
+    ordered = sorted(rows.items(), key=lambda item: -max(_finite_ratio(c.error) for _, c in item[1]))
+    tables = []
+    for group, entries in ordered:
+        entries.sort(key=lambda rc: -_finite_ratio(rc[1].error))
+        table = Table(title=f"{group}: {len({c.name for _, c in entries})} tensor(s)", title_justify="left")
+        for column in ("tensor", "dtype", "kernel err", "baseline err", "ratio", "bound", "result"):
+            table.add_column(column, justify="left" if column in ("tensor", "dtype", "result") else "right")
+        for result, check in entries:
+            e = check.error
+            table.add_row(check.name, result.case.dtype, f"{e.kernel:.2e}", f"{e.baseline:.2e}", f"{e.ratio:.2f}",
+                          f"{e.bound:.2e}", "[green]PASS[/]" if e.passed else "[bold red]FAIL[/]")
+        tables.append(table)
+    return tables
+
+
+def _finite_ratio(error) -> float:
+    return math.inf if not math.isfinite(error.ratio) else error.ratio
+
+
 def _ratio_text(ratio: float) -> str:
     return f"{ratio:.2f}" if ratio < 1000 else _fmt(ratio)
 
@@ -258,5 +286,5 @@ def write_junit_suites(
     return path
 
 
-__all__ = ["VERIFY_SCHEMA", "implementations_table", "verify_report", "verify_table", "write_junit",
+__all__ = ["VERIFY_SCHEMA", "implementations_table", "model_tables", "verify_report", "verify_table", "write_junit",
            "write_junit_suites"]

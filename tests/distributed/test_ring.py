@@ -15,7 +15,7 @@ from seeding import derived_seed
 
 from flashref import gate
 from flashref.distributed import ring_attention, unshard_sequence
-from flashref.distributed.check import (BAD_INPUT_SCENARIOS, RING_TENSORS, RingCase, judge_ring_case, ring_sweep,
+from flashref.gate.ring import (BAD_INPUT_SCENARIOS, RING_TENSORS, RingCase, judge_ring_case, ring_sweep,
                                         run_ring_check)
 
 # Case seeds are fixed at collection from the session seed, so the ids and the replay lines agree.

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import flashref.distributed.check as check
+import flashref.gate.ring as check
 from flashref import gate
 from flashref.cli import main
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from flashref.distributed import ring_attention
-from flashref.distributed.check import _free_port
+from flashref.gate.ring import _free_port
 from flashref.kernels import flash_attention
 
 

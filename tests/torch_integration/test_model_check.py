@@ -4,10 +4,10 @@ output and every parameter gradient judged by the project's rule (small configs,
 import pytest
 import torch
 
-from flashref import model_check
+from flashref.gate import model as model_family
 from flashref.cli import main
 from flashref.kernels import INTERPRETED
-from flashref.model_check import ModelCase, check_model
+from flashref.gate.model import ModelCase, check_model
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 SMALL = dict(d_model=16, nhead=2, encoder_layers=1, decoder_layers=1, dim_feedforward=32, batch=2, src_len=7,
@@ -15,7 +15,7 @@ SMALL = dict(d_model=16, nhead=2, encoder_layers=1, decoder_layers=1, dim_feedfo
 
 
 def n_parameters(case):
-    return len(list(model_check._torch_model(case).parameters()))
+    return len(list(model_family._torch_model(case).parameters()))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -64,7 +64,7 @@ def test_the_activation_is_part_of_the_case_and_checked():
     relu = ModelCase(dtype="bfloat16", activation="relu", **SMALL)
     assert "-postnorm-relu-bfloat16" in relu.name and ModelCase.from_name(relu.name) == relu
     assert ModelCase(**SMALL).activation == "gelu"  # smooth: the rule needs it (module docstring)
-    assert model_check._torch_model(relu).encoder.layers[0].activation is torch.nn.functional.relu
+    assert model_family._torch_model(relu).encoder.layers[0].activation is torch.nn.functional.relu
     with pytest.raises(ValueError, match="activation"):
         ModelCase(activation="tanh")
     with pytest.raises(ValueError, match="gelu-bfloat16"):
@@ -79,7 +79,7 @@ def test_a_fused_baseline_that_cannot_run_is_reported_not_hidden(seed, monkeypat
     from torch.nn.attention import SDPBackend
 
     refusing = SDPBackend.EFFICIENT_ATTENTION if DEVICE == "cpu" else SDPBackend.FLASH_ATTENTION
-    monkeypatch.setattr(model_check, "baseline_backends", lambda device: (SDPBackend.MATH, refusing))
+    monkeypatch.setattr(model_family, "baseline_backends", lambda device: (SDPBackend.MATH, refusing))
     case = ModelCase(dtype="float32", seed=seed, **SMALL)
     result = check_model(case, DEVICE)
     name = refusing.name.lower()

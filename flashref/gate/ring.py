@@ -1,4 +1,5 @@
-r"""Ring attention against the float64 oracle, on N local processes.
+r"""The ring family: ring attention (``flashref.distributed``) against the float64 oracle, on N
+local processes.
 
 ``run_ring_check(cases, world_size)`` spawns ``world_size`` processes
 (``torch.multiprocessing``, start method "spawn"; gloo and Triton's interpreter on the CPU,
@@ -28,11 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from flashref import gate
-
-from .layout import LAYOUTS, chunks_per_sequence
+from .cases import Case
+from .dense import baseline_attention, judge_all, make_inputs, oracle_attention
+from .results import CaseResult
+from .rule import DTYPES
 
 #: Seconds a process-group operation may wait before it fails (gloo and nccl).
 GROUP_TIMEOUT_S = 300
@@ -63,12 +63,14 @@ class RingCase:
 
     world_size: int
     layout: str
-    case: gate.Case
+    case: Case
 
     _NAME = re.compile(r"ring(\d+)-(zigzag|contiguous)-(.+)")
 
     def __post_init__(self):
         c = self.case
+        from flashref.distributed.layout import LAYOUTS, chunks_per_sequence
+
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
         variants = [f.name for f in dataclasses.fields(c)
@@ -96,7 +98,7 @@ class RingCase:
         if m is None:
             raise ValueError(f"ring case name must look like 'ring2-zigzag-b1-hq2-hkv1-lq36-lk36-d16-float16-"
                              f"causal_top_left-dense', got {name!r}")
-        return cls(int(m.group(1)), m.group(2), gate.Case.from_name(m.group(3), seed=seed))
+        return cls(int(m.group(1)), m.group(2), Case.from_name(m.group(3), seed=seed))
 
     def replay_command(self) -> str:
         return f'flashref verify --distributed {self.world_size} --case "{self.name}" --seed {self.seed}'
@@ -125,7 +127,9 @@ _SPECS = (
 def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> list[RingCase]:
     """A covering design over layout x causal x GQA x odd lengths, dtypes cycling
     (restricted to ``dtypes`` / ``causal`` when given). Case i has seed ``seed + i``."""
-    dtypes = tuple(dtypes) if dtypes is not None else gate.DTYPES
+    from flashref.distributed.layout import chunks_per_sequence
+
+    dtypes = tuple(dtypes) if dtypes is not None else DTYPES
     cases = []
     for index, (layout, is_causal, chunk, (b, hq, hkv), d, variants) in enumerate(_SPECS):
         if causal is not None and is_causal != causal:
@@ -134,7 +138,7 @@ def ring_sweep(world_size: int, *, dtypes=None, causal=None, seed: int = 0) -> l
         dtype = dtypes[index % len(dtypes)]
         variants = dict(variants)
         kv_lens = variants.pop("kv_lens", False)
-        cases.append(RingCase(world_size, layout, gate.Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
+        cases.append(RingCase(world_size, layout, Case(b, hq, hkv, seqlen, seqlen, d, dtype, is_causal,
                                                           "top_left", kv_lens, seed + len(cases), **variants)))
     return cases
 
@@ -150,6 +154,8 @@ def _free_port() -> int:
 
 def _bad_inputs(scenario: str, rank: int, device):
     """(q, k, v, layout, kv_lens) for one bad-input scenario, as rank ``rank`` would pass them."""
+    import torch
+
     dtype = torch.float32 if scenario == "dtype_differs" and rank == 1 else torch.float16
     seqlen = 5 if scenario == "zigzag_odd_length" else (6 if scenario == "length_differs" and rank == 1 else 4)
     q = torch.randn(1, 2, seqlen, 16, dtype=dtype, device=device)
@@ -166,6 +172,8 @@ def _bad_inputs(scenario: str, rank: int, device):
 
 def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scenarios, outdir: str) -> None:
     """One rank: join the group, run every case and scenario, write rank{rank}.pt to ``outdir``."""
+    import torch
+
     if device_kind == "cpu":
         # Read by triton when the kernels are decorated: before flashref.kernels is imported.
         os.environ["TRITON_INTERPRET"] = "1"
@@ -176,10 +184,8 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
         device = torch.device("cuda", rank)
     import torch.distributed as dist
 
+    from flashref.distributed import gather_sequence, ring_attention, shard_sequence
     from flashref.kernels import poisoned_outputs
-
-    from .layout import gather_sequence, shard_sequence
-    from .ring import ring_attention
 
     dist.init_process_group("gloo" if device_kind == "cpu" else "nccl", init_method=f"tcp://127.0.0.1:{port}",
                             rank=rank, world_size=world_size,
@@ -187,7 +193,7 @@ def _worker(rank: int, world_size: int, port: int, device_kind: str, cases, scen
     results = {"cases": [], "scenarios": {}}
     try:
         for rc in cases:
-            inputs = gate.make_inputs(rc.case, device)
+            inputs = make_inputs(rc.case, device)
             q, k, v, dout = (shard_sequence(t, world_size, rank, layout=rc.layout)
                              for t in (inputs.q, inputs.k, inputs.v, inputs.dout))
             q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -244,6 +250,7 @@ class RingRun:
 
 
 def _spawn(world_size: int, device_kind: str, cases, scenarios, deadline_s: float) -> tuple[list[dict], float]:
+    import torch
     import torch.multiprocessing as mp
 
     start = time.perf_counter()
@@ -261,15 +268,20 @@ def _spawn(world_size: int, device_kind: str, cases, scenarios, deadline_s: floa
     return per_rank, time.perf_counter() - start
 
 
-def judge_ring_case(rc: RingCase, tensors, seconds: float) -> gate.CaseResult:
+def judge_ring_case(rc: RingCase, tensors, seconds: float) -> CaseResult:
     """The project's rule (``flashref.gate.judge_all``) on the gathered
     ``tensors = (out, dq, dk, dv)`` of ``rc``: oracle and baseline on the whole sequence,
     drawn from the same seeded inputs the ranks sharded."""
-    inputs = gate.make_inputs(rc.case, "cpu")
-    ref = gate.oracle_attention(rc.case, inputs)
-    base = gate.baseline_attention(rc.case, inputs)
-    errors = gate.judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
-    return gate.CaseResult(rc, errors, seconds)
+    inputs = make_inputs(rc.case, "cpu")
+    ref = oracle_attention(rc.case, inputs)
+    base = baseline_attention(rc.case, inputs)
+    errors = judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
+    return CaseResult(rc, errors, seconds)
+
+
+def check_ring(case: RingCase, device: str = "cpu") -> CaseResult:
+    """One ring case on its own ``world_size`` processes (the family registry's check)."""
+    return run_ring_check([case], case.world_size, device=device).results[0]
 
 
 def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
@@ -278,6 +290,8 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
     one GPU each), run ``cases`` (RingCases of that world size) and ``scenarios`` (names in
     BAD_INPUT_SCENARIOS) and judge the cases. A case whose ring raised (on every rank, as bad
     input does) is a result with its ``exception`` text; it does not pass."""
+    import torch
+
     cases = list(cases)
     for rc in cases:
         if rc.world_size != world_size:
@@ -289,7 +303,7 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
     for i, rc in enumerate(cases):
         entry = per_rank[0]["cases"][i]
         if "error" in entry:
-            results.append(gate.CaseResult(rc, {}, 0.0, entry["error"]))
+            results.append(CaseResult(rc, {}, 0.0, entry["error"]))
         else:
             results.append(judge_ring_case(rc, entry["tensors"], max(p["cases"][i]["seconds"] for p in per_rank)))
     return RingRun(results, [p["scenarios"] for p in per_rank],
@@ -297,70 +311,5 @@ def run_ring_check(cases, world_size: int, *, device: str = "cpu", scenarios=(),
                    [{c["name"]: c.get("seconds") for c in p["cases"]} for p in per_rank])
 
 
-# --------------------------------------------------------------------------- flashref verify --distributed N
-
-
-def verify_command(args, console, device: str, seed: int) -> int:
-    """``flashref verify --distributed N``: the ring sweep (or ``--case`` names) on N local
-    processes, the usual table, exit status 0 only if every configuration passed."""
-    from rich.markup import escape
-
-    from flashref.gate.reports import verify_table
-
-    world = args.distributed
-    if world < 1:
-        console.print(f"[red]flashref verify: --distributed needs at least 1 process, got {world}[/]")
-        return 2
-    if device == "cuda" and torch.cuda.device_count() < world:
-        console.print(f"[red]flashref verify: --distributed {world} on CUDA needs {world} GPUs (one per process), "
-                      f"torch sees {torch.cuda.device_count()}[/]")
-        return 2
-    causal = {"on": True, "off": False, "both": None}[args.causal]
-    try:
-        if args.case:
-            cases = [RingCase.from_name(name, seed=seed) for name in args.case]
-            if any(c.world_size != world for c in cases):
-                raise ValueError(f"--case names a different number of processes than --distributed {world}")
-        else:
-            cases = ring_sweep(world, dtypes=args.dtype, causal=causal, seed=seed)
-    except ValueError as err:
-        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
-        return 2
-    if not cases:
-        console.print("[red]flashref verify: no configuration matches these filters[/]")
-        return 2
-    where = (f"{world} processes, gloo, CPU with Triton's interpreter" if device == "cpu"
-             else f"{world} processes, nccl, one GPU each")
-    console.print(f"flashref verify --distributed {world}: ring attention, {len(cases)} configurations on {where}, "
-                  f"seed {seed} (case i uses seed {seed} + i)")
-    try:
-        run = run_ring_check(cases, world, device=device)
-    except TimeoutError as err:
-        console.print(f"[bold red]FAIL[/]: {escape(str(err))}")
-        return 1
-    outcomes = run.results
-    console.print(verify_table(outcomes))
-    if args.json or args.junit:
-        from flashref.gate.reports import verify_report, write_junit
-        from flashref.reporting import environment, write_json
-
-        env = environment()
-        settings = {"distributed": world, "seed": seed, "device": device, "dtypes": args.dtype,
-                    "causal": args.causal, "cases": args.case}
-        if args.json:
-            path = write_json(args.json, verify_report(outcomes, settings=settings, env=env, seconds=run.seconds))
-            console.print(f"JSON report: {path}")
-        if args.junit:
-            path = write_junit(args.junit, outcomes, env=env, suite="flashref.verify.distributed", seconds=run.seconds)
-            console.print(f"JUnit report: {path}")
-    failed = [o for o in outcomes if not o.passed]
-    if not failed:
-        console.print(f"[bold green]PASS[/]: {len(outcomes)}/{len(outcomes)} configurations within bounds; "
-                      f"{run.seconds:.1f} s wall for {world} processes (spawn, import, ring forward + backward).")
-        return 0
-    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(outcomes)} configurations out of bounds (seed {seed}). "
-                  "Replay:")
-    for o in failed:
-        console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)
-        print(f"  {o.replay}", flush=True)
-    return 1
+__all__ = ["BAD_INPUT_SCENARIOS", "RING_TENSORS", "RingCase", "RingRun", "check_ring", "judge_ring_case",
+           "ring_sweep", "run_ring_check"]

@@ -1,4 +1,5 @@
-"""A whole ``torch.nn.Transformer`` on the kernels against the NumPy Transformer (``flashref verify --model``).
+"""The model family: a whole ``torch.nn.Transformer`` on the kernels against the NumPy
+Transformer (``flashref verify --model``).
 
 For one ``ModelCase`` (sizes, dtype, seed) ``check_model`` builds a ``torch.nn.Transformer``
 (encoder-decoder, batch-first, dropout 0, training mode) with seeded weights (LayerNorm
@@ -56,15 +57,17 @@ their gradient verdicts say how close to a kink the model is, not how accurate t
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from flashref.gate import U32, TensorError, judge, max_abs_error
+from .rule import U32, TensorError, judge, max_abs_error
+
+if TYPE_CHECKING:  # torch loads when a model is checked, not when the gate is imported
+    import torch
 
 DTYPES = ("float32", "bfloat16", "float16")
 # gelu by default: the rule needs gradients that move as little as the forward does (module docstring).
@@ -173,7 +176,9 @@ class _Problem:
     masks: dict  # keyword arguments of nn.Transformer.forward (bool masks, True = masked)
 
 
-def _torch_model(case: ModelCase) -> torch.nn.Transformer:
+def _torch_model(case: ModelCase):
+    import torch
+
     return torch.nn.Transformer(d_model=case.d_model, nhead=case.nhead, num_encoder_layers=case.encoder_layers,
                                 num_decoder_layers=case.decoder_layers, dim_feedforward=case.dim_feedforward,
                                 dropout=0.0, activation=case.activation, batch_first=True, norm_first=case.norm_first,
@@ -182,12 +187,16 @@ def _torch_model(case: ModelCase) -> torch.nn.Transformer:
 
 def _padding(gen: torch.Generator, batch: int, length: int) -> torch.Tensor:
     """(N, L) bool, True at right padding; the first row is full, every row keeps >= 1 position."""
+    import torch
+
     lengths = torch.randint(1, length + 1, (batch,), generator=gen)
     lengths[0] = length
     return torch.arange(length)[None, :] >= lengths[:, None]
 
 
 def make_problem(case: ModelCase) -> _Problem:
+    import torch
+
     gen = torch.Generator().manual_seed(case.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(case.seed)
@@ -208,6 +217,8 @@ def make_problem(case: ModelCase) -> _Problem:
 
 def oracle_model(case: ModelCase, problem: _Problem) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The NumPy Transformer in float64: (output, {parameter name: gradient})."""
+    import torch
+
     from flashref.autograd import Tensor
     from flashref.reference import Transformer
 
@@ -237,6 +248,8 @@ def torch_model_run(case: ModelCase, problem: _Problem, device: str, *, backend=
     """The torch model in the case's dtype: attention on the kernels (``backend=None``, every
     SDPA call must route) or on torch's SDPA ``backend`` alone (an ``SDPBackend``; torch
     raises if it cannot take a call). Returns (output, {name: gradient}, routed calls)."""
+    import torch
+
     from torch.nn.attention import sdpa_kernel
 
     dtype = getattr(torch, case.dtype)
@@ -290,80 +303,10 @@ def check_model(case: ModelCase, device: str = "cpu") -> ModelResult:
     return ModelResult(case, checks, routed, time.perf_counter() - start, tuple(baselines), refused)
 
 
-def group_tables(results: list[ModelResult], *, only_failures: bool = False):
-    """One rich Table per group (the output, then parameter groups), groups and rows worst first."""
-    from rich.table import Table
-
-    rows: dict[str, list[tuple[ModelResult, TensorCheck]]] = {}
-    for result in results:
-        for check in result.checks:
-            if only_failures and check.error.passed:
-                continue
-            rows.setdefault(check.group, []).append((result, check))
-    ordered = sorted(rows.items(), key=lambda item: -max(_ratio(c.error) for _, c in item[1]))
-    tables = []
-    for group, entries in ordered:
-        entries.sort(key=lambda rc: -_ratio(rc[1].error))
-        table = Table(title=f"{group}: {len({c.name for _, c in entries})} tensor(s)", title_justify="left")
-        for column in ("tensor", "dtype", "kernel err", "baseline err", "ratio", "bound", "result"):
-            table.add_column(column, justify="left" if column in ("tensor", "dtype", "result") else "right")
-        for result, check in entries:
-            e = check.error
-            table.add_row(check.name, result.case.dtype, f"{e.kernel:.2e}", f"{e.baseline:.2e}", f"{e.ratio:.2f}",
-                          f"{e.bound:.2e}", "[green]PASS[/]" if e.passed else "[bold red]FAIL[/]")
-        tables.append(table)
-    return tables
-
-
 def model_cases(dtypes=None, *, seed: int, **sizes) -> list[ModelCase]:
     """One case per dtype (all three by default), all with the same seed (the same weights and inputs)."""
     dtypes = tuple(dtypes) if dtypes else DTYPES
     return [ModelCase(dtype=d, seed=seed, **sizes) for d in dtypes]
 
 
-def run_verify_model(args, console) -> int:
-    """``flashref verify --model``: the device is chosen (and the interpreter switched on) by the caller."""
-    import random
-
-    from rich.markup import escape
-
-    from flashref.reporting import describe_device, environment
-
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    try:
-        if args.case:
-            cases = [ModelCase.from_name(name, seed=seed) for name in args.case]
-        else:
-            cases = model_cases(args.dtype, seed=seed)
-    except ValueError as err:
-        console.print(f"[red]flashref verify --model: {escape(str(err))}[/]")
-        return 2
-    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
-    where = describe_device(environment())
-    console.print(f"flashref verify --model: torch.nn.Transformer on the kernels vs the NumPy Transformer "
-                  f"(float64), {len(cases)} dtype(s) on {where}, seed {seed}")
-    results = []
-    for case in cases:
-        result = check_model(case, device)
-        results.append(result)
-        worst = result.worst()
-        console.print(f"  {case.name}: {len(result.checks)} tensors (output + every parameter gradient), "
-                      f"{result.routed_calls} attention calls on the kernels, worst ratio "
-                      f"{worst.error.ratio:.2f} ({worst.name}), {result.seconds:.1f} s: "
-                      + ("[green]PASS[/]" if result.passed else "[bold red]FAIL[/]"))
-        if result.refused:
-            console.print(f"  [yellow]baseline on {'+'.join(result.baselines)} only: {escape(result.refused)}[/]")
-    for table in group_tables(results, only_failures=args.failures_only):
-        console.print(table)
-    console.print("ratio = kernel err / bound; PASS when kernel err <= bound = 2 x (output) or 3 x (gradients) "
-                  "baseline err + u32 max|ref|; baseline = the same torch model on torch's math and fused SDPA in "
-                  "the same dtype (the larger error, pooled over each group relative to each tensor's scale); reference = the NumPy Transformer "
-                  "in float64 with the same weights.")
-    failed = [r for r in results if not r.passed]
-    if not failed:
-        console.print(f"[bold green]PASS[/]: {len(results)}/{len(results)} models within bounds on every tensor.")
-        return 0
-    console.print(f"[bold red]FAIL[/]: {len(failed)} of {len(results)} models out of bounds. Replay:")
-    for r in failed:
-        print(f"  {r.case.replay_command()}", flush=True)
-    return 1
+__all__ = ["ModelCase", "ModelResult", "TensorCheck", "check_model", "model_cases", "parameter_group"]
