@@ -4,7 +4,7 @@
   the implementation's max error against the float64 oracle, the same-dtype baseline's, the
   slack, the bound of the rule, the RMS criterion's ratio, the verdict's ratio and PASS/FAIL;
   ``implementations_table``: a row per configuration, a column per implementation;
-- ``verify_report``: the JSON report (``schema: flashref.verify/2``) with the versions of
+- ``verify_report``: the JSON report (``schema: flashref.verify/3``) with the versions of
   flashref, torch, triton, numpy and the device, every configuration and every number;
 - ``write_junit`` / ``write_junit_suites``: JUnit XML (a <testcase> per configuration, a
   <testsuite> per implementation) that CI systems display.
@@ -28,7 +28,7 @@ from rich.table import Table
 
 from flashref.reporting import describe_device, json_safe
 
-VERIFY_SCHEMA = "flashref.verify/2"
+VERIFY_SCHEMA = "flashref.verify/3"
 
 
 def _case_config(case: Any) -> dict[str, Any]:
@@ -162,8 +162,9 @@ def verify_report(
     env: Mapping[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
-    """The machine-readable verify report (schema `flashref.verify/1`)."""
-    failed = [o for o in outcomes if not o.passed]
+    """The machine-readable verify report (schema ``flashref.verify/3``): the summary counts each
+    status (pass, fail, error, unsupported; an unsupported case is neither passed nor failed)."""
+    status = [getattr(o, "status", "pass" if o.passed else "error" if o.exception else "fail") for o in outcomes]
     return {
         "schema": VERIFY_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -171,10 +172,12 @@ def verify_report(
         "settings": json_safe(dict(settings)),
         "summary": {
             "cases": len(outcomes),
-            "passed": len(outcomes) - len(failed),
-            "failed": len(failed),
+            "passed": status.count("pass"),
+            "failed": status.count("fail"),
+            "errors": status.count("error"),
+            "unsupported": status.count("unsupported"),
             "seconds": round(seconds, 3),
-            "all_passed": not failed,
+            "all_passed": status.count("fail") + status.count("error") == 0,
         },
         "cases": [
             {

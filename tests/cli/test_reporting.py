@@ -88,7 +88,8 @@ def test_json_report_schema(tmp_path):
     path = write_json(tmp_path / "sub" / "verify.json", report)
     loaded = json.loads(path.read_text())
     assert loaded["schema"] == VERIFY_SCHEMA
-    assert loaded["summary"] == {"cases": 3, "passed": 1, "failed": 2, "seconds": 1.25, "all_passed": False}
+    assert loaded["summary"] == {"cases": 3, "passed": 1, "failed": 1, "errors": 1, "unsupported": 0, "seconds": 1.25,
+                                 "all_passed": False}
     assert set(loaded["environment"]) >= {"flashref", "torch", "triton", "numpy", "device"}
     first = loaded["cases"][0]
     assert set(first) == {"name", "config", "passed", "seconds", "replay", "exception", "errors", "path", "status",
