@@ -30,6 +30,8 @@ from flashref.commands.device import choose_device
 from flashref.gate.rule import DTYPES
 CAUSAL = {"on": True, "off": False, "both": None}
 MAX_REPLAYS_SHOWN = 10
+# Exit status of `--impl` when every case of every implementation was unsupported: nothing was judged.
+NOTHING_RAN = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -227,7 +229,13 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
         console.print(f"JSON report: {write_json(args.json, report)}")
     if args.junit:
         console.print(f"JUnit report: {write_junit_suites(args.junit, results, env=env)}")
-    return 1 if bad else 0
+    if bad:
+        return 1
+    if all(o.status == "unsupported" for outcomes in results.values() for o in outcomes):
+        console.print(f"[bold yellow]NOTHING RAN[/]: no implementation could run any of these cases on {where} "
+                      "(every case unsupported, see above)")
+        return NOTHING_RAN
+    return 0
 
 
 def _run_cases(cases: list, device: str, console) -> list:

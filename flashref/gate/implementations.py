@@ -82,13 +82,20 @@ def required_features(case) -> set[str]:
 
 
 def unsupported_reason(impl: Implementation, case, device: str) -> str | None:
-    """Why ``impl`` cannot run ``case`` on ``device`` (no entry point for the case's family, a
-    missing feature, dtype, head dim or device, or its own ``available``), or None."""
+    """Why ``impl`` cannot run ``case`` on ``device``, or None: no entry point for the case's
+    family, then the device (``devices``, its own ``available``: one reason for every case where
+    nothing runs), then a missing feature, dtype or head dim."""
     family = family_of(case)
     if family.implementation_attribute is None:
         return None if impl.name == "flashref" else f"the {family.name} family judges flashref's kernels only"
     if getattr(impl, family.implementation_attribute) is None:
         return f"no {family.implementation_attribute} entry point (the {family.name} family)"
+    if device not in impl.devices:
+        return f"does not run on {device}"
+    if impl.available is not None:
+        reason = impl.available(device)
+        if reason is not None:  # nothing runs here: the one reason every case gives
+            return reason
     missing = sorted(required_features(case) - impl.features)
     if missing:
         return f"needs {', '.join(missing)}"
@@ -96,10 +103,6 @@ def unsupported_reason(impl: Implementation, case, device: str) -> str | None:
         return f"no {case.dtype}"
     if impl.head_dims is not None and not impl.head_dims(case.head_dim):
         return f"no head dim {case.head_dim}"
-    if device not in impl.devices:
-        return f"does not run on {device}"
-    if impl.available is not None:
-        return impl.available(device)
     return None
 
 

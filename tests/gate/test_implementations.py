@@ -190,3 +190,13 @@ def test_the_quick_preset_catches_each_planted_bug_of_a_wrapped_implementation(b
         failed = [r for r in report.results if r.status == "fail"]
         assert failed, f"{bug} passed all {judged} quick cases it declares"
         assert failed[0].replay.startswith(f"flashref verify --impl {bug} --case ")
+
+
+def test_an_implementation_that_cannot_run_here_says_so_once_and_exits_3(capsys, seed):
+    """An implementation whose ``available`` says it cannot run on this device (sdpa-cudnn on a
+    CPU does the same): every case unsupported with its one reason, nothing judged, exit 3."""
+    code = main(["verify", "--impl", "user_impls:UNAVAILABLE", "--case", CASES[0], "--case", CASES[1],
+                 "--seed", str(seed)])
+    out = capsys.readouterr().out
+    assert code == 3 and "NOTHING RAN" in out
+    assert "unsupported: needs an accelerator this machine does not have" in out

@@ -64,6 +64,8 @@ def writes_into_q(q, k, v, **kw):
 
 
 PLAIN = Implementation("plain", plain_attention, features={"causal_top_left", "gqa"})
+UNAVAILABLE = Implementation("unavailable", plain_attention,
+                             available=lambda device: "needs an accelerator this machine does not have")
 
 
 
