@@ -66,3 +66,62 @@ def test_the_oracle_never_imports_torch_triton_or_the_kernels():
                 for name in names:
                     assert name.split(".")[0] not in ("torch", "triton") and not name.startswith("flashref.kernels"), \
                         f"{path.relative_to(ROOT)} imports {name}"
+
+
+def _module_name(path: Path) -> str:
+    """flashref/gate/rule.py -> flashref.gate.rule; kernels/launch.py -> flashref.kernels.launch."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] != "flashref":
+        parts = ["flashref"] + parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, tree, known: set[str]) -> set[str]:
+    """The project's modules a file imports anywhere in it (inside functions too), absolute or
+    relative; ``from package import name`` counts ``package.name`` when that is a module."""
+    here = _module_name(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{a.name}" for a in node.names)
+    return {m for m in found if m in known and m != here}
+
+
+def test_no_import_cycle_not_even_inside_functions():
+    """The project's import graph (every import statement, at the top of a file or inside a
+    function) has no cycle: a package's ``__init__`` re-exporting its modules aside, each edge
+    points down."""
+    files = {_module_name(path): (path, tree) for path, tree in modules()}
+    known = set(files)
+    graph = {}
+    for name, (path, tree) in files.items():
+        # A package's __init__ importing its own modules, and a module importing the package it
+        # lives in (its __init__'s names), are the package's own business, not layering.
+        graph[name] = {m for m in _imported_modules(path, tree, known)
+                       if not m.startswith(name + ".") and not name.startswith(m + ".")}
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
