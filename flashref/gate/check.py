@@ -43,13 +43,13 @@ def check_case_with(impl: Implementation, case, device: str = "cpu") -> CaseResu
     inputs = dense.make_inputs(case, device)
     ref = dense.oracle_attention(case, inputs)
     base = dense.baseline_attention(case, inputs)
-    algo = dense.algorithm_attention(case, inputs) if impl.fused else None
+    algo = dense.algorithm_attention(case, inputs)
     try:
         kern = run_implementation(impl, case, inputs, ref)
     except ImplementationError as exc:
         return CaseResult(case, {}, time.perf_counter() - start, str(exc), implementation=impl.name)
-    return CaseResult(case, dense.judge_all(case, inputs, ref, base, kern, algo), time.perf_counter() - start,
-                         implementation=impl.name)
+    return CaseResult(case, dense.judge_all(case, inputs, ref, base, kern, algo, fused=impl.fused),
+                      time.perf_counter() - start, implementation=impl.name)
 
 
 @dataclass(frozen=True)

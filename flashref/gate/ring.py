@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cases import Case
-from .dense import baseline_attention, judge_all, make_inputs, oracle_attention
+from .dense import algorithm_attention, baseline_attention, judge_all, make_inputs, oracle_attention
 from .results import CaseResult
 from .rule import DTYPES
 
@@ -275,7 +275,8 @@ def judge_ring_case(rc: RingCase, tensors, seconds: float) -> CaseResult:
     inputs = make_inputs(rc.case, "cpu")
     ref = oracle_attention(rc.case, inputs)
     base = baseline_attention(rc.case, inputs)
-    errors = judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)))
+    algo = algorithm_attention(rc.case, inputs)  # the second baseline; no RMS criterion for the ring
+    errors = judge_all(rc.case, inputs, ref, base, dict(zip(RING_TENSORS, tensors)), algo, fused=False)
     return CaseResult(rc, errors, seconds)
 
 

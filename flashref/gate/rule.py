@@ -107,10 +107,14 @@ class RmsError:
 class TensorError:
     """The rule applied to one tensor (out, dq, dk, dv, lse, ...):
 
-    ``kernel``/``baseline`` are max |x - ref| against the float64 oracle,
-    ``bound = factor * baseline + slack`` and ``max_ratio = kernel / bound``. ``ceiling`` is
-    the most the baseline may err (``inf``: unchecked); a baseline above it fails the tensor
-    whatever the kernel did. ``rms``: the root-mean-square criterion (``RmsError``), when
+    ``kernel``/``baseline`` are max |x - ref| against the float64 oracle (the baseline: plain
+    attention in the dtype), ``algorithm`` the algorithm baseline's (the FlashAttention
+    algorithm in the same precision, when computed: ``dense.algorithm_attention``),
+    ``bound = factor * max(baseline, min(algorithm, ceiling)) + slack`` and
+    ``max_ratio = kernel / bound``: no worse than the less exact of the two obvious ways to
+    compute attention in this precision (docs/design.md, "Two baselines"). ``ceiling`` is the
+    most either baseline may widen the bound by (``inf``: unchecked); a plain baseline above it
+    fails the tensor whatever the kernel did. ``rms``: the root-mean-square criterion (``RmsError``), when
     judged. ``ratio`` is the worse of the two criteria's ratios (the only ratio the reports
     print): the tensor passes iff ``ratio <= 1`` and the baseline is within its ceiling.
     """
@@ -121,10 +125,19 @@ class TensorError:
     factor: float
     ceiling: float = math.inf
     rms: RmsError | None = None
+    algorithm: float | None = None
+
+    @property
+    def reference(self) -> float:
+        """The baseline error the bound scales: plain attention's, or the algorithm's (capped at
+        the ceiling) where that is larger."""
+        if self.algorithm is None:
+            return self.baseline
+        return max(self.baseline, min(self.algorithm, self.ceiling))
 
     @property
     def bound(self) -> float:
-        return self.factor * self.baseline + self.slack
+        return self.factor * self.reference + self.slack
 
     @property
     def max_ratio(self) -> float:
@@ -152,8 +165,9 @@ class TensorError:
             return (f"{tensor}: baseline err {self.baseline:.3g} > its ceiling {self.ceiling:.3g} "
                     f"(the torch baseline is out of line with the oracle; the bound is not widened)")
         if not bool(self.kernel <= self.bound):
+            algorithm = "" if self.algorithm is None else f", algorithm baseline {self.algorithm:.3g}"
             return (f"{tensor}: kernel err {self.kernel:.3g} > bound {self.bound:.3g} "
-                    f"(baseline {self.baseline:.3g}, slack {self.slack:.3g})")
+                    f"(baseline {self.baseline:.3g}{algorithm}, slack {self.slack:.3g})")
         if self.rms is not None and not self.rms.passed:
             return (f"{tensor}: kernel rms err {self.rms.kernel:.3g} > rms bound {self.rms.bound:.3g} "
                     f"(algorithm baseline rms {self.rms.reference:.3g}: uniformly less precise than its algorithm)")
@@ -222,11 +236,13 @@ def rms_error(x, ref: np.ndarray) -> float:
 
 
 def judge(kernel_error: float, baseline_error: float, factor: float, slack: float = 0.0,
-          ceiling: float = math.inf, rms: RmsError | None = None) -> TensorError:
-    """The rule for one tensor: passes iff kernel_error <= factor * baseline_error + slack, the
-    baseline is within its ceiling and, when given, the RMS criterion ``rms`` holds."""
+          ceiling: float = math.inf, rms: RmsError | None = None, algorithm_error: float | None = None) -> TensorError:
+    """The rule for one tensor: passes iff kernel_error <= factor * the baseline error (the
+    larger of plain attention's and, when given, the algorithm baseline's capped at the
+    ceiling) + slack, the plain baseline is within its ceiling and, when given, the RMS
+    criterion ``rms`` holds."""
     return TensorError(float(kernel_error), float(baseline_error), float(slack), float(factor), float(ceiling),
-                       rms)
+                       rms, None if algorithm_error is None else float(algorithm_error))
 
 
 def rms_check(dtype: str, kernel, algo, ref: np.ndarray, magnitude: np.ndarray, few_keys: bool = False,
