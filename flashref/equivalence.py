@@ -139,7 +139,7 @@ class Case:
     # The gate's reach (issue 20): explicit kv_lens (one per batch row) instead of drawn ones,
     # so a sweep can put kv_len and kv_len - Lq on chosen residues; the launch tiles
     # ((BLOCK_M, BLOCK_N) of the forward, the dK/dV and the dQ kernel) forced under the
-    # interpreter (``configs.forced_configs``; on a GPU the dispatcher's own); and the Hopper
+    # interpreter (``config_dispatch.forced_configs``; on a GPU the dispatcher's own); and the Hopper
     # path (tensor descriptors, kernels/tile_loads.py) forced on where the inputs allow it.
     kv_len_values: tuple = ()
     tiles: tuple = ()
@@ -683,7 +683,8 @@ def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
     import torch
 
     from flashref.kernels import flash_attention, poisoned_outputs
-    from flashref.kernels.configs import KernelConfig, forced_configs
+    from flashref.kernels.config_dispatch import forced_configs
+    from flashref.kernels.tile_tables import KernelConfig
     from flashref.kernels.launch import INTERPRETED, tensor_descriptors, tma_ok
 
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))
@@ -1079,8 +1080,8 @@ QUICK_TILES = ((64, 32), (32, 64), (64, 32))
 def table_tiles() -> dict[str, tuple[tuple[int, int], ...]]:
     """Per launch of ``TILE_LAUNCHES``, every (BLOCK_M, BLOCK_N) its tables hold on any
     architecture (defaults, variants, dropout, the tuning candidates: what the dispatcher or
-    ``flashref tune`` can pick; kernels/configs.py)."""
-    from flashref.kernels.configs import all_triton_configs
+    ``flashref tune`` can pick; kernels/config_dispatch.py)."""
+    from flashref.kernels.config_dispatch import all_triton_configs
 
     return {launch: tuple(sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in all_triton_configs(launch)}))
             for launch in TILE_LAUNCHES}

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .tile_tables import MAX_HEAD_DIM, SUPPORTED_DTYPES
 from .launch import INTERPRETED, kvcache_capacity
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")

@@ -1,7 +1,7 @@
 """The launch layer: everything between a checked call and the Triton kernels.
 
 Resolved parameters as one object built once (``LaunchParams``, ``resolve_launch``), the
-configuration (autotuned over the tables on a GPU, ``configs.interpreter_config`` under the
+configuration (autotuned over the tables on a GPU, ``config_dispatch.interpreter_config`` under the
 interpreter), output buffers and their NaN poisoning (``poisoned_outputs``), the Hopper path's
 tensor descriptors (``tensor_descriptors``, ``tma_ok``), the dropout seed
 (``dropout_seed_for``, ``last_dropout_seed``), and the launches themselves
@@ -27,15 +27,8 @@ from .attention_backward import (
 )
 from .attention_decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .attention_forward import attention_forward_kernel
-from .configs import (
-    DKDV_LAUNCHES,
-    KernelConfig,
-    all_triton_configs,
-    config_pruner,
-    dkdv_passes,
-    interpreter_config,
-    padded_head_dim,
-)
+from .config_dispatch import all_triton_configs, config_pruner, interpreter_config
+from .tile_tables import DKDV_LAUNCHES, KernelConfig, dkdv_passes, padded_head_dim
 from .tile_loads import HAS_TENSOR_DESCRIPTORS
 
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
@@ -376,7 +369,7 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
                _alibi_batch_stride(alibi),
                heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
                params.scale, *tail)
-    # One dK/dV launch, or at head dims above 128 one per gradient (configs.dkdv_passes).
+    # One dK/dV launch, or at head dims above 128 one per gradient (tile_tables.dkdv_passes).
     if INTERPRETED:
         launch_names = {grads: name for name, grads in DKDV_LAUNCHES.items()}
         for grads in dkdv_passes(head_dim):
