@@ -6,9 +6,9 @@ sequence starts in the packed tensors, its two lengths, the lse/delta row) and n
 the tile loops. The grid covers ``max_seqlen_q`` (``max_seqlen_k`` for dK/dV) query (key)
 blocks x ``B * H``; a program past its sequence's end visits no block and stores nothing.
 
-Checks and their cost (docs/kernels.md, "Packed variable length"): dtypes, shapes, devices,
-``max_seqlen_*`` types and ``cu_seqlens[0] == 0``/``cu_seqlens[-1] == total`` are read from
-the tensors' metadata or one element each; "non-decreasing" and "no length above
+Checks and their cost (docs/guide.md, "Packed sequences and KV-cache decoding"): dtypes,
+shapes, devices, ``max_seqlen_*`` types and ``cu_seqlens[0] == 0``/``cu_seqlens[-1] == total``
+are read from the tensors' metadata or one element each; "non-decreasing" and "no length above
 max_seqlen" need the whole (B + 1,) array: on a GPU they cost one device-to-host sync per
 call (two small reductions copied back together), never one per sequence.
 ``check_cu_seqlens=False`` skips those two for callers that guarantee them (a wrong
