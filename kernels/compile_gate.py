@@ -524,7 +524,7 @@ def _main() -> None:
 # ---------------------------------------------------------------------------------------------
 # The decoding kernels (kernels/attention_decode.py, issue 11): split-KV attention over a contiguous or
 # paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
-# signature of their own and one tile per head dim (kernels/flash_attention_kvcache.py picks it,
+# signature of their own and one tile per head dim (``launch.launch_decode`` picks it,
 # with ``attention_decode.decode_tile``, the dispatcher's tile rule, imported at the top).
 
 DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",
