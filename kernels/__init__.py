@@ -4,7 +4,7 @@ Set ``TRITON_INTERPRET=1`` before importing this package to run the kernels on C
 with Triton's interpreter; otherwise they compile for the GPU.
 """
 
-from .configs import KernelConfig, configs_for
+from .tile_tables import KernelConfig, configs_for
 from .checks import CAUSAL_ALIGNMENTS
 from .flash_attention import flash_attention
 from .launch import INTERPRETED, last_dropout_seed, poisoned_outputs

@@ -20,7 +20,7 @@ touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
    head of its GQA group in turn: the sum over sharing heads happens in registers, so there are
    no atomics and the result is deterministic. At head dims above 128 two float32
    ``BLOCK_N x 256`` accumulators do not fit the register file, so the host launches it twice
-   (``GRADS="dk"`` then ``GRADS="dv"``), each pass recomputing ``P`` (configs.dkdv_passes).
+   (``GRADS="dk"`` then ``GRADS="dv"``), each pass recomputing ``P`` (tile_tables.dkdv_passes).
 3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
    ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
 

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .attention_forward import LOG2E_K, tanh
-from .configs import padded_head_dim
+from .tile_tables import padded_head_dim
 from .rounding import to_dot_operand, to_output
 
 

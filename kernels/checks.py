@@ -9,10 +9,11 @@ from typing import Optional
 
 import torch
 
-from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES
-from .launch import INTERPRETED
+from .tile_tables import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .launch import INTERPRETED, kvcache_capacity
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+CU_SEQLENS_DTYPES = (torch.int32, torch.int64)
 DROPOUT_SEED_LIMIT = 2**63
 
 
@@ -156,3 +157,127 @@ def check_values(kv_lens: Optional[torch.Tensor], alibi: Optional[torch.Tensor],
     for name, t in (("alibi_slopes", alibi), ("sinks", sinks)):
         if t is not None and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} must be finite")
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed sequences (flash_attention_varlen)
+
+def check_cu_seqlens_tensor(name, cu, total, max_seqlen, q, batch=None, values=True) -> None:
+    """cu_seqlens (B + 1,) int32 (or int64) on q's device with ``batch + 1`` entries when
+    ``batch`` is given, ``max_seqlen`` an int >= 0, ``total`` (the packed length) within int32;
+    with ``values`` also what needs the tensor's values (``check_cu_seqlens_values``)."""
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be an int32 torch.Tensor (B + 1,), got {type(cu).__name__}")
+    if cu.dtype not in CU_SEQLENS_DTYPES:
+        raise TypeError(f"{name} must be int32 (or int64, converted), got {cu.dtype}")
+    if cu.dim() != 1 or cu.shape[0] < 1:
+        raise ValueError(f"{name} must have shape (B + 1,) with B >= 0, got {tuple(cu.shape)}")
+    if batch is not None and cu.shape[0] != batch + 1:
+        raise ValueError(f"{name} must have {batch + 1} entries, like cu_seqlens_q, got {cu.shape[0]}")
+    if cu.device != q.device:
+        raise ValueError(f"{name} must be on q's device {q.device}, got {cu.device}")
+    if not is_int(max_seqlen) or max_seqlen < 0:
+        raise TypeError(f"max_seqlen for {name} must be an int >= 0, got {max_seqlen!r}")
+    if total >= 2**31:
+        raise ValueError(f"{name}: packed length {total} does not fit int32")
+    if values:
+        check_cu_seqlens_values(name, cu, total, max_seqlen)
+
+
+def check_cu_seqlens_values(name, cu, total, max_seqlen) -> None:
+    """Starts at 0, non-decreasing, ends at ``total``, no length above ``max_seqlen``: one
+    device-to-host copy of four reductions (on a GPU, one sync), never one per sequence."""
+    lengths = cu[1:] - cu[:-1]
+    first, last, min_len, max_len = torch.stack([
+        cu[0].to(torch.int64), cu[-1].to(torch.int64),
+        lengths.min().to(torch.int64) if lengths.numel() else cu.new_zeros((), dtype=torch.int64),
+        lengths.max().to(torch.int64) if lengths.numel() else cu.new_zeros((), dtype=torch.int64),
+    ]).tolist()
+    if first != 0:
+        raise ValueError(f"{name} must start at 0, got {first}")
+    if min_len < 0:
+        raise ValueError(f"{name} must be non-decreasing, got {cu.tolist()}")
+    if last != total:
+        raise ValueError(f"{name}'s last entry must be the packed length {total}, got {last}")
+    if max_len > max_seqlen:
+        raise ValueError(f"{name}: a sequence of length {max_len} exceeds max_seqlen={max_seqlen}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding against a KV cache (flash_attention_with_kvcache)
+
+def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, causal, softmax_scale, window_size,
+                       softcap, alibi_slopes, sinks, num_splits) -> int:
+    """Every check of a KV-cache call that reads no tensor value. Returns Lnew, the new tokens
+    appended per sequence."""
+    check_attention_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache},
+                            "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
+    batch, heads_q, seqlen_q, head_dim = q.shape
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have one shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    heads_kv = k_cache.shape[2]
+    if not 1 <= head_dim <= MAX_HEAD_DIM or k_cache.shape[3] != head_dim:
+        raise ValueError(f"head dims must agree and lie in [1, {MAX_HEAD_DIM}], got q {head_dim}, cache {k_cache.shape[3]}")
+    if heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(f"q's heads ({heads_q}) must be a multiple of the cache's heads ({heads_kv})")
+    if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cache_seqlens must be an int32 torch.Tensor ({batch},), got "
+                        f"{getattr(cache_seqlens, 'dtype', type(cache_seqlens).__name__)}")
+    if tuple(cache_seqlens.shape) != (batch,) or cache_seqlens.device != q.device:
+        raise ValueError(f"cache_seqlens must have shape ({batch},) on {q.device}, got {tuple(cache_seqlens.shape)} "
+                         f"on {cache_seqlens.device}")
+    if (k is None) != (v is None):
+        raise ValueError("give both k and v (the new tokens) or neither")
+    new_len = 0
+    if k is not None:
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dtype != q.dtype or t.device != q.device:
+                raise TypeError(f"{name} must be a torch.Tensor with q's dtype and device")
+            if tuple(t.shape[:2]) != (batch, heads_kv) or t.dim() != 4 or t.shape[3] != head_dim:
+                raise ValueError(f"{name} must have shape ({batch}, {heads_kv}, Lnew, {head_dim}), got {tuple(t.shape)}")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        new_len = k.shape[2]
+    if block_table is None:
+        if k_cache.shape[0] != batch:
+            raise ValueError(f"a contiguous k_cache must be (B={batch}, Lmax, Hkv, D), got {tuple(k_cache.shape)}")
+    else:
+        if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32:
+            raise TypeError(f"block_table must be an int32 torch.Tensor (B, max_pages), got "
+                            f"{getattr(block_table, 'dtype', type(block_table).__name__)}")
+        if block_table.dim() != 2 or block_table.shape[0] != batch or block_table.device != q.device:
+            raise ValueError(f"block_table must have shape ({batch}, max_pages) on {q.device}, got "
+                             f"{tuple(block_table.shape)}")
+        page_size = k_cache.shape[1]
+        if page_size == 0 or page_size % 16:
+            raise ValueError(f"page_size (k_cache.shape[1]) must be a positive multiple of 16, got {page_size}")
+    if not is_int(num_splits) or num_splits < 0:
+        raise ValueError(f"num_splits must be an int >= 0 (0 = heuristic), got {num_splits!r}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float))
+                                      or not (math.isfinite(softmax_scale) and softmax_scale > 0)):
+        raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
+    check_variants(q, window_size, softcap, alibi_slopes, sinks, 0.0, None)
+    return new_len
+
+
+def check_kvcache_values(k_cache, cache_seqlens, block_table, new_len) -> None:
+    """``cache_seqlens + Lnew`` within the capacity, the block table's pages in use in range:
+    one device-to-host copy of a few reductions."""
+    if cache_seqlens.numel() == 0:
+        return
+    capacity = kvcache_capacity(k_cache, block_table)
+    vals = [cache_seqlens.min().to(torch.int64), cache_seqlens.max().to(torch.int64)]
+    if block_table is not None:
+        page_size = k_cache.shape[1]
+        used = torch.arange(block_table.shape[1], device=block_table.device)[None, :] * page_size < (
+            cache_seqlens[:, None] + new_len)
+        bad = used & ((block_table < 0) | (block_table >= k_cache.shape[0]))
+        vals.append(bad.any().to(torch.int64))
+    got = torch.stack(vals).tolist()
+    if got[0] < 0 or got[1] + new_len > capacity:
+        raise ValueError(f"cache_seqlens + Lnew ({new_len}) must lie in [0, {capacity}] (the cache's capacity), "
+                         f"got cache_seqlens {cache_seqlens.tolist()}")
+    if block_table is not None and got[2]:
+        raise ValueError(f"block_table must hold page indices in [0, {k_cache.shape[0]}) for every page in use")

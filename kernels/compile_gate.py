@@ -8,8 +8,8 @@ cubin: "REG", and "LOCAL"/"STACK" which on these kernels are register spills), d
 memory (``metadata.shared``), and whether the PTX uses Hopper's ``wgmma`` instructions.
 
 A specialization is what the dispatcher (``flash_attention.py``) can launch: a kernel, a
-head dim, a dtype, causal or not, and one configuration of ``configs.configs_for``. Where the
-dK/dV kernel is launched once per gradient (``configs.dkdv_passes``: head dims above 128)
+head dim, a dtype, causal or not, and one configuration of ``tile_tables.configs_for``. Where the
+dK/dV kernel is launched once per gradient (``tile_tables.dkdv_passes``: head dims above 128)
 each launch is its own row, named "backward_dk" and "backward_dv". Strides of
 the head axis are 1 and pointers/other strides 16-divisible, as the JIT specializes them for
 contiguous torch tensors. Works with triton 3.6 and 3.9 (same API).
@@ -36,25 +36,23 @@ from triton.compiler import ASTSource
 
 from .attention_decode import decode_tile
 from .launch import FLOAT32_DOT_PRECISION
-from .configs import (
+from .config_dispatch import dispatcher_configs
+from .tile_tables import (
     BUCKETS,
     DKDV_LAUNCHES,
     DROPOUT_TABLE,
     KERNEL_NAMES,
     MMA_SYNC_VARIANT_LAUNCHES,
+    REGISTERS_PER_THREAD,
     SCORE_VARIANT_SWITCHES,
     VARIANT_TABLE,
-    REGISTERS_PER_THREAD,
-    TABLE_SCHEMA,
     KernelConfig,
-    accumulator_registers,
-    candidate_configs,
     configs_for,
-    dispatcher_configs,
     dkdv_passes,
     head_dim_bucket,
     padded_head_dim,
 )
+from .tuning_space import TABLE_SCHEMA, accumulator_registers, candidate_configs
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
 # Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block.
@@ -64,7 +62,7 @@ WGMMA_DTYPES = ("float16", "bfloat16")
 # Head dims the gate compiles: every padded width (16..256) and the non-powers of two that
 # models use (each is its own specialization: HEAD_DIM is a constexpr).
 GATE_HEAD_DIMS = (16, 32, 40, 64, 80, 96, 112, 128, 160, 192, 256)
-# The widest head dim of each padded-width bucket of configs.py: where a variant's extra
+# The widest head dim of each padded-width bucket of tile_tables.py: where a variant's extra
 # registers bite first.
 BUCKET_HEAD_DIMS = (64, 128, 256)
 GATE_DTYPES = ("float16", "bfloat16", "float32")
@@ -230,7 +228,7 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
 
 def mma_sync_by_design(row: Mapping[str, Any]) -> bool:
     """The score-variant launches whose only spill-free tile is too narrow for wgmma
-    (``configs.MMA_SYNC_VARIANT_LAUNCHES``): a row of a variant with a score switch on, of one of
+    (``tile_tables.MMA_SYNC_VARIANT_LAUNCHES``): a row of a variant with a score switch on, of one of
     those launches, at exactly its variant table's tile."""
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is None or not {name for name, on in variant.constexprs if on} & set(SCORE_VARIANT_SWITCHES):
@@ -293,7 +291,7 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     the given axes. ``variants``: names from ``VARIANTS`` (default all), each compiled at its
     own head dims (intersected with ``head_dims``); ``configs``: a function
     ``(kernel, head_dim, torch dtype, switches on) -> configs`` (default
-    ``configs.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
+    ``config_dispatch.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
     winners for that arch; a variant with a score switch on takes its table, as the
     dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
     configs = configs or (lambda kernel, d, dtype, switches: dispatcher_configs(
@@ -371,12 +369,12 @@ def _signature(fn, spec: Specialization):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ahead-of-time pruning of the tuning candidates (configs.CANDIDATE_SPACE) into a per-arch table.
+# Ahead-of-time pruning of the tuning candidates (tuning_space.CANDIDATE_SPACE) into a per-arch table.
 #
 # Each candidate is compiled at the widest head dim of its bucket, bfloat16 (float16 compiles
 # to the same tiles), causal (the masked loop with the causal compare is the heavier one), as
 # the variant a 16-bit launch runs on the arch (the Hopper "tma" path on sm_90, "plain" on sm_80); it enters the table iff ``problems`` passes it. Candidates whose float32 tiles alone
-# exceed the register file (``configs.accumulator_registers``) are rejected without compiling.
+# exceed the register file (``tuning_space.accumulator_registers``) are rejected without compiling.
 # A tuned winner is then compiled again at every head dim, dtype and causal flag by the full
 # ``compile-report`` (it becomes a specialization the dispatcher can pick).
 PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
@@ -526,7 +524,7 @@ def _main() -> None:
 # ---------------------------------------------------------------------------------------------
 # The decoding kernels (kernels/attention_decode.py, issue 11): split-KV attention over a contiguous or
 # paged cache (pack-GQA M tile) and the combine. Their own small table of rows: they have a
-# signature of their own and one tile per head dim (kernels/flash_attention_kvcache.py picks it,
+# signature of their own and one tile per head dim (``launch.launch_decode`` picks it,
 # with ``attention_decode.decode_tile``, the dispatcher's tile rule, imported at the top).
 
 DECODE_POINTER_TYPES = {"BlockTable": "*i32", "SeqLens": "*i32", "Alibi": "*fp32", "OutP": "*fp32",

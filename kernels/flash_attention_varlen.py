@@ -6,78 +6,29 @@ sequence starts in the packed tensors, its two lengths, the lse/delta row) and n
 the tile loops. The grid covers ``max_seqlen_q`` (``max_seqlen_k`` for dK/dV) query (key)
 blocks x ``B * H``; a program past its sequence's end visits no block and stores nothing.
 
-Checks and their cost (docs/kernels.md, "Packed variable length"): dtypes, shapes, devices,
-``max_seqlen_*`` types and ``cu_seqlens[0] == 0``/``cu_seqlens[-1] == total`` are read from
-the tensors' metadata or one element each; "non-decreasing" and "no length above
+Checks and their cost (docs/guide.md, "Packed sequences and KV-cache decoding"): dtypes,
+shapes, devices, ``max_seqlen_*`` types and ``cu_seqlens[0] == 0``/``cu_seqlens[-1] == total``
+are read from the tensors' metadata or one element each; "non-decreasing" and "no length above
 max_seqlen" need the whole (B + 1,) array: on a GPU they cost one device-to-host sync per
 call (two small reductions copied back together), never one per sequence.
 ``check_cu_seqlens=False`` skips those two for callers that guarantee them (a wrong
-``max_seqlen`` then silently drops rows, as FlashAttention's does).
+``max_seqlen`` then silently drops rows, as FlashAttention's does). Under ``torch.compile`` the
+custom op makes them when the graph runs (kernels/library.py).
+
+Layers: this API function -> kernels/checks.py -> the custom ops
+``torch.ops.flashref.attention_varlen_forward`` / ``_backward`` (kernels/library.py) ->
+kernels/launch.py (``VARLEN`` launches) -> the kernels.
 """
 
-import dataclasses
 import math
 
 import torch
 
-from .checks import check_qkv, check_variants, is_int
-from .launch import Varlen, dropout_seed_for, launch_backward, launch_forward, resolve_launch
+from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_varlen_forward / _backward
+from .checks import check_cu_seqlens_tensor, check_qkv, check_variants
+from .launch import dropout_seed_for
 
-_INT_DTYPES = (torch.int32, torch.int64)
-
-
-def _check_cu_seqlens(name, cu, total, max_seqlen, q, batch=None, full=True):
-    if not isinstance(cu, torch.Tensor):
-        raise TypeError(f"{name} must be an int32 torch.Tensor (B + 1,), got {type(cu).__name__}")
-    if cu.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name} must be int32 (or int64, converted), got {cu.dtype}")
-    if cu.dim() != 1 or cu.shape[0] < 1:
-        raise ValueError(f"{name} must have shape (B + 1,) with B >= 0, got {tuple(cu.shape)}")
-    if batch is not None and cu.shape[0] != batch + 1:
-        raise ValueError(f"{name} must have {batch + 1} entries, like cu_seqlens_q, got {cu.shape[0]}")
-    if cu.device != q.device:
-        raise ValueError(f"{name} must be on q's device {q.device}, got {cu.device}")
-    if not is_int(max_seqlen) or max_seqlen < 0:
-        raise TypeError(f"max_seqlen for {name} must be an int >= 0, got {max_seqlen!r}")
-    if total >= 2**31:
-        raise ValueError(f"{name}: packed length {total} does not fit int32")
-    if not full:
-        return
-    lengths = cu[1:] - cu[:-1]
-    # One transfer for every value-dependent check (the sync documented above).
-    first, last, min_len, max_len = torch.stack([
-        cu[0].to(torch.int64), cu[-1].to(torch.int64),
-        lengths.min().to(torch.int64) if lengths.numel() else cu.new_zeros((), dtype=torch.int64),
-        lengths.max().to(torch.int64) if lengths.numel() else cu.new_zeros((), dtype=torch.int64),
-    ]).tolist()
-    if first != 0:
-        raise ValueError(f"{name} must start at 0, got {first}")
-    if min_len < 0:
-        raise ValueError(f"{name} must be non-decreasing, got {cu.tolist()}")
-    if last != total:
-        raise ValueError(f"{name}'s last entry must be the packed length {total}, got {last}")
-    if max_len > max_seqlen:
-        raise ValueError(f"{name}: a sequence of length {max_len} exceeds max_seqlen={max_seqlen}")
-
-
-class FlashAttentionVarlenFunction(torch.autograd.Function):
-    """autograd wiring of the packed path (the dense path's is the custom op's formula,
-    kernels/library.py), with the ``Varlen`` description kept on ctx (its int32 tensors are not
-    differentiable)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, sinks, params, alibi, varlen):
-        out, lse = launch_forward(q, k, v, params, None, alibi, sinks, varlen)
-        ctx.save_for_backward(q, k, v, out, lse, alibi, sinks)
-        ctx.params, ctx.varlen = params, varlen
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, alibi, sinks = ctx.saved_tensors
-        dq, dk, dv, dsinks = launch_backward(q, k, v, out, lse, dout, ctx.params, None, alibi, sinks, ctx.varlen)
-        return dq, dk, dv, dsinks if ctx.needs_input_grad[3] else None, None, None, None
+__all__ = ["flash_attention_varlen"]
 
 
 def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
@@ -109,23 +60,25 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     # The dense checks on (1, H, total, D) views: dtypes, devices, heads, head dims, scale.
     as4 = lambda t: t.transpose(0, 1).unsqueeze(0)  # noqa: E731
     check_qkv(as4(q), as4(k), as4(v), causal, causal_alignment, softmax_scale, None)
-    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q, full=check_cu_seqlens)
+    # Value checks (one sync) here in eager mode; under torch.compile the op makes them.
+    eager_values = check_cu_seqlens and not torch.compiler.is_compiling()
+    check_cu_seqlens_tensor("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q, values=eager_values)
     batch = cu_seqlens_q.shape[0] - 1
-    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q, batch, full=check_cu_seqlens)
+    check_cu_seqlens_tensor("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q, batch, values=eager_values)
     # The variant checks see (B, Hq): alibi_slopes may be per sequence.
     check_variants(q.new_empty((batch, q.shape[1], 0, 0)), window_size, softcap, alibi_slopes, sinks,
                     dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
     seed = dropout_seed_for(dropout_p, dropout_seed)
-    # 0-based shifts (top_left); "bottom_right" adds Lk_b - Lq_b in the kernels (SHIFT_KV_LEN).
-    params = resolve_launch(as4(q), as4(k), causal, "top_left", scale, None, window_size, softcap, dropout_p, seed)
-    if causal_alignment == "bottom_right":
-        params = dataclasses.replace(params, shift_kv_len=True)
-    varlen = Varlen(cu_seqlens_q.to(torch.int32).contiguous(), cu_seqlens_k.to(torch.int32).contiguous(),
-                    int(max_seqlen_q), int(max_seqlen_k))
     if alibi_slopes is not None:
         alibi_slopes = alibi_slopes.detach().contiguous()
     if sinks is not None:
-        sinks = sinks.contiguous()
-    out, lse = FlashAttentionVarlenFunction.apply(q, k, v, sinks, params, alibi_slopes, varlen)
+        sinks = sinks.contiguous()  # differentiable: the gradient flows back to the caller's tensor
+    left, right = (int(w) for w in window_size)
+    # torch.ops.flashref.attention_varlen_forward (kernels/library.py): a custom op with a fake
+    # implementation and an autograd formula, as the dense path's.
+    out, lse = torch.ops.flashref.attention_varlen_forward(
+        q, k, v, cu_seqlens_q.to(torch.int32).contiguous(), cu_seqlens_k.to(torch.int32).contiguous(),
+        int(max_seqlen_q), int(max_seqlen_k), alibi_slopes, sinks, causal, causal_alignment, scale, left, right,
+        float(softcap), float(dropout_p), seed, bool(check_cu_seqlens and torch.compiler.is_compiling()))
     return (out, lse) if return_lse else out

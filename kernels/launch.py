@@ -1,12 +1,12 @@
 """The launch layer: everything between a checked call and the Triton kernels.
 
 Resolved parameters as one object built once (``LaunchParams``, ``resolve_launch``), the
-configuration (autotuned over the tables on a GPU, ``configs.interpreter_config`` under the
+configuration (autotuned over the tables on a GPU, ``config_dispatch.interpreter_config`` under the
 interpreter), output buffers and their NaN poisoning (``poisoned_outputs``), the Hopper path's
 tensor descriptors (``tensor_descriptors``, ``tma_ok``), the dropout seed
 (``dropout_seed_for``, ``last_dropout_seed``), and the launches themselves
-(``launch_forward``, ``launch_backward``). It calls only the kernels and the config tables;
-the custom ops (kernels/library.py), ring attention and the packed entry points call it. The
+(``launch_forward``, ``launch_backward``; ``launch_decode`` for a KV cache). It calls only the
+kernels and the config tables; the custom ops (kernels/library.py) and ring attention call it. The
 math lives in attention_forward.py / attention_backward.py and docs/kernels.md.
 """
 
@@ -25,16 +25,10 @@ from .attention_backward import (
     attention_backward_dkdv_kernel,
     attention_backward_dq_kernel,
 )
+from .attention_decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .attention_forward import attention_forward_kernel
-from .configs import (
-    DKDV_LAUNCHES,
-    KernelConfig,
-    all_triton_configs,
-    config_pruner,
-    dkdv_passes,
-    interpreter_config,
-    padded_head_dim,
-)
+from .config_dispatch import all_triton_configs, config_pruner, interpreter_config
+from .tile_tables import DKDV_LAUNCHES, KernelConfig, dkdv_passes, padded_head_dim
 from .tile_loads import HAS_TENSOR_DESCRIPTORS
 
 # float32 inputs: plain tf32 (10-bit mantissa) would be ~1000x worse than the float32
@@ -200,14 +194,31 @@ class LaunchParams:
 
 def resolve_launch(q, k, causal, causal_alignment, scale, kv_lens, window_size, softcap, dropout_p,
                    seed) -> LaunchParams:
-    """The launch parameters of a checked call, resolved once: q (B, Hq, Lq, D), k (B, Hkv, Lk, D)
-    (packed: (total, H, D), whose shifts the kernels complete per sequence)."""
+    """The launch parameters of a checked dense call, resolved once: q (B, Hq, Lq, D),
+    k (B, Hkv, Lk, D)."""
     seqlen_q, seqlen_k = q.shape[2], k.shape[2]
     shift_kv_len = causal_alignment == "bottom_right" and kv_lens is not None
     if causal_alignment == "top_left":
         base = 0
     else:  # the queries are the last Lq tokens: of each sequence with kv_lens (+ kv_len[b] in-kernel)
         base = -seqlen_q if shift_kv_len else seqlen_k - seqlen_q
+    return _resolve_shifts(base, shift_kv_len, causal, scale, window_size, softcap, dropout_p, seed)
+
+
+def resolve_varlen_launch(causal, causal_alignment, scale, window_size, softcap, dropout_p, seed) -> LaunchParams:
+    """The launch parameters of a checked packed call: 0-based shifts (top_left); with
+    "bottom_right" the kernels add each sequence's ``Lk_b - Lq_b`` (``shift_kv_len``)."""
+    return _resolve_shifts(0, causal_alignment == "bottom_right", causal, scale, window_size, softcap, dropout_p,
+                           seed)
+
+
+def resolve_decode_launch(causal, scale, window_size, softcap) -> LaunchParams:
+    """The decode kernel's parameters: 0-based shifts (the kernel places query i of sequence b
+    at ``L_b - Lq + i`` itself), no dropout."""
+    return _resolve_shifts(0, False, causal, scale, window_size, softcap, 0.0, 0)
+
+
+def _resolve_shifts(base, shift_kv_len, causal, scale, window_size, softcap, dropout_p, seed) -> LaunchParams:
     left, right = (int(w) for w in window_size)
     if causal:  # causal is a right window of 0; with a right window too, the tighter wins
         right = 0 if right < 0 else min(right, 0)
@@ -358,7 +369,7 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
                _alibi_batch_stride(alibi),
                heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
                params.scale, *tail)
-    # One dK/dV launch, or at head dims above 128 one per gradient (configs.dkdv_passes).
+    # One dK/dV launch, or at head dims above 128 one per gradient (tile_tables.dkdv_passes).
     if INTERPRETED:
         launch_names = {grads: name for name, grads in DKDV_LAUNCHES.items()}
         for grads in dkdv_passes(head_dim):
@@ -374,3 +385,78 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
                 *dkdv_args, **meta, GRADS=grads)
         _DQ[lambda m: (triton.cdiv(grid_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)
     return dq, dk, dv, dsinks
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding against a (paged) KV cache: split-KV launch, then the combine (attention_decode.py).
+MAX_SPLITS = 64
+
+
+def num_splits_heuristic(batch: int, heads_kv: int, m_blocks: int, capacity: int, block_n: int, sm_count: int) -> int:
+    """Splits of the key range (FlashAttention's rule of thumb): none when the (batch, kv head,
+    query tile) programs already fill 80% of the SMs; otherwise enough to fill them, at most one
+    per key block of the capacity (a split needs work), and at most ``MAX_SPLITS``."""
+    programs = batch * heads_kv * m_blocks
+    if programs == 0 or programs >= 0.8 * sm_count:
+        return 1
+    key_blocks = max(1, triton.cdiv(capacity, block_n))
+    return max(1, min(triton.cdiv(sm_count, programs), key_blocks, MAX_SPLITS))
+
+
+def _sm_count(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter runs one program at a time: splitting only adds work
+
+
+def kvcache_capacity(k_cache: torch.Tensor, block_table: torch.Tensor | None) -> int:
+    """Keys a sequence can hold: Lmax of a contiguous cache (B, Lmax, Hkv, D), else
+    ``max_pages * page_size`` of a paged one (num_pages, page_size, Hkv, D) with its block table."""
+    return k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
+
+
+def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params: LaunchParams, num_splits: int):
+    """Launch the split kernel then the combine. q (B, Hq, Lq, D); the caches already hold the
+    new tokens; seqlens (B,) int32: keys per sequence. ``num_splits`` 0: the heuristic's.
+    Returns out (q's layout and dtype) and lse (B, Hq, Lq) float32."""
+    batch, heads_q, seqlen_q, head_dim = q.shape
+    heads_kv = k_cache.shape[2]
+    group = heads_q // heads_kv
+    out = new_buffer(q)
+    lse = new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
+    if out.numel() == 0:
+        return out, lse
+    capacity = kvcache_capacity(k_cache, block_table)
+    block_d = padded_head_dim(head_dim)
+    rows = seqlen_q * group
+    if INTERPRETED:
+        tile = interpreter_config("decode")
+        block_m, block_n, warps = tile.block_m, tile.block_n, 1
+    else:  # the compile gate's rows (compile_gate.decode_specs)
+        hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
+        block_m, block_n, warps = decode_tile(head_dim, str(q.dtype).removeprefix("torch."), hopper)
+    m_blocks = triton.cdiv(rows, block_m)
+    splits = num_splits or num_splits_heuristic(batch, heads_kv, m_blocks, capacity, block_n, _sm_count(q.device))
+    splits = max(1, min(splits, triton.cdiv(max(capacity, 1), block_n)))
+    chunk = triton.cdiv(triton.cdiv(max(capacity, 1), splits), block_n) * block_n
+    out_p = torch.empty((splits, batch, heads_q, seqlen_q, head_dim), dtype=torch.float32, device=q.device)
+    lse_p = torch.empty((splits, batch, heads_q, seqlen_q), dtype=torch.float32, device=q.device)
+
+    paged = block_table is not None
+    decode_split_kernel[(m_blocks, batch * heads_kv, splits)](
+        q, k_cache, v_cache, block_table, seqlens, alibi, out_p, lse_p,
+        *q.stride(), *k_cache.stride(), *v_cache.stride(),
+        block_table.stride(0) if paged else 0, _alibi_batch_stride(alibi),
+        heads_q, heads_kv, seqlen_q, chunk, params.causal_shift, params.window_shift,
+        params.qk_scale, params.softcap_in,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, GROUP=group,
+        PAGE_SIZE=k_cache.shape[1] if paged else 1, PAGED=paged,
+        CAUSAL=params.right_bound, WINDOW=params.left_bound, SOFTCAP=params.softcap, ALIBI=alibi is not None,
+        UPCAST=INTERPRETED, DOT_PRECISION=FLOAT32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
+        num_warps=warps)
+    decode_combine_kernel[(batch * heads_q * seqlen_q,)](
+        out_p, lse_p, sinks, out, lse,
+        *out.stride(), heads_q, seqlen_q, splits, batch * heads_q * seqlen_q,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits), SINKS=sinks is not None,
+        UPCAST=INTERPRETED, num_warps=1 if INTERPRETED else 4)
+    return out, lse

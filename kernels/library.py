@@ -1,10 +1,14 @@
-"""The kernels as torch operators: ``torch.ops.flashref.attention_forward`` / ``attention_backward``.
+"""The kernels as torch operators, one per launch sequence, each with a fake implementation:
 
-``flash_attention`` (kernels/flash_attention.py) checks its arguments in Python and then calls
-``torch.ops.flashref.attention_forward``; the backward is ``torch.ops.flashref.attention_backward``,
-wired in with ``torch.library.register_autograd``. Registering the launches as custom ops
-(``torch.library.custom_op``) is what lets ``torch.compile`` keep a model that calls
-``flash_attention`` in one graph: Dynamo does not trace into an op, it records it; each op's
+- ``torch.ops.flashref.attention_forward`` / ``attention_backward`` (``flash_attention``),
+- ``torch.ops.flashref.attention_varlen_forward`` / ``attention_varlen_backward``
+  (``flash_attention_varlen``),
+- ``torch.ops.flashref.attention_with_kvcache`` (``flash_attention_with_kvcache``, forward only).
+
+Each API function checks its arguments in Python (kernels/checks.py) and then calls its
+forward op; a backward op is wired in with ``torch.library.register_autograd``. Registering the
+launches as custom ops (``torch.library.custom_op``) is what lets ``torch.compile`` keep a model
+that calls the kernels in one graph: Dynamo does not trace into an op, it records it; each op's
 fake (meta) implementation tells the compiler the outputs' shapes, dtypes and strides without
 running a kernel, so shapes may be symbolic (``mark_dynamic`` on a sequence axis compiles
 once for every length). ``custom_op`` rather than ``triton_op``: under Triton's interpreter
@@ -22,15 +26,36 @@ float32, sinks: (Hq,) float32, each optional)::
         -> (dq, dk, dv in the dtypes and layouts of q, k, v;  dsinks: (Hq,) float32, or an
             empty tensor without sinks)
 
-The scalars are ``flash_attention``'s keywords, already checked and resolved (the softmax
-scale, the dropout seed drawn); the ops take no Python defaults so that their schema is the
-launch's exact contract, and they resolve the launch parameters themselves
-(``launch.resolve_launch``), from the shapes. Layers: flash_attention.py calls these ops, they
-call kernels/launch.py, never back up. ``out`` and ``sinks`` are differentiable
-(``lse`` is an output but its cotangent is ignored, as in ``flash_attention``). The backward
-op has no autograd formula of its own: a double backward raises. ``dropout_p > 0`` with
-``dropout_seed=None`` draws the seed with a data-dependent ``.item()`` in ``flash_attention``,
-a graph break under ``torch.compile``; pass ``dropout_seed`` there.
+    # packed: q (total_q, Hq, D), k, v (total_k, Hkv, D), cu_seqlens_q/_k (B + 1,) int32
+    attention_varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q: int,
+                             max_seqlen_k: int, alibi, sinks, causal, causal_alignment, scale,
+                             window_left, window_right, softcap, dropout_p, dropout_seed,
+                             check_values: bool)
+        -> (out: (total_q, Hq, D) in q's dtype and layout, lse: (Hq, total_q) float32)
+    attention_varlen_backward(q, k, v, out, lse, dout, <the same from cu_seqlens_q on>)
+        -> (dq, dk, dv, dsinks) as attention_backward's
+
+    # the caches already hold the new tokens: sequence b has cache_seqlens[b] + new_len keys
+    attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, new_len: int, block_table, alibi,
+                           sinks, causal: bool, scale: float, window_left: int, window_right: int,
+                           softcap: float, num_splits: int, check_values: bool)
+        -> (out: (B, Hq, Lq, D) in q's dtype and layout, lse: (B, Hq, Lq) float32)
+
+The scalars are the API's keywords, already checked and resolved (the softmax scale, the
+dropout seed drawn); the ops take no Python defaults so that their schema is the launch's
+exact contract, and they resolve the launch parameters themselves (``launch.resolve_launch``,
+``resolve_varlen_launch``, ``resolve_decode_launch``), from the shapes. Layers: the API
+modules call these ops, they call kernels/checks.py and kernels/launch.py, never back up.
+``out`` and ``sinks`` are differentiable (``lse`` is an output but its cotangent is ignored).
+The backward ops have no autograd formula of their own: a double backward raises.
+``dropout_p > 0`` with ``dropout_seed=None`` draws the seed with a data-dependent ``.item()``
+in the API function, a graph break under ``torch.compile``; pass ``dropout_seed`` there.
+
+Checks that read tensor values: the dense forward op repeats its own (``checks.check_values``)
+before launching. The packed and KV-cache ops take ``check_values``: their API functions make
+those checks in eager mode and pass ``check_values=True`` only while ``torch.compile`` traces
+them (then the API cannot read values, and the op makes them when the graph runs), so an eager
+call pays its device-to-host copy once.
 """
 
 from __future__ import annotations
@@ -39,8 +64,16 @@ from typing import Optional
 
 import torch
 
-from .checks import check_values
-from .launch import launch_backward, launch_forward, resolve_launch
+from .checks import check_cu_seqlens_values, check_kvcache_values, check_values
+from .launch import (
+    Varlen,
+    launch_backward,
+    launch_decode,
+    launch_forward,
+    resolve_decode_launch,
+    resolve_launch,
+    resolve_varlen_launch,
+)
 
 NAMESPACE = "flashref"
 
@@ -100,4 +133,101 @@ def _backward(ctx, dout, _dlse):
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
-__all__ = ["attention_forward", "attention_backward", "NAMESPACE"]
+
+# ---------------------------------------------------------------------------------------------
+# Packed sequences
+
+@torch.library.custom_op(f"{NAMESPACE}::attention_varlen_forward", mutates_args=())
+def attention_varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                             cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                             alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool,
+                             causal_alignment: str, scale: float, window_left: int, window_right: int,
+                             softcap: float, dropout_p: float, dropout_seed: int,
+                             check_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused forward over packed sequences: returns (out, lse). Schema: module docstring."""
+    if check_values:
+        check_cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q)
+        check_cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)
+    params = resolve_varlen_launch(causal, causal_alignment, scale, (window_left, window_right), softcap,
+                                   dropout_p, dropout_seed)
+    varlen = Varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return launch_forward(q, k, v, params, None, alibi, sinks, varlen)
+
+
+@attention_varlen_forward.register_fake
+def _attention_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, *scalars_and_optionals):
+    out = torch.empty_like(q)  # q's layout, as the kernels write it
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # (Hq, total_q)
+    return out, lse
+
+
+@torch.library.custom_op(f"{NAMESPACE}::attention_varlen_backward", mutates_args=())
+def attention_varlen_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                              lse: torch.Tensor, dout: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                              cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                              alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool,
+                              causal_alignment: str, scale: float, window_left: int, window_right: int,
+                              softcap: float, dropout_p: float, dropout_seed: int,
+                              check_values: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch delta, dK/dV and dQ over packed sequences: returns (dq, dk, dv, dsinks) (dsinks
+    empty without sinks). ``check_values`` is ignored: the forward checked the same tensors."""
+    params = resolve_varlen_launch(causal, causal_alignment, scale, (window_left, window_right), softcap,
+                                   dropout_p, dropout_seed)
+    varlen = Varlen(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    dq, dk, dv, dsinks = launch_backward(q, k, v, out, lse, dout, params, None, alibi, sinks, varlen)
+    return dq, dk, dv, q.new_empty((0,), dtype=torch.float32) if dsinks is None else dsinks
+
+
+@attention_varlen_backward.register_fake
+def _attention_varlen_backward_fake(q, k, v, out, lse, dout, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, alibi, sinks, *scalars):
+    dsinks = q.new_empty((0,), dtype=torch.float32) if sinks is None else torch.empty_like(sinks)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsinks
+
+
+def _setup_varlen_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, alibi, sinks, *scalars = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi, sinks)
+    ctx.maxima = (max_q, max_k)
+    ctx.scalars = scalars
+    ctx.mark_non_differentiable(lse)
+
+
+def _varlen_backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_q, cu_k, alibi, sinks = ctx.saved_tensors
+    dq, dk, dv, dsinks = attention_varlen_backward(q, k, v, out, lse, dout, cu_q, cu_k, *ctx.maxima, alibi, sinks,
+                                                   *ctx.scalars)
+    return (dq, dk, dv, None, None, None, None, None, dsinks if sinks is not None else None) \
+        + (None,) * len(ctx.scalars)
+
+
+attention_varlen_forward.register_autograd(_varlen_backward, setup_context=_setup_varlen_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding against a KV cache (forward only)
+
+@torch.library.custom_op(f"{NAMESPACE}::attention_with_kvcache", mutates_args=())
+def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           cache_seqlens: torch.Tensor, new_len: int, block_table: Optional[torch.Tensor],
+                           alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool, scale: float,
+                           window_left: int, window_right: int, softcap: float, num_splits: int,
+                           check_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the split-KV decode and its combine: returns (out, lse). Schema: module docstring."""
+    if check_values:
+        check_kvcache_values(k_cache, cache_seqlens, block_table, new_len)
+    params = resolve_decode_launch(causal, scale, (window_left, window_right), softcap)
+    seqlens = (cache_seqlens.to(torch.int32) + new_len).contiguous()
+    return launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params, num_splits)
+
+
+@attention_with_kvcache.register_fake
+def _attention_with_kvcache_fake(q, *tensors_and_scalars):
+    out = torch.empty_like(q)
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
+__all__ = ["attention_forward", "attention_backward", "attention_varlen_forward", "attention_varlen_backward",
+           "attention_with_kvcache", "NAMESPACE"]

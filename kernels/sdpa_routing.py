@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .configs import MAX_HEAD_DIM, SUPPORTED_DTYPES
+from .tile_tables import MAX_HEAD_DIM, SUPPORTED_DTYPES
 from .flash_attention import flash_attention
 from .launch import INTERPRETED
 

@@ -2,12 +2,13 @@
 
 For each tuning group (a launch — "forward", "backward_dkdv" or its split passes "backward_dk" /
 "backward_dv" at head dims above 128, "backward_dq" — at one head-dim bucket, 16-bit dtype and
-causal flag) every candidate of ``configs.tuning_configs`` (the untuned default first, then the
+causal flag) every candidate of ``tuning_space.tuning_configs`` (the untuned default first, then the
 arch's gate-pruned table) is timed on a fixed grid of shapes: 16k tokens and a model width of
 2048 (``flashref bench``'s axis), sequence lengths 1k / 4k / 16k. The candidate is forced on
-its launch (``configs.force_config``); the other launches keep their own config, so a backward
+its launch (``config_dispatch.force_config``); the other launches keep their own config, so a backward
 candidate's time differs from the default's only by its own kernel. The winner (least total
-median time over the shapes) becomes the group's entry in the device's tuned table.
+median time over the shapes) becomes the group's entry in the device's tuned table
+(written by ``tuned_tables.write_tuned``).
 
 The time box is checked before each candidate (a compile cannot be interrupted): groups run in
 priority order (bfloat16 before float16, head dim 128, 64, 256, the forward first) and the table
@@ -20,25 +21,16 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 import triton
 
-from .configs import (
-    DKDV_LAUNCHES,
-    TUNED_SCHEMA,
-    KernelConfig,
-    dkdv_passes,
-    force_config,
-    tuned_file_name,
-    tuned_key,
-    tuning_configs,
-    validate_tuned,
-)
+from .config_dispatch import force_config
+from .tile_tables import DKDV_LAUNCHES, KernelConfig, dkdv_passes
+from .tuned_tables import TUNED_SCHEMA, tuned_key
+from .tuning_space import tuning_configs
 
 TUNE_HEAD_DIMS = (128, 64, 256)  # priority order
 TUNE_DTYPES = ("bfloat16", "float16")
@@ -177,15 +169,3 @@ def tune(groups, table: dict, *, seqlens=TUNE_SEQLENS, budget_s: float, measure=
             break
     return table
 
-
-def write_table(table: dict, out_dir: Path) -> Path:
-    """Write ``table`` as its device's file in ``out_dir``, keeping the entries of an existing
-    file for the same device that this run did not measure."""
-    validate_tuned(table)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / tuned_file_name(table["device"], tuple(table["capability"]), table["triton"])
-    if path.exists():
-        old = json.loads(path.read_text())
-        table = {**table, "entries": {**old.get("entries", {}), **table["entries"]}}
-    path.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n")
-    return path

@@ -82,6 +82,13 @@ def _documented_signatures(text: str) -> dict[str, list[str]]:
     return found
 
 
+def test_docs_kernels_lists_every_module_of_kernels():
+    """docs/kernels.md's file table has one line per kernels/ module, and no line for one that is gone."""
+    listed = set(re.findall(r"^\| `kernels/(\w+)\.py` \|", (ROOT / "docs/kernels.md").read_text(), re.M))
+    modules = {path.stem for path in (ROOT / "kernels").glob("*.py")}
+    assert listed == modules, f"docs/kernels.md: unlisted {sorted(modules - listed)}, gone {sorted(listed - modules)}"
+
+
 @pytest.mark.parametrize("module, names", [
     ("flashref.kernels", ["flash_attention", "flash_attention_varlen", "flash_attention_with_kvcache"]),
     ("flashref.reference", ["attention_forward", "attention_backward", "scaled_dot_product_attention",

@@ -14,11 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("flashref", "kernels", "reference", "autograd")
 # kernels/: each module's rank in the stack; a module may import only modules of a lower rank.
 KERNEL_STACK = {
-    "rounding": 0, "tile_loads": 0, "configs": 0,  # jit helpers, the launch tables
-    "attention_forward": 1, "attention_backward": 2, "attention_decode": 2,  # the Triton kernels
-    "launch": 3, "checks": 4, "library": 5,  # the launch layer, the host checks, the custom ops
-    "flash_attention": 6, "flash_attention_varlen": 6, "flash_attention_kvcache": 6,  # the API
-    "sdpa_routing": 7, "tuning": 7, "compile_gate": 7, "__init__": 8,  # users of the API and the tables
+    "rounding": 0, "tile_loads": 0, "tile_tables": 0,  # jit helpers, the launch tables
+    "tuning_space": 1, "tuned_tables": 2, "config_dispatch": 3,  # tuning candidates, tuned tables, config choice
+    "attention_forward": 4, "attention_backward": 5, "attention_decode": 5,  # the Triton kernels
+    "launch": 6, "checks": 7, "library": 8,  # the launch layer, the host checks, the custom ops
+    "flash_attention": 9, "flash_attention_varlen": 9, "flash_attention_kvcache": 9,  # the API
+    "sdpa_routing": 10, "tuning": 10, "compile_gate": 10, "__init__": 11,  # users of the API and the tables
 }
 
 

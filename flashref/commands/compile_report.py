@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="parallel compile processes (default: the number of CPUs)")
     p.add_argument("--json", type=str, default=None, metavar="PATH", help="write the rows as JSON here")
     p.add_argument("--prune-table", nargs="?", const="", default=None, metavar="PATH",
-                   help="instead of the report: compile the tuning candidates (configs.CANDIDATE_SPACE) and "
+                   help="instead of the report: compile the tuning candidates (tuning_space.CANDIDATE_SPACE) and "
                         "write those the gate passes as the arch's tile table (default "
                         "kernels/tables/ARCH.json); groups already in the file are kept unless --kernel or "
                         "--head-dim name them (resumable)")
@@ -168,23 +168,23 @@ def prune_table(args: argparse.Namespace, console) -> int:
     from pathlib import Path
 
     gate = _gate()
-    from flashref.kernels import configs
+    from flashref.kernels import tile_tables, tuning_space
 
-    path = Path(args.prune_table or configs.TABLES_DIR / f"{args.arch}.json")
+    path = Path(args.prune_table or tuning_space.TABLES_DIR / f"{args.arch}.json")
     existing = json.loads(path.read_text()) if path.exists() else None
     if existing and existing.get("arch") != args.arch:
         console.print(f"[red]flashref compile-report: {path} is the table of {existing.get('arch')}, "
                       f"not {args.arch}[/]")
         return 2
-    kernels = [k for k in (args.kernel or configs.KERNEL_NAMES) if k != "backward_delta"]
-    unknown = sorted(set(kernels) - set(configs.KERNEL_NAMES) - set(configs.DKDV_LAUNCHES))
+    kernels = [k for k in (args.kernel or tile_tables.KERNEL_NAMES) if k != "backward_delta"]
+    unknown = sorted(set(kernels) - set(tile_tables.KERNEL_NAMES) - set(tile_tables.DKDV_LAUNCHES))
     if unknown:
         console.print(f"[red]flashref compile-report: --kernel: unknown {unknown}[/]")
         return 2
-    buckets = [b for b in configs.BUCKETS if not args.head_dim or b in args.head_dim]
+    buckets = [b for b in tile_tables.BUCKETS if not args.head_dim or b in args.head_dim]
     groups = [g for g in gate.table_groups(tuple(dict.fromkeys(
-        "backward_dkdv" if k in configs.DKDV_LAUNCHES else k for k in kernels)), buckets)
-        if g[0] in kernels or g[0] in configs.DKDV_LAUNCHES and "backward_dkdv" in kernels]
+        "backward_dkdv" if k in tile_tables.DKDV_LAUNCHES else k for k in kernels)), buckets)
+        if g[0] in kernels or g[0] in tile_tables.DKDV_LAUNCHES and "backward_dkdv" in kernels]
     if existing and not (args.kernel or args.head_dim):  # resume: skip the groups done
         groups = [g for g in groups if f"{g[0]}/{g[1]}" not in existing["tables"]]
     jobs = max(1, args.jobs or os.cpu_count() or 1)
@@ -308,7 +308,7 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
     if args.arch == "sm_90":
         wgmma = " and 16-bit ones use wgmma" + (
             f" (but {on_mma_sync} score-variant dK/dV rows at head dim 256 on mma.sync by design: "
-            "configs.MMA_SYNC_VARIANT_LAUNCHES)" if on_mma_sync else "")
+            "tile_tables.MMA_SYNC_VARIANT_LAUNCHES)" if on_mma_sync else "")
     console.print(f"[bold green]PASS[/]: all {len(rows)} specializations compile for {args.arch} "
                   f"without spills{wgmma}")
     return 0

@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
                       "times kernels on the GPU it tunes for; on a CPU use --dry-run to see the plan, and "
                       "`flashref compile-report --prune-table` to gate the candidates.")
         return 1
-    from flashref.kernels import configs, tuning
+    from flashref.kernels import tuned_tables, tuning, tuning_space
 
     arch = args.arch
     if arch is None and torch.cuda.is_available():
-        arch = configs.ARCH_OF_CAPABILITY.get(tuple(torch.cuda.get_device_capability()))
+        arch = tuned_tables.ARCH_OF_CAPABILITY.get(tuple(torch.cuda.get_device_capability()))
     if arch is None:
         console.print("[red]flashref tune: --arch is needed (no CUDA device, or one that is neither sm_90 nor "
                       "sm_80: its candidates would not be compile-gated)[/]")
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
                          head_dims=args.head_dim or tuning.TUNE_HEAD_DIMS,
                          dtypes=args.dtype or tuning.TUNE_DTYPES, causal=causal)
     seqlens = tuple(args.seqlen or tuning.TUNE_SEQLENS)
-    out = args.out or configs.TUNED_DIR
-    table_source = configs.TABLES_DIR / f"{arch}.json"
+    out = args.out or tuned_tables.TUNED_DIR
+    table_source = tuning_space.TABLES_DIR / f"{arch}.json"
     console.print(f"plan for {arch}: {len(groups)} groups, {sum(len(c) for _, c in groups)} candidate runs, "
                   f"shapes {[s[:3] for s in tuning.shapes(groups[0][0].head_dim, seqlens)]} (batch, heads, length) at "
                   f"head dim {groups[0][0].head_dim}; "
@@ -108,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{group.key}: {c['block_m']}x{c['block_n']} w{c['num_warps']} s{c['num_stages']} "
                       f"{entry['ms']:.3f} ms over {len(seqlens)} shapes{gain} "
                       f"({entry['measured']}/{entry['candidates']} measured)", highlight=False)
-        written[:] = [tuning.write_table(dict(table, complete=False), out)]
+        written[:] = [tuned_tables.write_tuned(dict(table, complete=False), out)]
 
     tuning.tune(groups, table, seqlens=seqlens, budget_s=args.time_budget, on_group=on_group)
     if not table["entries"]:
         console.print("[red]flashref tune: nothing was measured within the budget[/]")
         return 1
-    path = tuning.write_table(table, out)
+    path = tuned_tables.write_tuned(table, out)
     done = sum(e["complete"] for e in table["entries"].values())
     console.print(f"wrote {path}: {len(table['entries'])} entries ({done} with every candidate measured)"
                   f"{'' if table['complete'] else '; the time budget ran out before the end of the plan'}")

@@ -334,7 +334,7 @@ class RingAttentionFunction(torch.autograd.Function):
 
 def _check_local(q, k, v, causal, softmax_scale, layout, kv_lens, variants: dict, world: int) -> None:
     """This rank's own inputs: TypeError / ValueError naming the argument."""
-    from flashref.kernels.configs import MAX_HEAD_DIM
+    from flashref.kernels.tile_tables import MAX_HEAD_DIM
     from flashref.kernels.checks import check_attention_tensors, check_causal_and_scale, check_kv_lens, check_variants
 
     check_attention_tensors({"q": q, "k": k, "v": v}, "(batch, heads, seqlen_local, head_dim)")

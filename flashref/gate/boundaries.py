@@ -34,8 +34,8 @@ QUICK_TILES = ((64, 32), (32, 64), (64, 32))
 def table_tiles() -> dict[str, tuple[tuple[int, int], ...]]:
     """Per launch of ``TILE_LAUNCHES``, every (BLOCK_M, BLOCK_N) its tables hold on any
     architecture (defaults, variants, dropout, the tuning candidates: what the dispatcher or
-    ``flashref tune`` can pick; kernels/configs.py)."""
-    from flashref.kernels.configs import all_triton_configs
+    ``flashref tune`` can pick; kernels/config_dispatch.py)."""
+    from flashref.kernels.config_dispatch import all_triton_configs
 
     return {launch: tuple(sorted({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in all_triton_configs(launch)}))
             for launch in TILE_LAUNCHES}

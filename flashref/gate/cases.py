@@ -69,7 +69,7 @@ class Case:
     # The gate's reach (issue 20): explicit kv_lens (one per batch row) instead of drawn ones,
     # so a sweep can put kv_len and kv_len - Lq on chosen residues; the launch tiles
     # ((BLOCK_M, BLOCK_N) of the forward, the dK/dV and the dQ kernel) forced under the
-    # interpreter (``configs.forced_configs``; on a GPU the dispatcher's own); and the Hopper
+    # interpreter (``config_dispatch.forced_configs``; on a GPU the dispatcher's own); and the Hopper
     # path (tensor descriptors, kernels/tile_loads.py) forced on where the inputs allow it.
     kv_len_values: tuple = ()
     tiles: tuple = ()

@@ -317,7 +317,8 @@ def kernel_attention(case: Case, inputs: CaseInputs) -> dict:
     import torch
 
     from flashref.kernels import flash_attention, poisoned_outputs
-    from flashref.kernels.configs import KernelConfig, forced_configs
+    from flashref.kernels.config_dispatch import forced_configs
+    from flashref.kernels.tile_tables import KernelConfig
     from flashref.kernels.launch import INTERPRETED, tensor_descriptors, tma_ok
 
     q, k, v = (t.detach().clone().requires_grad_() for t in (inputs.q, inputs.k, inputs.v))

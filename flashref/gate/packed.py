@@ -158,7 +158,8 @@ def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str =
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_varlen, poisoned_outputs
-    from flashref.kernels.configs import KernelConfig, forced_configs
+    from flashref.kernels.config_dispatch import forced_configs
+    from flashref.kernels.tile_tables import KernelConfig
     from flashref.reference import attention_varlen_backward, attention_varlen_forward
 
     start = time.perf_counter()
@@ -304,7 +305,8 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_with_kvcache, poisoned_outputs
-    from flashref.kernels.configs import KernelConfig, forced_configs
+    from flashref.kernels.config_dispatch import forced_configs
+    from flashref.kernels.tile_tables import KernelConfig
     from flashref.reference import append_to_kvcache, attention_with_kvcache
 
     start = time.perf_counter()

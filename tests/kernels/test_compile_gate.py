@@ -27,7 +27,7 @@ from flashref.kernels.compile_gate import (
     resource_usage,
     specializations,
 )
-from flashref.kernels.configs import KERNEL_NAMES, KernelConfig, configs_for
+from flashref.kernels.tile_tables import KERNEL_NAMES, KernelConfig, configs_for
 
 
 def assert_clean(rows: list[CompileRow]):
@@ -179,36 +179,36 @@ def test_tma_rows_exist_only_where_the_dispatcher_takes_the_path():
 
 
 def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
-    """configs.DROPOUT_TABLE / VARIANT_TABLE: the gate enumerates them for every variant with a
+    """tile_tables.DROPOUT_TABLE / VARIANT_TABLE: the gate enumerates them for every variant with a
     score switch, the dispatcher's pruner picks them when the launch has the switch, and the
     one exemption from "no wgmma" (MMA_SYNC_VARIANT_LAUNCHES) holds for exactly those rows at
     exactly that tile."""
-    from flashref.kernels import configs
+    from flashref.kernels import config_dispatch, tile_tables
 
     specs = specializations(head_dims=(128, 256), dtypes=("bfloat16",), causal=(True,),
                             variants=("plain", "kv_lens", "window", "dropout", "all_variants"))
     for s in specs:
         if s.kernel == "backward_delta":
             continue
-        expected = configs.configs_for(s.kernel, s.head_dim, torch.bfloat16,
+        expected = tile_tables.configs_for(s.kernel, s.head_dim, torch.bfloat16,
                                        variants=s.variant not in ("plain", "kv_lens"),
                                        dropout=s.variant in ("dropout", "all_variants"))
         assert s.config in expected if s.variant == "plain" else s.config == expected[0], s
     dk_256 = {s.variant: s.config for s in specs if s.kernel == "backward_dk"}
-    assert dk_256["window"] == dk_256["dropout"] == configs.VARIANT_TABLE[("backward_dk", 256, False)][0]
+    assert dk_256["window"] == dk_256["dropout"] == tile_tables.VARIANT_TABLE[("backward_dk", 256, False)][0]
     assert (dk_256["window"].block_m, dk_256["window"].block_n) == (16, 32) != (dk_256["kv_lens"].block_m,
                                                                                 dk_256["kv_lens"].block_n)
 
     def pruned(name, **switches):
         tiles = [c.as_triton() for c in (KernelConfig(16, 64, 8, 2), KernelConfig(32, 64, 8, 2))]
-        prune = configs.config_pruner(name)
+        prune = config_dispatch.config_pruner(name)
         kept = prune(tiles, {"Q": torch.empty(1, dtype=torch.bfloat16), "HEAD_DIM": 128, **switches})
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]
 
     assert pruned("backward_dkdv", DROPOUT=True) == [(16, 64)]
     assert pruned("backward_dkdv", DROPOUT=False, WINDOW=True) == pruned("backward_dkdv") == [(32, 64)]
 
-    tile = configs.VARIANT_TABLE[("backward_dk", 256, False)][0]
+    tile = tile_tables.VARIANT_TABLE[("backward_dk", 256, False)][0]
     row = CompileRow("backward_dk", "sm_90", 256, "bfloat16", True, 16, 32, 8, 2, 254, 60000, 0, False, 1.0,
                      variant="window", maxnreg=tile.maxnreg)
     assert problems(row) == [] and problems(dataclasses.replace(row, variant="all_variants")) == []
@@ -218,13 +218,13 @@ def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
 
 
 def test_float32_launches_tell_ptxas_the_whole_register_file():
-    """Without .maxnreg ptxas parked a few values on the stack at 64-96 registers (configs.py);
+    """Without .maxnreg ptxas parked a few values on the stack at 64-96 registers (docs/tile_tables.md);
     16-bit entries carry it only where the compile report saw that."""
-    from flashref.kernels import configs
+    from flashref.kernels import tile_tables
 
     for kernel in KERNEL_NAMES:
         for head_dim in (16, 64, 128, 256):
             assert all(c.maxnreg == 255 for c in configs_for(kernel, head_dim, torch.float32))
             assert all(c.maxnreg in (None, 255) for c in configs_for(kernel, head_dim, torch.bfloat16))
     assert configs_for("forward", 128, torch.bfloat16)[0].maxnreg is None  # the default: ptxas decides
-    assert configs.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255
+    assert tile_tables.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255

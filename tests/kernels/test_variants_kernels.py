@@ -165,7 +165,7 @@ CASES = [
       kv_lens=(44, 20)),
     V("br_kvlens_alibi_noncausal", 2, 2, 1, 19, 33, 16, "float16", causal_alignment="bottom_right",
       kv_lens=(33, 11), alibi="bh"),
-    # each variant alone: in flashref.equivalence's sweeps (tests/kernels/test_equivalence.py)
+    # each variant alone: in flashref.gate's sweeps (tests/kernels/test_equivalence.py)
     V("window_narrower_than_block", 1, 2, 1, 40, 70, 16, "bfloat16", causal=True, window_size=(1, -1)),
     # combinations
     V("window_softcap_gqa_kvlens_br", 2, 4, 2, 29, 50, 16, "bfloat16", causal=True, causal_alignment="bottom_right",

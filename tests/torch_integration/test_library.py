@@ -117,3 +117,99 @@ def test_compile_inductor(seed):
     torch.testing.assert_close(out, want_out, rtol=1e-4, atol=1e-5)
     for g, w in zip(got, _grads(model)):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------- packed sequences, KV cache
+
+def packed(seed):
+    """Three sequences (one empty) of q lengths 3, 0, 5 and k lengths 4, 2, 6, GQA 2:1, D 16."""
+    cu_q = torch.tensor([0, 3, 3, 8], dtype=torch.int32, device=DEVICE)
+    cu_k = torch.tensor([0, 4, 6, 12], dtype=torch.int32, device=DEVICE)
+    q = draw(seed, 2, 8, 16).transpose(0, 1).requires_grad_()  # (total_q, Hq, D), head-major strides
+    k, v = (draw(seed + i, 12, 1, 16).requires_grad_() for i in (1, 2))
+    return q, k, v, cu_q, cu_k
+
+
+def test_opcheck_varlen_forward_and_backward(seed):
+    """The packed ops: GQA, q a transposed view, bottom-right causal, a left window, softcap,
+    per-sequence ALiBi, sinks (differentiable) and dropout, the value checks on."""
+    q, k, v, cu_q, cu_k = packed(seed)
+    alibi, sinks = draw(seed + 3, 3, 2).abs(), draw(seed + 4, 2).requires_grad_()
+    scalars = (True, "bottom_right", 0.3, 3, -1, 2.0, 0.25, seed, True)
+    args = (q, k, v, cu_q, cu_k, 5, 6, alibi, sinks, *scalars)
+    results = torch.library.opcheck(torch.ops.flashref.attention_varlen_forward.default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out, lse = torch.ops.flashref.attention_varlen_forward(*detached)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 8) and lse.dtype == torch.float32
+    bargs = (*detached[:3], out, lse, draw(seed + 5, 8, 2, 16), *detached[3:])
+    results = torch.library.opcheck(torch.ops.flashref.attention_varlen_backward.default, bargs)
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def test_opcheck_kvcache():
+    """The decode op on a paged cache (pages 16 rows, shuffled block table), GQA, two splits,
+    a left window, softcap, ALiBi and sinks; float16 (the op is forward only)."""
+    gen = torch.Generator().manual_seed(0)
+    cache = lambda: torch.randn(5, 16, 1, 16, generator=gen).to(device=DEVICE, dtype=torch.float16)  # noqa: E731
+    k_cache, v_cache = cache(), cache()
+    block_table = torch.tensor([[3, 0], [1, 4]], dtype=torch.int32, device=DEVICE)
+    cache_seqlens = torch.tensor([17, 5], dtype=torch.int32, device=DEVICE)
+    q = torch.randn(2, 2, 2, 16, generator=gen).to(device=DEVICE, dtype=torch.float16)
+    alibi = torch.rand(2, generator=gen).to(DEVICE)
+    sinks = torch.randn(2, generator=gen).to(DEVICE)
+    args = (q, k_cache, v_cache, cache_seqlens, 2, block_table, alibi, sinks, True, 0.25, 7, -1, 5.0, 2, True)
+    results = torch.library.opcheck(torch.ops.flashref.attention_with_kvcache.default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+    out, lse = torch.ops.flashref.attention_with_kvcache(*args)
+    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 2, 2) and lse.dtype == torch.float32
+
+
+def test_compile_fullgraph_varlen_matches_eager(seed):
+    """flash_attention_varlen under torch.compile(fullgraph=True): one graph, no break (the
+    cu_seqlens value checks move into the op), the same out, lse and gradients as eager."""
+    from flashref.kernels import flash_attention_varlen
+
+    def attend(q, k, v, cu_q, cu_k, sinks):
+        return flash_attention_varlen(q, k, v, cu_q, cu_k, 5, 6, causal=True, causal_alignment="bottom_right",
+                                      softcap=3.0, sinks=sinks, return_lse=True)
+
+    q, k, v, cu_q, cu_k = packed(seed)
+    sinks = draw(seed + 4, 2).requires_grad_()
+    explanation = torch._dynamo.explain(attend)(q, k, v, cu_q, cu_k, sinks)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    results = []
+    for fn in (torch.compile(attend, backend="aot_eager", fullgraph=True), attend):
+        out, lse = fn(q, k, v, cu_q, cu_k, sinks)
+        out.square().sum().backward()
+        results.append([out, lse] + [t.grad.clone() for t in (q, k, v, sinks)])
+        for t in (q, k, v, sinks):
+            t.grad = None
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="must be non-decreasing"):  # checked by the op when compiled
+        bad = torch.tensor([0, 4, 3, 8], dtype=torch.int32, device=DEVICE)
+        torch.compile(attend, backend="aot_eager", fullgraph=True)(q, k, v, bad, cu_k, sinks)
+
+
+def test_compile_fullgraph_kvcache_matches_eager(seed):
+    """flash_attention_with_kvcache under torch.compile(fullgraph=True): the in-place append and
+    the op in one graph; the caches and the output as eager's."""
+    from flashref.kernels import flash_attention_with_kvcache
+
+    def decode(q, k_cache, v_cache, k, v, cache_seqlens):
+        return flash_attention_with_kvcache(q, k_cache, v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                                            window_size=(6, -1), return_lse=True)
+
+    caches = (draw(seed, 2, 20, 1, 16), draw(seed + 1, 2, 20, 1, 16))  # contiguous (B, Lmax, Hkv, D)
+    q, k, v = draw(seed + 2, 2, 2, 1, 16), draw(seed + 3, 2, 1, 1, 16), draw(seed + 4, 2, 1, 1, 16)
+    cache_seqlens = torch.tensor([0, 11], dtype=torch.int32, device=DEVICE)
+    explanation = torch._dynamo.explain(decode)(q, *(c.clone() for c in caches), k, v, cache_seqlens)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    results = []
+    for fn in (torch.compile(decode, backend="aot_eager", fullgraph=True), decode):
+        k_cache, v_cache = (c.clone() for c in caches)
+        results.append([*fn(q, k_cache, v_cache, k, v, cache_seqlens), k_cache, v_cache])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,172 @@
+"""The launch-configuration tables: which tiles each kernel may use, per head dim and dtype.
+
+One row per (kernel, padded head-dim bucket 64 / 128 / 256, float32?), default first, and rows
+of their own for the score variants where the default tile spills; ``configs_for`` reads them.
+On a GPU each kernel is wrapped in ``triton.autotune`` over every configuration of every table,
+and the autotuner's pruner (kernels/config_dispatch.py) cuts that down to the call's row, so a
+configuration that does not fit (registers, shared memory) is never launched. The compile gate
+(``kernels/compile_gate.py``) compiles every entry of every table for sm_90 and sm_80 and fails
+on spills, which is what keeps these tables honest without a GPU. How each row was found (the
+tiles that lost and what they spilled): docs/tile_tables.md.
+
+The shapes follow what maps onto Hopper's ``wgmma`` (an M tile of 64 rows per warpgroup, so
+BLOCK_M 64 with 4 warps or 128 with 8 warps / 4 warps x 2 tiles) and what FlashAttention-2
+uses: a tall query tile in the forward and the dQ kernel, a tall key tile in the dK/dV kernel.
+Under Triton's interpreter one small configuration is used (``INTERPRETER_CONFIG``):
+autotuning cannot run there ("0 active drivers") and warps/stages mean nothing to it.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+KERNEL_NAMES = ("forward", "backward_dkdv", "backward_dq")
+# The dK/dV kernel's launches by what they accumulate (its ``GRADS`` constexpr). A split pass
+# ("backward_dk", "backward_dv") uses the dK/dV kernel's table.
+DKDV_LAUNCHES = {"backward_dkdv": "dkdv", "backward_dk": "dk", "backward_dv": "dv"}
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+BUCKETS = (64, 128, 256)  # padded head dims: the tables' row keys
+REGISTERS_PER_THREAD = 255  # the hardware's cap, and the ``.maxnreg`` of the rows that carry one
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch configuration: tile sizes, warps per program, software-pipelining stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    maxnreg: int | None = None  # ptxas's per-thread register cap (.maxnreg); None: ptxas decides
+
+    def as_triton(self) -> triton.Config:
+        return triton.Config({"BLOCK_M": self.block_m, "BLOCK_N": self.block_n},
+                             num_warps=self.num_warps, num_stages=self.num_stages, maxnreg=self.maxnreg)
+
+    @classmethod
+    def of_triton(cls, config: triton.Config) -> "KernelConfig":
+        return cls(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages,
+                   config.maxnreg)
+
+
+INTERPRETER_CONFIG = KernelConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)
+# The decode (KV-cache split) kernel's under the interpreter (``interpreter_config("decode")``).
+INTERPRETER_DECODE_CONFIG = KernelConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
+
+_C = KernelConfig
+
+
+def _R(block_m: int, block_n: int, num_warps: int, num_stages: int) -> KernelConfig:
+    """A launch that tells ptxas the full register file (docs/tile_tables.md, ".maxnreg 255")."""
+    return KernelConfig(block_m, block_n, num_warps, num_stages, maxnreg=REGISTERS_PER_THREAD)
+
+
+_TRITON_36 = triton.__version__.startswith("3.6")  # where 3.6 and 3.9 disagree, the installed one's row
+
+# 16-bit rows (fp16 and bf16 share them), default first.
+_SIXTEEN_BIT_UP_TO_128 = {
+    "forward": (_C(128, 64, 8, 3), _R(64, 64, 4, 3), _C(64, 32, 4, 2)),
+    "backward_dkdv": (_C(32, 64, 8, 2),),
+    "backward_dq": (_C(64, 32, 4, 2), _R(64, 32, 4, 3)),
+}
+_SIXTEEN_BIT_UP_TO_64 = {**_SIXTEEN_BIT_UP_TO_128, "backward_dkdv": (_R(16, 64, 8, 1),)}
+_SIXTEEN_BIT_256 = {
+    "forward": (_C(64, 32, 8, 2), _C(64, 64, 8, 1)),
+    "backward_dkdv": (_C(16, 64, 8, 2),),  # launched twice, dK then dV (dkdv_passes)
+    "backward_dq": (_C(64, 32, 8, 2),),
+}
+# float32 rows: exact ("ieee") FMA dots on small tiles, every launch with maxnreg=255.
+_F = _R
+_FLOAT32_DKDV_UP_TO_64 = _F(16, 16, 8, 1) if _TRITON_36 else _F(16, 16, 4, 1)
+_FLOAT32_BY_BUCKET = {
+    64: {"forward": (_F(16, 16, 4, 1),), "backward_dkdv": (_FLOAT32_DKDV_UP_TO_64,), "backward_dq": (_F(16, 16, 8, 1),)},
+    128: {"forward": (_F(16, 32, 8, 1),), "backward_dkdv": (_F(16, 16, 4, 1),), "backward_dq": (_F(16, 16, 8, 1),)},
+    256: {"forward": (_F(16, 32, 8, 1),), "backward_dkdv": (_F(16, 32, 4, 1),), "backward_dq": (_F(16, 16, 8, 1),)},
+}
+_FLOAT32_HEAD_DIM_16 = {"backward_dkdv": (_F(16, 32, 4, 1),)}  # padded head dim 16 only
+
+# (kernel, bucket, float32?) -> configs, default first.
+_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {}
+for _kernel in KERNEL_NAMES:
+    _TABLE[(_kernel, 64, False)] = _SIXTEEN_BIT_UP_TO_64[_kernel]
+    _TABLE[(_kernel, 128, False)] = _SIXTEEN_BIT_UP_TO_128[_kernel]
+    _TABLE[(_kernel, 256, False)] = _SIXTEEN_BIT_256[_kernel]
+    for _bucket in BUCKETS:
+        _TABLE[(_kernel, _bucket, True)] = _FLOAT32_BY_BUCKET[_bucket][_kernel]
+
+# Launches with a score variant on, where the default tile spills: (launch name, bucket,
+# float32?) -> configs. Every other launch keeps its default table.
+SCORE_VARIANT_SWITCHES = ("WINDOW", "SOFTCAP", "ALIBI", "DROPOUT")
+VARIANT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("forward", 64, False): (_R(128, 64, 8, 3),),
+    ("forward", 128, False): (KernelConfig(128, 32, 8, 3),),
+    ("backward_dq", 128, False): (KernelConfig(64, 32, 8, 2),),
+    ("backward_dk", 256, False): (_R(16, 32, 8, 2) if _TRITON_36 else KernelConfig(16, 32, 8, 2),),
+    ("backward_dv", 256, False): (_R(16, 32, 4, 2),),
+}
+DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
+    ("backward_dkdv", 128, False): (KernelConfig(16, 64, 8, 2),),
+    ("backward_dq", 256, False): (KernelConfig(64, 16, 8, 2),),
+    ("forward", 256, False): (KernelConfig(64, 16, 8, 2),),
+}
+# 32-key tiles, too narrow for wgmma: with a score variant these run on mma.sync on Hopper too.
+MMA_SYNC_VARIANT_LAUNCHES = {("backward_dk", 256), ("backward_dv", 256)}
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The power of two (at least 16, tl.dot's smallest K) that a head dim is padded to."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def head_dim_bucket(head_dim: int) -> int:
+    """The bucket of ``BUCKETS`` a head dim's tables live in: the smallest that holds its padded width."""
+    return min(b for b in BUCKETS if padded_head_dim(head_dim) <= b)
+
+
+def dkdv_passes(head_dim: int) -> tuple[str, ...]:
+    """What each launch of the dK/dV kernel accumulates (its ``GRADS``), in launch order.
+
+    Up to a padded head dim of 128 one launch holds both float32 ``BLOCK_N x D`` accumulators.
+    At 256 they and the resident K, V tiles spill on sm_90 and sm_80 at every tile tried, so
+    the kernel runs twice, dK then dV, each pass recomputing P (one more ``K Q^T`` product).
+    """
+    return ("dkdv",) if padded_head_dim(head_dim) <= 128 else ("dk", "dv")
+
+
+def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: bool = False,
+                dropout: bool = False) -> tuple[KernelConfig, ...]:
+    """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
+    (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``). ``variants``: the
+    launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
+    DROPOUT itself; each has a table of its own where the default tile spills
+    (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``)."""
+    bucket = head_dim_bucket(head_dim)
+    key = (kernel, bucket, dtype == torch.float32)
+    if dropout and key in DROPOUT_TABLE:
+        return DROPOUT_TABLE[key]
+    if (variants or dropout) and key in VARIANT_TABLE:
+        return VARIANT_TABLE[key]
+    if kernel in DKDV_LAUNCHES:
+        kernel = "backward_dkdv"
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be one of {KERNEL_NAMES}, got {kernel!r}")
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype}")
+    if dtype == torch.float32 and padded_head_dim(head_dim) == 16 and kernel in _FLOAT32_HEAD_DIM_16:
+        return _FLOAT32_HEAD_DIM_16[kernel]
+    return _TABLE[(kernel, bucket, dtype == torch.float32)]
+
+
+def table_configs(kernel: str) -> list[KernelConfig]:
+    """Every configuration of ``kernel`` (a name of ``KERNEL_NAMES``; the split dK / dV passes
+    count as "backward_dkdv") in any table above, each once, in table order."""
+    seen: list[KernelConfig] = []
+    for (name, _, _), table in _TABLE.items():
+        seen.extend(c for c in table if name == kernel and c not in seen)
+    seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
+    for (name, _, _), table in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items()):
+        seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
+                    and c not in seen)
+    return seen
