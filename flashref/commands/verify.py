@@ -224,6 +224,10 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
         console.print(f"JSON report: {write_json(args.json, report)}")
     if args.junit:
         console.print(f"JUnit report: {write_junit_suites(args.junit, results, env=env)}")
+    if not bad and all(o.status == "unsupported" for outcomes in results.values() for o in outcomes):
+        console.print("[bold red]nothing could run[/]: every case is unsupported by every implementation "
+                      "(see the reasons above); nothing was judged")
+        return 1
     return 1 if bad else 0
 
 

@@ -114,7 +114,8 @@ def unsupported_reason(impl: Implementation, case: Case, device: str) -> str | N
     if impl.limits is not None and (why := impl.limits(case)) is not None:
         return why
     if device not in impl.devices:
-        return f"does not run on {device}"
+        why = impl.available(device) if impl.available is not None else None
+        return f"does not run on {device}" + (f" ({why})" if why else "")
     if impl.available is not None:
         return impl.available(device)
     return None

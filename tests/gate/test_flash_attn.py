@@ -93,4 +93,17 @@ def test_without_the_package_or_a_gpu_it_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # import flash_attn raises ImportError
     assert "the flash_attn package is not importable" in impl.available("cuda")
     case = eq.Case.from_name("b1-hq2-hkv2-lq17-lk17-d16-float16-noncausal-dense", 0)
-    assert check(impl, [case], device="cpu").results[0].unsupported == "does not run on cpu"
+    reason = check(impl, [case], device="cpu").results[0].unsupported
+    assert reason.startswith("does not run on cpu (the flash_attn package is not importable (ModuleNotFoundError")
+
+
+def test_verify_exits_1_when_nothing_could_run(monkeypatch, capsys):
+    """Unavailable on this device: every case unsupported, one line says so, and the exit status
+    is not a pass (a CI job gating on flash-attn without a GPU must not go green)."""
+    from flashref.cli import main
+
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    assert main(["verify", "--impl", "flash-attn", "--case", "b1-hq2-hkv2-lq17-lk17-d16-float16-noncausal-dense",
+                 "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "nothing could run" in out and "flash_attn package is not importable" in out
