@@ -19,11 +19,19 @@ between runs); every configuration gets freshly drawn inputs. Peak memory is
 before it. A backend that cannot run a configuration (unsupported head dim,
 out of memory, ...) is recorded as such, never a crash.
 
+Any implementation the gate judges (flashref.gate: `sdpa-math`, `flex`, `flash-attn`,
+`module:attribute`, entry points) is timed the same way through a `Target` (`gate_target`):
+its attention called with `causal=True` on causal points, in its own layout, and a point it
+does not declare (a feature, dtype, head dim, device, or a backward where it has none) is
+recorded `unsupported` with the gate's reason. On a CPU (`flashref bench --cpu --impl ...`) the
+same sweep runs at CPU sizes (`Plan.preset("cpu")`) with a wall-clock timer.
+
 Nothing here asserts on time: these are measurements for people to read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import math
@@ -37,6 +45,7 @@ MODEL_DIM = 2048  # H * D, fixed across the sweep
 SEQLENS_FULL = (512, 1024, 2048, 4096, 8192, 16384)
 HEAD_DIMS_FULL = (64, 128, 256)
 DTYPES_FULL = ("bfloat16", "float16")
+DTYPES_ALL = ("bfloat16", "float16", "float32")  # float32: the CPU sweep's
 DIRECTIONS = ("fwd", "bwd", "fwd_bwd")
 IMPLEMENTATIONS = ("flashref", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "naive_torch")
 BENCH_SCHEMA = "flashref.bench/1"
@@ -112,7 +121,12 @@ class Plan:
             # short by its time budget has the forward panels first, head dim 128 first.
             return cls((512, 2048, 8192, 16384), (128, 64, 256), ("bfloat16",),
                        directions=("fwd", "fwd_bwd", "bwd"), warmup_ms=10, rep_ms=40)
-        raise ValueError(f"preset must be 'quick' or 'full', got {name!r}")
+        if name == "cpu":
+            # CPU sizes: B*L = 2048, H*D = 256 (four heads of 64), float32, a few seconds per
+            # implementation; forward panels first.
+            return cls((128, 256, 512, 1024), (64,), ("float32",), directions=("fwd", "fwd_bwd", "bwd"),
+                       tokens=2048, model_dim=256, warmup_ms=10, rep_ms=40)
+        raise ValueError(f"preset must be 'quick', 'full' or 'cpu', got {name!r}")
 
     def cases(self) -> list[BenchCase]:
         """In the plan's order, direction before head dim: a run cut short by its time
@@ -188,6 +202,53 @@ SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_efficient": "EFFICIENT_A
                  "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_math": "MATH"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One implementation as the sweep times it: ``attend(q, k, v, causal)`` returns out, q, k, v
+    in ``layout`` ("bhld" (B, H, L, D) or "blhd" (B, L, H, D)); ``context()`` is entered once
+    around a point's measurement (untimed); ``unsupported(case, device)`` says why a point is
+    not run, or None; ``about``: what the report says of it."""
+
+    name: str
+    attend: Callable
+    layout: str = "bhld"
+    context: Callable[[], Any] = contextlib.nullcontext
+    unsupported: Callable[[BenchCase, str], str | None] | None = None
+    about: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def builtin_target(name: str) -> Target:
+    """One of ``IMPLEMENTATIONS`` (KeyError otherwise), looked up in ``ATTENTION`` now."""
+    return Target(name, ATTENTION[name], context=lambda: backend_context(name),
+                  about={"source": "flashref.benchmark", "layout": "bhld"})
+
+
+def gate_target(impl) -> Target:
+    """A ``flashref.gate.Implementation`` as the sweep times it: its attention with
+    ``causal=True`` on causal points (Lq = Lk, so both alignments agree), its first output;
+    a point is unsupported where the gate would call the same case unsupported
+    (``unsupported_reason``), or for a backward on a device it has none on."""
+    from flashref.gate.cases import Case
+    from flashref.gate.implementations import unsupported_reason
+
+    def attend(q, k, v, causal):
+        result = impl.attention(q, k, v, **({"causal": True} if causal else {}))
+        return result[0] if isinstance(result, tuple) else result
+
+    def unsupported(case: BenchCase, device: str) -> str | None:
+        kind = device.split(":")[0]
+        if case.direction != "fwd" and kind not in impl.backward_devices:
+            return f"{impl.name} has no backward on {kind}"
+        gate_case = Case(batch=case.batch, heads_q=case.heads, heads_kv=case.heads, seqlen_q=case.seqlen,
+                         seqlen_k=case.seqlen, head_dim=case.head_dim, dtype=case.dtype, causal=case.causal,
+                         causal_alignment="top_left", kv_lens=False)
+        return unsupported_reason(impl, gate_case, kind)
+
+    return Target(impl.name, attend, layout=impl.layout, unsupported=unsupported,
+                  about={"source": "flashref.gate", "layout": impl.layout, "features": sorted(impl.features),
+                         "dtypes": list(impl.dtypes)})
+
+
 def backend_context(implementation: str):
     """Pins torch SDPA to one backend for a whole measurement (entered once, outside the
     timed calls, so its cost is not timed); a no-op for the other implementations."""
@@ -250,17 +311,25 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:300]
 
 
-def measure(case: BenchCase, implementation: str, *, device: str = "cuda", timer: Timer = do_bench_timer,
+def measure(case: BenchCase, implementation: str | Target, *, device: str = "cuda", timer: Timer = do_bench_timer,
             warmup_ms: int = 25, rep_ms: int = 100, seed: int = 0) -> Measurement:
-    """Time one implementation on one case, with fresh inputs drawn from `seed`."""
+    """Time one implementation (a name of ``IMPLEMENTATIONS`` or a ``Target``) on one case,
+    with fresh inputs drawn from `seed`."""
     import torch
 
-    result = Measurement(case, implementation, status="ok")
+    name = implementation.name if isinstance(implementation, Target) else implementation
+    result = Measurement(case, name, status="ok")
+    reason = (implementation.unsupported(case, device)
+              if isinstance(implementation, Target) and implementation.unsupported is not None else None)
+    if reason is not None:
+        result.status, result.message = "unsupported", reason
+        return result
     try:
-        with backend_context(implementation):
-            result.ms, result.peak_memory_bytes = _time_one(case, ATTENTION[implementation], device=device,
-                                                            timer=timer, warmup_ms=warmup_ms, rep_ms=rep_ms,
-                                                            seed=seed)
+        target = implementation if isinstance(implementation, Target) else builtin_target(implementation)
+        with target.context():
+            result.ms, result.peak_memory_bytes = _time_one(case, target.attend, device=device, timer=timer,
+                                                            warmup_ms=warmup_ms, rep_ms=rep_ms, seed=seed,
+                                                            layout=target.layout)
         result.tflops = case.flops / (result.ms * 1e-3) / 1e12
     except Exception as exc:  # every failure is a recorded outcome, not the end of the sweep
         result.status = _classify(exc)
@@ -272,13 +341,15 @@ def measure(case: BenchCase, implementation: str, *, device: str = "cuda", timer
 
 
 def _time_one(case: BenchCase, attend: Callable, *, device: str, timer: Timer, warmup_ms: int, rep_ms: int,
-              seed: int) -> tuple[float, int | None]:
-    """(median ms, peak extra bytes on CUDA or None) for `attend` on fresh inputs of `case`."""
+              seed: int, layout: str = "bhld") -> tuple[float, int | None]:
+    """(median ms, peak extra bytes on CUDA or None) for `attend` on fresh inputs of `case`,
+    laid out (B, H, L, D) or, for "blhd", (B, L, H, D)."""
     import torch
 
     dtype = getattr(torch, case.dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
-    shape = (case.batch, case.heads, case.seqlen, case.head_dim)
+    shape = ((case.batch, case.heads, case.seqlen, case.head_dim) if layout == "bhld"
+             else (case.batch, case.seqlen, case.heads, case.head_dim))
     needs_grad = case.direction != "fwd"
     q, k, v = (torch.randn(shape, generator=gen, device=device, dtype=dtype).requires_grad_(needs_grad)
                for _ in range(3))
@@ -326,8 +397,11 @@ def matmul_ceiling(dtype: str = "bfloat16", n: int = 8192, *, device: str = "cud
 def run_sweep(plan: Plan, *, device: str = "cuda", timer: Timer = do_bench_timer,
               time_budget_s: float | None = None, seed: int = 0,
               on_result: Callable[[Measurement], None] | None = None,
-              ceiling_n: int = 8192) -> dict[str, Any]:
+              ceiling_n: int = 8192, targets: Mapping[str, Target] | None = None) -> dict[str, Any]:
     """Measure every (case, implementation) of `plan`; returns the JSON-ready report.
+
+    A name of ``plan.implementations`` is looked up in ``targets`` (e.g. ``gate_target``s),
+    else it is one of ``IMPLEMENTATIONS``.
 
     When `time_budget_s` runs out, the remaining points are recorded as `skipped`
     (the report says how far it got instead of being lost to a kill).
@@ -336,6 +410,7 @@ def run_sweep(plan: Plan, *, device: str = "cuda", timer: Timer = do_bench_timer
     from flashref.reporting import environment
 
     start = time.monotonic()
+    targets = dict(targets or {})
     ceilings = {dtype: matmul_ceiling(dtype, ceiling_n, device=device, timer=timer) for dtype in plan.dtypes}
     measurements: list[Measurement] = []
     for i, case in enumerate(plan.cases()):
@@ -343,7 +418,7 @@ def run_sweep(plan: Plan, *, device: str = "cuda", timer: Timer = do_bench_timer
             if time_budget_s is not None and time.monotonic() - start > time_budget_s:
                 m = Measurement(case, impl, status="skipped", message="time budget spent")
             else:
-                m = measure(case, impl, device=device, timer=timer, warmup_ms=plan.warmup_ms,
+                m = measure(case, targets.get(impl, impl), device=device, timer=timer, warmup_ms=plan.warmup_ms,
                             rep_ms=plan.rep_ms, seed=seed + i)
             measurements.append(m)
             if on_result is not None:
@@ -353,6 +428,8 @@ def run_sweep(plan: Plan, *, device: str = "cuda", timer: Timer = do_bench_timer
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(),
         "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
+        "implementations": {impl: dict(targets[impl].about) if impl in targets
+                            else {"source": "flashref.benchmark", "layout": "bhld"} for impl in plan.implementations},
         "seed": seed,
         "seconds": round(time.monotonic() - start, 2),
         "flop_count": "4*B*H*Lq*Lk*D forward, /2 causal, x2.5 backward, x3.5 forward+backward",
@@ -386,12 +463,12 @@ def plot_report(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
         for r_i, (hd, causal) in enumerate(panels):
             for c_i, direction in enumerate(directions):
                 ax = axes[r_i][c_i]
-                for impl in plan["implementations"]:
+                for colour, impl in enumerate(plan["implementations"]):  # one colour per implementation in every panel
                     pts = sorted((r["seqlen"], r["tflops"]) for r in rows
                                  if r["dtype"] == dtype and r["head_dim"] == hd and r["causal"] == causal
                                  and r["direction"] == direction and r["implementation"] == impl)
                     if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl)
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl, color=f"C{colour % 10}")
                 if ceiling:
                     ax.axhline(ceiling, linestyle="--", color="grey", linewidth=1, label="matmul ceiling")
                 ax.set_xscale("log", base=2)
@@ -420,9 +497,14 @@ def plot_report(report: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def tflops_text(tflops: float) -> str:
+    """One decimal on a GPU's scale, three significant digits below 1 TFLOP/s (a CPU's)."""
+    return f"{tflops:.1f}" if tflops >= 1 else f"{tflops:.3g}"
+
+
 def _cell(r: Mapping[str, Any]) -> str:
     if r["status"] == "ok":
-        return f"{r['tflops']:.1f}"
+        return tflops_text(r["tflops"])
     return {"oom": "OOM", "unsupported": "n/a", "skipped": "-", "error": "err"}.get(r["status"], r["status"])
 
 

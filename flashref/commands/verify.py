@@ -70,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "CPU, nccl with one GPU each on CUDA (docs/distributed.md)")
     p.add_argument("--impl", action="append", default=None, metavar="NAME",
                    help="judge this implementation (repeatable): flashref (default), sdpa-math, sdpa-flash, "
-                        "sdpa-efficient, sdpa-cudnn, flex, an installed flashref.implementations entry point, "
+                        "sdpa-efficient, sdpa-cudnn, flex, flex-compiled, flash-attn, an installed flashref.implementations "
+                        "entry point, "
                         "or module:attribute (docs/cli.md)")
     p.add_argument("--features", type=str, default=None, metavar="A,B,...",
                    help="with --impl module:attribute naming a plain callable: what it can do "
@@ -213,7 +214,7 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
             console.print(f"  unsupported: {escape('; '.join(reasons))}", highlight=False, soft_wrap=True)
         impl = next(i for i in impls if i.name == name)
         if device not in impl.backward_devices:
-            console.print(f"  {name} has no backward on {device}: its forward (out, lse) alone was judged",
+            console.print(f"  {name} has no backward on {device}: its forward alone was judged",
                           highlight=False)
         for o in [o for o in outcomes if o.status in ("fail", "error")][:MAX_REPLAYS_SHOWN]:
             console.print(f"  {escape(o.failure_summary())}", highlight=False, soft_wrap=True)

@@ -251,3 +251,70 @@ def test_gpu_check_dry_run_touches_no_gpu(tmp_path):
 def test_gpu_check_refuses_a_budget_its_steps_do_not_fit(tmp_path):
     proc, calls, out = run_gpu_check(tmp_path, budget=200)
     assert proc.returncode == 1 and "do not fit the budget of 200 s" in proc.stdout
+
+
+# ---------------------------------------------------------------------------- the gate's implementations
+def test_bench_cpu_times_gate_implementations_side_by_side(tmp_path, capsys):
+    """`flashref bench --cpu --impl A --impl B`: the same names as `verify --impl`, timed on the
+    same points; a point an implementation does not declare is unsupported, not timed."""
+    code = main(["bench", "--cpu", "--impl", "sdpa-math", "--impl", "user_attention_for_bench:attention,sdpa-efficient",
+                 "--features", "causal_top_left", "--seqlen", "16,32", "--head-dim", "64", "--tokens", "64",
+                 "--model-dim", "128", "--direction", "fwd,fwd_bwd", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads((tmp_path / "bench.json").read_text())
+    names = ["sdpa-math", "user_attention_for_bench:attention", "sdpa-efficient"]
+    assert report["plan"]["implementations"] == names and report["plan"]["dtypes"] == ["float32"]
+    assert report["implementations"]["user_attention_for_bench:attention"]["features"] == ["causal_top_left"]
+    status = {}
+    for r in report["results"]:
+        assert (r["batch"], r["heads"], r["head_dim"]) == (64 // r["seqlen"], 2, 64)
+        status.setdefault(r["implementation"], set()).add(r["status"])
+    assert status == {"sdpa-math": {"ok"}, "user_attention_for_bench:attention": {"ok"}, "sdpa-efficient": {"unsupported"}}
+    assert all(r["tflops"] > 0 for r in report["results"] if r["status"] == "ok")
+    assert "efficient" in next(r["message"] for r in report["results"] if r["implementation"] == "sdpa-efficient")
+    table = (tmp_path / "results.md").read_text()
+    assert "| user_attention_for_bench:attention |" in table and "| sdpa-efficient | n/a | n/a |" in table
+    assert (tmp_path / "attention_tflops_float32.png").read_bytes()[:4] == b"\x89PNG"
+    assert "sdpa-efficient unsupported:" in out
+
+
+def test_bench_a_point_outside_the_declared_features_is_unsupported(tmp_path):
+    """A plain callable declares nothing: its causal points are unsupported (never timed), its
+    others run; a forward-only implementation's backward points are unsupported on the CPU."""
+    from flashref.gate import Implementation
+
+    from user_attention_for_bench import attention
+
+    plain = B.gate_target(Implementation("plain", attention))
+    forward_only = B.gate_target(Implementation("fwd-only", attention, features={"causal_top_left"},
+                                                backward_devices=("cuda",)))
+    statuses = {(t.name, causal, direction): B.measure(B.BenchCase("float32", 8, causal, 16, direction, **TINY), t,
+                                                       device="cpu", timer=one_ms).status
+                for t in (plain, forward_only) for causal in (False, True) for direction in ("fwd", "bwd")}
+    assert statuses == {("plain", False, "fwd"): "ok", ("plain", False, "bwd"): "ok",
+                        ("plain", True, "fwd"): "unsupported", ("plain", True, "bwd"): "unsupported",
+                        ("fwd-only", False, "fwd"): "ok", ("fwd-only", True, "fwd"): "ok",
+                        ("fwd-only", False, "bwd"): "unsupported", ("fwd-only", True, "bwd"): "unsupported"}
+
+
+def test_bench_blhd_implementations_get_their_layout(tmp_path):
+    from flashref.gate import Implementation
+
+    def blhd(q, k, v):
+        assert q.shape == (4, 16, 4, 8)  # (B, L, H, D) at TINY sizes: B*L = 64, H*D = 32
+        return q.clone()
+
+    target = B.gate_target(Implementation("blhd", blhd, layout="blhd"))
+    m = B.measure(B.BenchCase("float32", 8, False, 16, "fwd", **TINY), target, device="cpu", timer=one_ms)
+    assert m.status == "ok", m.message
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--cpu", "--impl", "nosuch"], "unknown implementation 'nosuch'"),
+    (["bench", "--cpu", "--impl", "no_such_module_at_all:f"], "cannot import"),
+    (["bench", "--cpu", "--impl", "sdpa-math", "--features", "telepathy"], "unknown features"),
+])
+def test_bench_a_bad_impl_exits_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().out

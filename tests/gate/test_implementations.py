@@ -8,6 +8,7 @@ crash), a missing feature is unsupported (never a failure), and bad --impl specs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -43,10 +44,40 @@ def test_a_correct_plain_attention_passes(seed):
     assert report.passed and report.count("pass") == len(CASES), [r.failure_summary() for r in report.results]
 
 
-@pytest.mark.parametrize("name", ["sdpa-math", "sdpa-flash", "flex"])
+@pytest.mark.parametrize("name", ["sdpa-math", "sdpa-flash", "flex", "flex-compiled"])
 def test_torch_implementations_pass_on_the_cpu(name, seed):
     report = judge(builtin_implementations()[name], seed=seed)
     assert report.passed and report.count("pass") == len(CASES), [r.failure_summary() for r in report.results]
+
+
+def test_flex_compiled_that_cannot_compile_is_unsupported_with_one_reason(monkeypatch):
+    """Where torch cannot compile FlexAttention (no C++ compiler for inductor, ...) the probe
+    gives one line, and every case is unsupported with it, never failed."""
+    from flashref.gate import implementations as I
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("InductorError: CppCompileError: no C++ compiler found\nmore lines")
+
+    monkeypatch.setattr(I, "_compiled_flex_attention", lambda: no_compiler)
+    reason = I._flex_compiled_available.__wrapped__("cpu")  # the uncached probe
+    assert reason == ("torch.compile of FlexAttention does not run on cpu: RuntimeError: InductorError: "
+                      "CppCompileError: no C++ compiler found")
+    impl = dataclasses.replace(builtin_implementations()["flex-compiled"], available=I._flex_compiled_available.__wrapped__)
+    report = judge(impl)
+    assert {(r.status, r.unsupported) for r in report.results} == {("unsupported", reason)} and report.passed
+
+
+def test_flex_compiled_reuses_its_graph_for_a_case_of_the_same_shape(seed):
+    """Compilation is cached per shape: a second case with the same shapes, dtype and mask
+    structure (other numbers, other kv_lens) compiles nothing new."""
+    import torch
+
+    impl = builtin_implementations()["flex-compiled"]
+    name = "b2-hq2-hkv1-lq20-lk36-d16-float32-causal_bottom_right-kvlens-softcap5"
+    assert judge(impl, [name], seed=seed).passed
+    frames = torch._dynamo.utils.counters["frames"]["ok"]
+    assert judge(impl, [name], seed=seed + 1).passed
+    assert torch._dynamo.utils.counters["frames"]["ok"] == frames
 
 
 @pytest.mark.parametrize("bug", ["off_by_one_causal", "truncated_scale", "drops_last_partial_block"])
