@@ -24,6 +24,10 @@ touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
 3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
    ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
 
+The prologue, loop bounds, tile loads and the recomputed ``P`` (score pipeline and mask:
+``blocks.backward_probabilities``) are the blocks of kernels/attention_blocks.py the forward
+uses too.
+
 Variants (constexprs shared with the forward, see attention_forward.py): ``SOFTCAP`` recomputes
 ``t = tanh(qk * softcap_in)`` and multiplies ``dS`` by ``1 - t^2`` (the cap's derivative; the
 scale stays ``softmax_scale``); ``ALIBI`` subtracts the same bias before ``exp2`` (the bias

@@ -26,6 +26,9 @@ left window ``j >= i + window_shift``. The alignment shift is 0 for ``"top_left"
 adds the length it loads). A row that sees no key keeps ``m = -inf`` and ``l = 0`` and is
 stored as ``out = 0``, ``lse = -inf`` (never NaN).
 
+The steps every kernel shares (the prologue, the loop bounds, the score pipeline, the online
+softmax step, the finish) are blocks of kernels/attention_blocks.py, called as ``blocks.name``.
+
 Variants (each a ``tl.constexpr``; off, the kernel compiles to the plain one):
 
 - ``SOFTCAP``: the raw product becomes ``tanh(qk * softcap_in)`` with ``softcap_in =
@@ -112,8 +115,8 @@ def attention_forward_kernel(
     log2(e)`` with SOFTCAP). ``CAUSAL``: the right bound ``j <= i + causal_shift`` exists
     (causal and/or a right window, folded into one shift by the host); ``WINDOW``: the left
     bound ``j >= i + window_shift``. ``SHIFT_KV_LEN``: add ``kv_len[b]`` to the three shifts.
-    ``seed``, ``dropout_p``, ``dropout_scale``: see ``blocks.dropout_keep`` (read only if DROPOUT).
-    ``VARLEN``: packed sequences (see ``sequence_start``): ``b`` is sequence b of
+    ``seed``, ``dropout_p``, ``dropout_scale``: see ``attention_blocks.dropout_keep`` (read only if DROPOUT).
+    ``VARLEN``: packed sequences (see ``attention_blocks.sequence_start``): ``b`` is sequence b of
     ``CuSeqQ``/``CuSeqK`` ((B + 1,) int32), the batch strides are 0, ``seqlen_q`` is
     ``total_q`` (Lse is (Hq, total_q)) and ``seqlen_k`` is ``max_seqlen_k`` (the dropout
     counters' row stride). ``HEAD_DIM`` is padded to the power of two
