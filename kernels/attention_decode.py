@@ -98,8 +98,10 @@ def decode_split_kernel(
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    # One slope per packed row, a column (head < heads_q on every row: no mask needed).
-    slope = blocks.load_alibi_slope(Alibi, b, stride_alibi_b, head[:, None], qk_scale, ALIBI)
+    # One slope per packed row (a vector: blocks.load_alibi_slope's scalar is per program).
+    slope = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if ALIBI:
+        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (blocks.LOG2E_K / qk_scale)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -131,7 +133,7 @@ def decode_split_kernel(
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Positions: query token i at p_i = L_b - Lq + i (bottom-right); rows past Lq see nothing.
         s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None], causal_shift,
-                                  window_shift, 0, slope, softcap_in, True, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+                                  window_shift, 0, slope[:, None], softcap_in, True, CAUSAL, WINDOW, SOFTCAP, ALIBI)
         p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
         acc = blocks.accumulate_pv(acc, p, v, UPCAST, DOT_PRECISION)
         m_i = m_new
