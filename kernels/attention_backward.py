@@ -422,7 +422,8 @@ def attention_backward_dq_kernel(
     if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
         q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
         do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
-    q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D, True, False, TMA)
+    q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
+                         True, False, TMA)
     do = blocks.load_tile(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, seqlen_q, HEAD_DIM, BLOCK_D,
                    True, False, TMA)
     if UPCAST:

@@ -157,10 +157,10 @@ def align_shifts(causal_shift, window_shift, alibi_shift, seqlen_q, seqlen_k_vis
 
 @triton.jit
 def load_alibi_slope(Alibi, b, stride_alibi_b, h, qk_scale, ALIBI: tl.constexpr):
-    """ALiBi's slope for batch b, head h (a scalar, or a vector of heads), in the units of the
-    raw ``q.k`` (``slope * log2(e) / qk_scale``: the bias enters before the one
-    ``qk * qk_scale`` FMA). Slopes at ``Alibi + b * stride_alibi_b + h`` (stride 0: per head).
-    0 without ``ALIBI`` (then never read)."""
+    """ALiBi's slope for batch b, head h (one per program: the forward, dQ, dK/dV; decode's
+    packed rows load a vector of them), in the units of the raw ``q.k`` (``slope * log2(e) /
+    qk_scale``: the bias enters before the one ``qk * qk_scale`` FMA). Slopes at ``Alibi + b *
+    stride_alibi_b + h`` (stride 0: per head). 0 without ``ALIBI`` (then never read)."""
     slope = 0.0
     if ALIBI:
         slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)

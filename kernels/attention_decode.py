@@ -22,8 +22,9 @@ Keys live at logical position j of sequence b: contiguous cache ``(B, Lmax, Hkv,
 any ``page_size``, any ``BLOCK_N``).
 
 Query token i sits at position ``p_i = L_b - Lq + i`` (bottom-right). Score pipeline and online
-softmax: the forward's blocks (kernels/attention_blocks.py): ``softcap``, ``- slope * |p_i - j|`` (ALiBi), visible iff ``j < L_b``,
-``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left`` (window).
+softmax: the forward's blocks (kernels/attention_blocks.py): ``softcap``, ``- slope * |p_i - j|``
+(ALiBi), visible iff ``j < L_b``, ``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left``
+(window).
 
 ``decode_combine_kernel``: one program per (batch x query head, query token): with
 ``m = max_s lse_s``, ``lse = m + log(sum_s exp(lse_s - m))`` (logaddexp over the splits) and

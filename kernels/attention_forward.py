@@ -155,7 +155,8 @@ def attention_forward_kernel(
         # From here on k_base, v_base are descriptors; keys past kv_len load as zeros.
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
-    q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D, True, False, TMA)
+    q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
+                         True, False, TMA)
     if UPCAST:
         q = q.to(tl.float32)
 
