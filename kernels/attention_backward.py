@@ -287,39 +287,28 @@ def attention_backward_dkdv_kernel(
         stream = b * heads_q + h
         if WINDOW:
             # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, lo, mid + (hi - end), seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, mid, end - mid,
-                HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            first_lo, first_hi, first_masked = mid, end, False
+            second_lo, second_hi, second_masked, split, gap = lo, mid + (hi - end), True, mid, end - mid
         else:
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            # The diagonal [lo, mid) (masked when causal), then the unmasked [mid, end).
+            first_lo, first_hi, first_masked = lo, mid, CAUSAL
+            second_lo, second_hi, second_masked, split, gap = mid, end, False, 0, 0
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            rows, offs_d, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale, 0, 0,
+            HEAD_DIM, BLOCK_D, BLOCK_M, first_masked, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            rows, offs_d, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale, split, gap,
+            HEAD_DIM, BLOCK_D, BLOCK_M, second_masked, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -436,38 +425,20 @@ def attention_backward_dq_kernel(
     if TMA:
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
-    hi = blocks.visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
-    if VARLEN:
-        hi = tl.where(start_m < seqlen_q, hi, 0)  # a block past the sequence's end: no work
-    mid = tl.minimum(blocks.unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    if WINDOW:
-        lo, edge, full_end = blocks.window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
-        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, edge, full_end, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, lo, edge + (hi - full_end), seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            edge, full_end - edge, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-    else:
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
+        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, VARLEN)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        split, gap, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

@@ -17,7 +17,8 @@ In the order a program uses them:
   (kv lengths and packed sequences: where batch entry b starts, how long it is),
   ``row_start`` (its first lse / delta row), ``align_shifts`` (``"bottom_right"`` with kv lengths
   adds ``kv_len[b] - Lq`` to the bounds), ``load_alibi_slope``.
-- Loop bounds: ``visible_key_end``, ``unmasked_key_end``, ``window_key_ranges``,
+- Loop bounds: ``key_ranges`` (a query block's two key loops), made of ``visible_key_end``,
+  ``unmasked_key_end``, ``window_key_ranges``;
   ``shifted_block_start`` (one masked loop over two ranges), ``key_block_tiles`` (a key loop
   step's indices and k, v tiles).
 - The score pipeline, on a raw ``q.k`` tile: ``score_tile`` (softcap, then ALiBi),
@@ -224,6 +225,33 @@ def window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M: tl.constexpr, BLO
     a = tl.minimum(tl.maximum(full_from, lo), hi)
     b = tl.maximum(mid, a)
     return lo, a, b
+
+
+@triton.jit
+def key_ranges(start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, VARLEN: tl.constexpr):
+    """The key blocks a query block ``[start_m, start_m + BLOCK_M)`` visits (the forward, dQ), as
+    two loops: ``(unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap)``, first the blocks
+    every row sees whole (no mask), then the masked ones: the diagonal and the kv-length tail
+    ``[mid, hi)``, and with a window also its left edge (one loop over ``[masked_lo, split)``
+    and ``[split + gap, masked_hi + gap)``: ``shifted_block_start``). Blocks no row sees are
+    never visited; with ``VARLEN`` a query block past its sequence's end visits none."""
+    hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
+    if VARLEN:
+        # The grid covers max_seqlen_q: a block past this sequence's end visits no key and
+        # stores nothing (its rows are masked).
+        hi = tl.where(start_m < seqlen_q, hi, 0)
+    mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
+    if WINDOW:
+        lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
+        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
+        unmasked_lo, unmasked_hi = edge, full_end
+        masked_lo, masked_hi, split, gap = lo, edge + (hi - full_end), edge, full_end - edge
+    else:
+        # Unmasked [0, mid), then the masked diagonal / tail [mid, hi).
+        unmasked_lo, unmasked_hi = 0, mid
+        masked_lo, masked_hi, split, gap = mid, hi, 0, 0
+    return unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap
 
 
 @triton.jit

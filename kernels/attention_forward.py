@@ -169,36 +169,18 @@ def attention_forward_kernel(
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    hi = blocks.visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
-    if VARLEN:
-        # The grid covers max_seqlen_q: a block past this sequence's end visits no key and
-        # stores nothing (its rows are masked).
-        hi = tl.where(start_m < seqlen_q, hi, 0)
-    mid = tl.minimum(blocks.unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    if WINDOW:
-        lo, edge, full_end = blocks.window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
-        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
-        acc, m_i, l_i = _forward_key_blocks(
-            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, edge, full_end, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, edge, 0,
-            HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        acc, m_i, l_i = _forward_key_blocks(
-            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, lo, edge + (hi - full_end), seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, edge, full_end - edge,
-            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-    else:
-        acc, m_i, l_i = _forward_key_blocks(
-            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
-            HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        acc, m_i, l_i = _forward_key_blocks(
-            acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
-            HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
+        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, VARLEN)
+    acc, m_i, l_i = _forward_key_blocks(
+        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    acc, m_i, l_i = _forward_key_blocks(
+        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, split, gap,
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     out, lse = blocks.finish_rows(acc, m_i, l_i)
