@@ -11,24 +11,23 @@ exists, ``WINDOW`` the left bound ``j >= i + window_shift``, ``SOFTCAP``, ``ALIB
 
 In the order a program uses them:
 
-- The program prologue: ``query_prologue`` (all of it, for a query-block program), made of
-  ``batch_head`` (program id -> batch, head), ``query_program`` (the
-  forward's and dQ's program: query block, batch, query head, kv head), ``sequence_extent``
-  (kv lengths and packed sequences: where batch entry b starts, how long it is),
-  ``row_start`` (its first lse / delta row), ``align_shifts`` (``"bottom_right"`` with kv lengths
-  adds ``kv_len[b] - Lq`` to the bounds), ``load_alibi_slope``.
-- Loop bounds: ``key_ranges`` (a query block's two key loops), made of ``visible_key_end``,
-  ``unmasked_key_end``, ``window_key_ranges``;
-  ``shifted_block_start`` (one masked loop over two ranges), ``key_block_tiles`` (a key loop
-  step's indices and k, v tiles).
+- The program prologue: ``query_prologue`` (all of it, for a query-block program: the forward,
+  dQ), made of ``query_program`` (program id -> query block, batch, query head, kv head;
+  ``batch_head`` for the other grids), ``sequence_extent`` (kv lengths and packed sequences:
+  where batch entry b starts, how long it is), ``row_start`` (its first lse / delta row),
+  ``align_shifts`` (``"bottom_right"`` with kv lengths adds ``kv_len[b] - Lq`` to the bounds)
+  and ``load_alibi_slope``.
+- Loop bounds: ``key_ranges`` (a query block's two key loops: unmasked, then masked), made of
+  ``visible_key_end``, ``unmasked_key_end`` and ``window_key_ranges``; ``shifted_block_start``
+  (one masked loop over two ranges).
+- Tile loads: ``load_tile`` (a row tile or its transpose, masked or not, through pointers or a
+  tensor descriptor), ``key_block_tiles`` (a key loop step's indices and k, v tiles).
 - The score pipeline, on a raw ``q.k`` tile: ``score_tile`` (softcap, then ALiBi),
   ``visible_keys`` (kv length, right and left bounds), ``forward_scores`` (both, invisible
   scores ``-inf``: forward, decode), ``backward_probabilities`` (``P = exp2(s * qk_scale -
   lse)``, invisible ``P`` 0, and the softcap's derivative: dQ, dK/dV).
 - The online softmax: ``online_softmax_step`` (running max, sum, rescaled accumulator),
   ``accumulate_pv`` (``acc += P V``), ``finish_rows`` (``out = acc / l``, ``lse``).
-- Tile loads: ``load_tile`` (a row tile or its transpose, masked or not, pointers or a
-  tensor descriptor).
 - Pieces of math: ``tanh`` (softcap), ``dropout_keep`` (the Philox keep mask).
 
 Positions: a block takes query and key positions already broadcast against each other
@@ -267,6 +266,39 @@ def shifted_block_start(block_start, split, gap, MASKED: tl.constexpr, WINDOW: t
     return start
 
 
+# ---------------------------------------------------------------------------- tile loads
+@triton.jit
+def load_tile(base, start, index, offs_d, stride_row, stride_d, rows,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr,
+              TRANSPOSED: tl.constexpr, TMA: tl.constexpr):
+    """The (len(index), BLOCK_D) tile of rows ``index`` (``start + arange``) of a (batch, head)
+    slice at ``base`` (row stride ``stride_row``, column stride ``stride_d``), or its transpose
+    (``TRANSPOSED``: ``(BLOCK_D, len(index))``, what ``tl.dot(q, kt)`` wants). Zero past
+    ``HEAD_DIM`` and, with ``BOUNDED``, at rows ``>= rows``; an unbounded tile at a full head dim
+    loads without a mask. With ``TMA`` ``base`` is a tensor descriptor (kernels/tile_loads.py)
+    that zero-fills the same places."""
+    if TMA:
+        tile = load_rows(base, start)
+        if TRANSPOSED:
+            tile = tl.trans(tile)
+    else:
+        if TRANSPOSED:
+            ptrs = base + index[None, :] * stride_row + offs_d[:, None] * stride_d
+            row_ok = (index < rows)[None, :]
+            d_ok = (offs_d < HEAD_DIM)[:, None]
+        else:
+            ptrs = base + index[:, None] * stride_row + offs_d[None, :] * stride_d
+            row_ok = (index < rows)[:, None]
+            d_ok = (offs_d < HEAD_DIM)[None, :]
+        if BOUNDED:
+            tile = tl.load(ptrs, mask=row_ok & d_ok, other=0.0)
+        elif HEAD_DIM == BLOCK_D:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=d_ok, other=0.0)
+    return tile
+
+
 @triton.jit
 def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, stride_kn, stride_kd, stride_vn,
                     stride_vd, seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -395,36 +427,3 @@ def finish_rows(acc, m_i, l_i):
     LN2: tl.constexpr = 0.6931471805599453
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
     return out, lse
-
-
-# ---------------------------------------------------------------------------- tile loads
-@triton.jit
-def load_tile(base, start, index, offs_d, stride_row, stride_d, rows,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BOUNDED: tl.constexpr,
-              TRANSPOSED: tl.constexpr, TMA: tl.constexpr):
-    """The (len(index), BLOCK_D) tile of rows ``index`` (``start + arange``) of a (batch, head)
-    slice at ``base`` (row stride ``stride_row``, column stride ``stride_d``), or its transpose
-    (``TRANSPOSED``: ``(BLOCK_D, len(index))``, what ``tl.dot(q, kt)`` wants). Zero past
-    ``HEAD_DIM`` and, with ``BOUNDED``, at rows ``>= rows``; an unbounded tile at a full head dim
-    loads without a mask. With ``TMA`` ``base`` is a tensor descriptor (kernels/tile_loads.py)
-    that zero-fills the same places."""
-    if TMA:
-        tile = load_rows(base, start)
-        if TRANSPOSED:
-            tile = tl.trans(tile)
-    else:
-        if TRANSPOSED:
-            ptrs = base + index[None, :] * stride_row + offs_d[:, None] * stride_d
-            row_ok = (index < rows)[None, :]
-            d_ok = (offs_d < HEAD_DIM)[:, None]
-        else:
-            ptrs = base + index[:, None] * stride_row + offs_d[None, :] * stride_d
-            row_ok = (index < rows)[:, None]
-            d_ok = (offs_d < HEAD_DIM)[None, :]
-        if BOUNDED:
-            tile = tl.load(ptrs, mask=row_ok & d_ok, other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            tile = tl.load(ptrs)
-        else:
-            tile = tl.load(ptrs, mask=d_ok, other=0.0)
-    return tile
