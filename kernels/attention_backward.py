@@ -285,21 +285,26 @@ def attention_backward_dkdv_kernel(
         row_base = blocks.row_start(b * heads_q + h, h, total_q, 0, VARLEN)
         alibi_slope = blocks.load_alibi_slope(Alibi, b, stride_alibi_b, h, qk_scale, ALIBI)
         stream = b * heads_q + h
+        # (A switch for a call is annotated tl.constexpr: a plain local would become a tensor.)
         if WINDOW:
             # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
-            first_lo, first_hi, first_masked = mid, end, False
-            second_lo, second_hi, second_masked, split, gap = lo, mid + (hi - end), True, mid, end - mid
+            first_lo, first_hi = mid, end
+            FIRST_MASKED: tl.constexpr = False
+            second_lo, second_hi, split, gap = lo, mid + (hi - end), mid, end - mid
+            SECOND_MASKED: tl.constexpr = True
         else:
             # The diagonal [lo, mid) (masked when causal), then the unmasked [mid, end).
-            first_lo, first_hi, first_masked = lo, mid, CAUSAL
-            second_lo, second_hi, second_masked, split, gap = mid, end, False, 0, 0
+            first_lo, first_hi = lo, mid
+            FIRST_MASKED: tl.constexpr = CAUSAL
+            second_lo, second_hi, split, gap = mid, end, 0, 0
+            SECOND_MASKED: tl.constexpr = False
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
             rows, offs_d, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, 0, 0,
-            HEAD_DIM, BLOCK_D, BLOCK_M, first_masked, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            HEAD_DIM, BLOCK_D, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
@@ -307,7 +312,7 @@ def attention_backward_dkdv_kernel(
             rows, offs_d, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, split, gap,
-            HEAD_DIM, BLOCK_D, BLOCK_M, second_masked, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            HEAD_DIM, BLOCK_D, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
