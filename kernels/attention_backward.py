@@ -24,6 +24,10 @@ touches is 0 (never NaN). See docs/kernels.md for the derivation of ``delta``.
 3. ``attention_backward_dq_kernel``: one program per (query block, batch x query head) holds
    ``dQ`` and walks the key blocks it sees (the forward's loop bounds).
 
+The prologue, loop bounds, tile loads and the recomputed ``P`` (score pipeline and mask:
+``blocks.backward_probabilities``) are the blocks of kernels/attention_blocks.py the forward
+uses too.
+
 Variants (constexprs shared with the forward, see attention_forward.py): ``SOFTCAP`` recomputes
 ``t = tanh(qk * softcap_in)`` and multiplies ``dS`` by ``1 - t^2`` (the cap's derivative; the
 scale stays ``softmax_scale``); ``ALIBI`` subtracts the same bias before ``exp2`` (the bias
@@ -37,18 +41,9 @@ includes the sink) but in the delta kernel, which also reduces ``dsinks``.
 import triton
 import triton.language as tl
 
-from .attention_forward import (
-    LOG2E,
-    LOG2E_K,
-    dropout_keep,
-    sequence_start,
-    tanh,
-    unmasked_key_end,
-    visible_key_end,
-    window_key_ranges,
-)
+from . import attention_blocks as blocks
 from .rounding import to_dot_operand, to_output
-from .tile_loads import load_rows, rows_descriptor
+from .tile_loads import rows_descriptor
 
 
 @triton.jit
@@ -73,8 +68,7 @@ def attention_backward_delta_kernel(
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // heads_q
-    h = pid_bh % heads_q
+    b, h = blocks.batch_head(pid_bh, heads_q)
     o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
     row = pid_bh.to(tl.int64) * seqlen_q
@@ -96,7 +90,7 @@ def attention_backward_delta_kernel(
         row_ok = offs_m < seqlen_q
         lse = tl.load(Lse + row + offs_m, mask=row_ok, other=0.0)
         sink = tl.load(Sinks + h)
-        p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * LOG2E_K), 0.0)
+        p_sink = tl.where(row_ok, tl.math.exp2((sink - lse) * blocks.LOG2E_K), 0.0)
         tl.store(DSinks + pid_bh.to(tl.int64) * tl.num_programs(0) + pid_m, tl.sum(p_sink * delta, 0))
 
 
@@ -105,7 +99,7 @@ def _load_lse_log2(lse_ptrs, row_ok):
     """lse * log2(e) for the given rows; rows that see no key (lse = -inf) and rows past Lq
     come back as +inf so that exp2(s - lse) is exactly 0 for them."""
     lse = tl.load(lse_ptrs, mask=row_ok, other=float("-inf"))
-    return tl.where(lse == float("-inf"), float("inf"), lse * LOG2E_K)
+    return tl.where(lse == float("-inf"), float("inf"), lse * blocks.LOG2E_K)
 
 
 @triton.jit
@@ -132,46 +126,31 @@ def _dkdv_query_blocks(
     masked call walks both masked ranges in one loop (``split``, ``gap`` as in the forward).
     """
     offs_m_base = tl.arange(0, BLOCK_M)
-    d_ok = offs_d < HEAD_DIM
     for block_start in range(lo, hi, BLOCK_M):
-        start_m = block_start
-        if WINDOW:
-            if MASKED:
-                start_m = tl.where(block_start < split, block_start, block_start + gap)
+        start_m = blocks.shifted_block_start(block_start, split, gap, MASKED, WINDOW)
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
-        # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D).
-        if TMA:  # q_base, do_base are tensor descriptors: zero past Lq and HEAD_DIM
-            qt = tl.trans(load_rows(q_base, start_m))
-            do = load_rows(do_base, start_m)
-        else:
-            qt_ptrs = q_base + offs_m[None, :] * stride_qm + offs_d[:, None] * stride_qd
-            do_ptrs = do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod
-            qt = tl.load(qt_ptrs, mask=row_ok[None, :] & d_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D), zero past Lq and HEAD_DIM.
+        qt = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
+                       True, True, TMA)
+        do = blocks.load_tile(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, seqlen_q, HEAD_DIM, BLOCK_D,
+                       True, False, TMA)
         lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if UPCAST:
             qt = qt.to(tl.float32)
         st = tl.dot(k, qt, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_M), raw q.k
-        if SOFTCAP:
-            st = tanh(st * softcap_in)
-            dcap = 1.0 - st * st  # d(softcap * tanh(x)) / d(softcap * x)
-        if ALIBI:
-            st = st - alibi_slope * tl.abs(offs_m[None, :] + tile_alibi_shift - rows[:, None]).to(tl.float32)
-        pt = tl.math.exp2(st * qk_scale - lse2[None, :])
-        if MASKED:
-            # key j = start_n + r is visible to query i iff j <= i + causal_shift (causal) and
-            # j >= i + window_shift (window): r <= i + tile_shift, r >= i + tile_window_shift.
-            if CAUSAL:
-                pt = tl.where(rows[:, None] <= offs_m[None, :] + tile_shift, pt, 0.0)
-            if WINDOW:
-                pt = tl.where(rows[:, None] >= offs_m[None, :] + tile_window_shift, pt, 0.0)
+        # Key j = start_n + r is visible to query i iff j <= i + causal_shift (causal) and
+        # j >= i + window_shift (window): r <= i + tile_shift, r >= i + tile_window_shift.
+        # Keys past kv_len need no mask (see above).
+        pt, dcap = blocks.backward_probabilities(
+            st, offs_m[None, :], rows[:, None], None, lse2[None, :], qk_scale, tile_shift, tile_window_shift,
+            tile_alibi_shift, alibi_slope, softcap_in, MASKED, CAUSAL, WINDOW, SOFTCAP, ALIBI)
         do_in = do
         if UPCAST:
             do_in = do.to(tl.float32)
         if DROPOUT:
-            keep = dropout_keep(seed, offs_m[None, :], key_counter + rows[:, None], seqlen_k, stream, dropout_p)
+            keep = blocks.dropout_keep(seed, offs_m[None, :], key_counter + rows[:, None], seqlen_k, stream, dropout_p)
         if GRADS != "dk":
             pt_v = pt
             if DROPOUT:
@@ -223,18 +202,15 @@ def attention_backward_dkdv_kernel(
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // heads_kv
-    h_kv = pid_bh % heads_kv
+    b, h_kv = blocks.batch_head(pid_bh, heads_kv)
     group_size = heads_q // heads_kv
-    seqlen_k_visible = seqlen_k
+    total_q = seqlen_q
+    q_start, k_start, seqlen_q, seqlen_k_visible = blocks.sequence_extent(
+        b, total_q, seqlen_k, KvLens, CuSeqQ, CuSeqK, HAS_KV_LENS, VARLEN)
     # Rows the key block may store: k's padded length, or this sequence's keys (VARLEN: the
     # next rows of the packed k belong to the next sequence).
     seqlen_k_rows = seqlen_k
-    if HAS_KV_LENS:
-        seqlen_k_visible = tl.load(KvLens + b)
-    total_q = seqlen_q
     if VARLEN:
-        q_start, k_start, seqlen_q, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
         seqlen_k_rows = seqlen_k_visible
         # Move the query-side pointers to the sequence's first row once: nothing per-sequence
         # stays live across the loops but total_q (registers are tight at head dim 128+).
@@ -242,13 +218,8 @@ def attention_backward_dkdv_kernel(
         DOut += q_start.to(tl.int64) * stride_dom
         Lse += q_start
         Delta += q_start
-    if SHIFT_KV_LEN:
-        kv_shift = seqlen_k_visible
-        if VARLEN:
-            kv_shift -= seqlen_q
-        causal_shift += kv_shift
-        window_shift += kv_shift
-        alibi_shift += kv_shift
+    causal_shift, window_shift, alibi_shift = blocks.align_shifts(
+        causal_shift, window_shift, alibi_shift, seqlen_q, seqlen_k_visible, SHIFT_KV_LEN, VARLEN)
 
     start_n = pid_n * BLOCK_N
     offs_d = tl.arange(0, BLOCK_D)
@@ -309,48 +280,39 @@ def attention_backward_dkdv_kernel(
         if TMA:  # this head's Q and dO through tensor descriptors (kernels/tile_loads.py)
             q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
             do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
-        row_base = (b * heads_q + h).to(tl.int64) * seqlen_q
-        if VARLEN:
-            row_base = h.to(tl.int64) * total_q  # Lse, Delta (Hq, total_q); Q, dO, Lse, Delta pre-offset
-        alibi_slope = 0.0
-        if ALIBI:
-            alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)
+        # Lse, Delta: (B, Hq, Lq), or (Hq, total_q) with VARLEN (then Q, dO, Lse, Delta pre-offset).
+        row_base = blocks.row_start(b * heads_q + h, h, total_q, 0, VARLEN)
+        alibi_slope = blocks.load_alibi_slope(Alibi, b, stride_alibi_b, h, qk_scale, ALIBI)
         stream = b * heads_q + h
+        # (A switch for a call is annotated tl.constexpr: a plain local would become a tensor.)
         if WINDOW:
             # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, lo, mid + (hi - end), seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, mid, end - mid,
-                HEAD_DIM, BLOCK_D, BLOCK_M, True, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            first_lo, first_hi = mid, end
+            FIRST_MASKED: tl.constexpr = False
+            second_lo, second_hi, split, gap = lo, mid + (hi - end), mid, end - mid
+            SECOND_MASKED: tl.constexpr = True
         else:
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, lo, mid, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-            dk, dv = _dkdv_query_blocks(
-                dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                stride_qm, stride_qd, stride_dom, stride_dod,
-                rows, offs_d, mid, end, seqlen_q, causal_shift - start_n, qk_scale,
-                window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-                seqlen_k, dropout_p, dropout_scale, 0, 0,
-                HEAD_DIM, BLOCK_D, BLOCK_M, False, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-                CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            # The diagonal [lo, mid) (masked when causal), then the unmasked [mid, end).
+            first_lo, first_hi = lo, mid
+            FIRST_MASKED: tl.constexpr = CAUSAL
+            second_lo, second_hi, split, gap = mid, end, 0, 0
+            SECOND_MASKED: tl.constexpr = False
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            rows, offs_d, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale, 0, 0,
+            HEAD_DIM, BLOCK_D, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        dk, dv = _dkdv_query_blocks(
+            dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+            stride_qm, stride_qd, stride_dom, stride_dod,
+            rows, offs_d, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
+            seqlen_k, dropout_p, dropout_scale, split, gap,
+            HEAD_DIM, BLOCK_D, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -384,49 +346,19 @@ def _dq_key_blocks(
     window, the masked call walks two ranges: ``split``, ``gap`` as in the forward).
     With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
-    d_ok = offs_d < HEAD_DIM
     for block_start in range(lo, hi, BLOCK_N):
-        start_n = block_start
-        if WINDOW:
-            if MASKED:
-                start_n = tl.where(block_start < split, block_start, block_start + gap)
-        keys = start_n + offs_n_base
-        if TMA:  # bulk copies, zero past kv_len and HEAD_DIM
-            kt = tl.trans(load_rows(k_base, start_n))
-            vt = tl.trans(load_rows(v_base, start_n))
-        else:
-            kt_ptrs = k_base + keys[None, :] * stride_kn + offs_d[:, None] * stride_kd
-            vt_ptrs = v_base + keys[None, :] * stride_vn + offs_d[:, None] * stride_vd
-            if MASKED:
-                key_ok = keys < seqlen_k_visible
-                kt = tl.load(kt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-                vt = tl.load(vt_ptrs, mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-            elif HEAD_DIM == BLOCK_D:
-                kt = tl.load(kt_ptrs)
-                vt = tl.load(vt_ptrs)
-            else:
-                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        keys, kt, vt = blocks.key_block_tiles(
+            k_base, v_base, block_start, split, gap, offs_n_base, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
+            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, WINDOW, True, UPCAST, TMA)  # k^T and v^T
         if UPCAST:
-            kt = kt.to(tl.float32)
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
-        if SOFTCAP:
-            s = tanh(s * softcap_in)
-            dcap = 1.0 - s * s
-        if ALIBI:
-            s = s - alibi_slope * tl.abs(offs_m[:, None] + alibi_shift - keys[None, :]).to(tl.float32)
-        p = tl.math.exp2(s * qk_scale - lse2[:, None])
-        if MASKED:
-            visible = (keys < seqlen_k_visible)[None, :]
-            if CAUSAL:
-                visible = visible & (keys[None, :] <= offs_m[:, None] + causal_shift)
-            if WINDOW:
-                visible = visible & (keys[None, :] >= offs_m[:, None] + window_shift)
-            p = tl.where(visible, p, 0.0)
+        p, dcap = blocks.backward_probabilities(
+            s, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], lse2[:, None], qk_scale,
+            causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in, MASKED, CAUSAL, WINDOW, SOFTCAP, ALIBI)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)
+            keep = blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
@@ -458,29 +390,10 @@ def attention_backward_dq_kernel(
     DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
     then the diagonal / tail blocks with masks; invisible blocks are skipped (with a window,
     the window's left-edge blocks come first, masked)."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // heads_q
-    h = pid_bh % heads_q
-    h_kv = h // group_size
-    seqlen_k_visible = seqlen_k
-    if HAS_KV_LENS:
-        seqlen_k_visible = tl.load(KvLens + b)
-    lse_row = pid_bh.to(tl.int64) * seqlen_q
-    if VARLEN:
-        q_start, k_start, seqlen_q_b, seqlen_k_visible = sequence_start(CuSeqQ, CuSeqK, b)
-        lse_row = h.to(tl.int64) * seqlen_q + q_start  # Lse, Delta: (Hq, total_q); seqlen_q = total_q
-        seqlen_q = seqlen_q_b
-    if SHIFT_KV_LEN:
-        kv_shift = seqlen_k_visible
-        if VARLEN:
-            kv_shift -= seqlen_q
-        causal_shift += kv_shift
-        window_shift += kv_shift
-        alibi_shift += kv_shift
-    alibi_slope = 0.0
-    if ALIBI:
-        alibi_slope = tl.load(Alibi + b * stride_alibi_b + h) * (LOG2E_K / qk_scale)
+    (pid_m, pid_bh, b, h, h_kv, q_start, k_start, seqlen_q, seqlen_k_visible, lse_row,
+     causal_shift, window_shift, alibi_shift, alibi_slope) = blocks.query_prologue(
+        heads_q, group_size, seqlen_q, seqlen_k, causal_shift, window_shift, alibi_shift, qk_scale,
+        KvLens, CuSeqQ, CuSeqK, Alibi, stride_alibi_b, HAS_KV_LENS, SHIFT_KV_LEN, VARLEN, ALIBI)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -500,12 +413,12 @@ def attention_backward_dq_kernel(
         k_base += k_start.to(tl.int64) * stride_kn
         v_base += k_start.to(tl.int64) * stride_vn
     if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
-        q = load_rows(rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
-        do = load_rows(rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D), start_m)
-    else:
-        q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=tile_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=tile_mask,
-                     other=0.0)
+        q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
+        do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
+    q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
+                         True, False, TMA)
+    do = blocks.load_tile(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, seqlen_q, HEAD_DIM, BLOCK_D,
+                   True, False, TMA)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -516,38 +429,20 @@ def attention_backward_dq_kernel(
     if TMA:
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
-    hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
-    if VARLEN:
-        hi = tl.where(start_m < seqlen_q, hi, 0)  # a block past the sequence's end: no work
-    mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    if WINDOW:
-        lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
-        # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, edge, full_end, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, lo, edge + (hi - full_end), seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            edge, full_end - edge, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-    else:
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, 0, mid, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
-        dq = _dq_key_blocks(
-            dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-            offs_m, offs_d, mid, hi, seqlen_k_visible, causal_shift, qk_scale,
-            window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-            0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-            WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
+        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, VARLEN)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+    dq = _dq_key_blocks(
+        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
+        offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
+        split, gap, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

@@ -21,9 +21,10 @@ Keys live at logical position j of sequence b: contiguous cache ``(B, Lmax, Hkv,
 ``[block_table[b, j // page_size], j % page_size]`` (a gathered page index per key column:
 any ``page_size``, any ``BLOCK_N``).
 
-Query token i sits at position ``p_i = L_b - Lq + i`` (bottom-right). Score pipeline as in
-the forward kernel: ``softcap``, ``- slope * |p_i - j|`` (ALiBi), visible iff ``j < L_b``,
-``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left`` (window).
+Query token i sits at position ``p_i = L_b - Lq + i`` (bottom-right). Score pipeline and online
+softmax: the forward's blocks (kernels/attention_blocks.py): ``softcap``, ``- slope * |p_i - j|``
+(ALiBi), visible iff ``j < L_b``, ``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left``
+(window).
 
 ``decode_combine_kernel``: one program per (batch x query head, query token): with
 ``m = max_s lse_s``, ``lse = m + log(sum_s exp(lse_s - m))`` (logaddexp over the splits) and
@@ -34,9 +35,9 @@ the forward kernel: ``softcap``, ``- slope * |p_i - j|`` (ALiBi), visible iff ``
 import triton
 import triton.language as tl
 
-from .attention_forward import LOG2E_K, tanh
+from . import attention_blocks as blocks
 from .tile_tables import padded_head_dim
-from .rounding import to_dot_operand, to_output
+from .rounding import to_output
 
 
 def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]:
@@ -82,8 +83,7 @@ def decode_split_kernel(
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
-    b = pid_bh // heads_kv
-    h_kv = pid_bh % heads_kv
+    b, h_kv = blocks.batch_head(pid_bh, heads_kv)
     seqlen_k = tl.load(SeqLens + b)
 
     # Packed rows: token i = r // GROUP of query head h_kv * GROUP + r % GROUP.
@@ -99,9 +99,10 @@ def decode_split_kernel(
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
+    # One slope per packed row (a vector: blocks.load_alibi_slope's scalar is per program).
     slope = tl.zeros([BLOCK_M], dtype=tl.float32)
     if ALIBI:
-        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (LOG2E_K / qk_scale)
+        slope = tl.load(Alibi + b * stride_alibi_b + head, mask=row_ok, other=0.0) * (blocks.LOG2E_K / qk_scale)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -131,33 +132,14 @@ def decode_split_kernel(
         if UPCAST:
             kt = kt.to(tl.float32)
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
-        if SOFTCAP:
-            qk = tanh(qk * softcap_in)
-        if ALIBI:
-            qk = qk - slope[:, None] * tl.abs(pos[:, None] - keys[None, :]).to(tl.float32)
-        visible = key_ok[None, :] & row_ok[:, None]
-        if CAUSAL:
-            visible = visible & (keys[None, :] <= pos[:, None] + causal_shift)
-        if WINDOW:
-            visible = visible & (keys[None, :] >= pos[:, None] + window_shift)
-        qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        p_in = to_dot_operand(p, v.dtype, UPCAST)
-        if UPCAST:
-            v = v.to(tl.float32)
-        acc = tl.dot(p_in, v, acc, input_precision=DOT_PRECISION)
+        # Positions: query token i at p_i = L_b - Lq + i (bottom-right); rows past Lq see nothing.
+        s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None], causal_shift,
+                                  window_shift, 0, slope[:, None], softcap_in, True, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+        p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
+        acc = blocks.accumulate_pv(acc, p, v, UPCAST, DOT_PRECISION)
         m_i = m_new
 
-    seen = l_i > 0.0
-    l_safe = tl.where(seen, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    LN2: tl.constexpr = 0.6931471805599453
-    lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+    out, lse = blocks.finish_rows(acc, m_i, l_i)
     # OutP[split, b, head, tok, :], LseP[split, b, head, tok]: contiguous.
     row_index = ((split * (tl.num_programs(1) // heads_kv) + b) * heads_q + head).to(tl.int64) * seqlen_q + tok
     tl.store(LseP + row_index, lse, mask=row_ok)

@@ -599,7 +599,7 @@ def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
     if triton_is_interpreting():
         raise RuntimeError("compile_decode needs triton imported without TRITON_INTERPRET")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    module = importlib.import_module(f"{__package__}.decode")
+    module = importlib.import_module(f"{__package__}.attention_decode")
     fn = getattr(module, f"{spec.kernel}_kernel")
     signature, constexprs, attrs = _decode_signature(fn, spec)
     start = time.perf_counter()

@@ -20,11 +20,11 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction
 
 from .attention_backward import (
-    LOG2E,
     attention_backward_delta_kernel,
     attention_backward_dkdv_kernel,
     attention_backward_dq_kernel,
 )
+from .attention_blocks import LOG2E
 from .attention_decode import decode_combine_kernel, decode_split_kernel, decode_tile
 from .attention_forward import attention_forward_kernel
 from .config_dispatch import all_triton_configs, config_pruner, interpreter_config

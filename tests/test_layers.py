@@ -15,6 +15,7 @@ PACKAGES = ("flashref", "kernels", "reference", "autograd")
 # kernels/: each module's rank in the stack; a module may import only modules of a lower rank.
 KERNEL_STACK = {
     "rounding": 0, "tile_loads": 0, "tile_tables": 0,  # jit helpers, the launch tables
+    "attention_blocks": 1,  # the @triton.jit blocks every kernel shares
     "tuning_space": 1, "tuned_tables": 2, "config_dispatch": 3,  # tuning candidates, tuned tables, config choice
     "attention_forward": 4, "attention_backward": 5, "attention_decode": 5,  # the Triton kernels
     "launch": 6, "checks": 7, "library": 8,  # the launch layer, the host checks, the custom ops

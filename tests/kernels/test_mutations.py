@@ -49,7 +49,7 @@ def test_a_stale_mutation_is_refused_by_name():
 def test_the_scratch_tree_imports_the_mutated_copy(tmp_path):
     mutation = mut.by_name(["log2e-truncated"])[0]
     tree = mut.scratch_tree(mutation, tmp_path)
-    probe = subprocess.run([sys.executable, "-c", "import flashref.kernels.attention_forward as f; print(f.LOG2E)"],
+    probe = subprocess.run([sys.executable, "-c", "import flashref.kernels.attention_blocks as b; print(b.LOG2E)"],
                            cwd=tree, capture_output=True, text=True, timeout=300,
                            env={"PYTHONPATH": str(tree), "TRITON_INTERPRET": "1", "PATH": ""})
     assert probe.stdout.strip() == "1.4427", probe.stdout + probe.stderr
