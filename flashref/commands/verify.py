@@ -110,17 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from flashref.gate.reports import verify_report, verify_table, write_junit
     from flashref.reporting import describe_device, environment, write_json
 
-    try:
-        if args.case:
-            cases = [gate.case_from_name(name, seed=seed) for name in args.case]
-        else:
-            cases = gate.sweep(args.preset, dtypes=args.dtype, head_dims=args.head_dim,
-                             causal=CAUSAL[args.causal], seed=seed)
-    except ValueError as err:
-        console.print(f"[red]flashref verify: {err}[/]")
-        return 2
-    if not cases:
-        console.print("[red]flashref verify: no configuration matches these filters[/]")
+    cases = _cases(console, lambda: [gate.case_from_name(name, seed=seed) for name in args.case] if args.case
+                   else gate.sweep(args.preset, dtypes=args.dtype, head_dims=args.head_dim,
+                                   causal=CAUSAL[args.causal], seed=seed))
+    if cases is None:
         return 2
 
     if args.impl and args.impl != ["flashref"]:
@@ -162,6 +155,22 @@ def run(args: argparse.Namespace) -> int:
     if len(failed) > MAX_REPLAYS_SHOWN:
         console.print(f"  ... and {len(failed) - MAX_REPLAYS_SHOWN} more (see --json / --junit)")
     return 1
+
+
+def _cases(console, build) -> list | None:
+    """``build()``'s cases, or None after one red line when it raised ValueError (a bad name or
+    filter) or found none."""
+    from rich.markup import escape
+
+    try:
+        cases = build()
+    except ValueError as err:
+        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
+        return None
+    if not cases:
+        console.print("[red]flashref verify: no configuration matches these filters[/]")
+        return None
+    return cases
 
 
 def _run_implementations(args, cases: list, device: str, seed: int, console) -> int:
@@ -398,19 +407,16 @@ def _run_distributed(args, console, device: str, seed: int) -> int:
         console.print(f"[red]flashref verify: --distributed {world} on CUDA needs {world} GPUs (one per process), "
                       f"torch sees {torch.cuda.device_count()}[/]")
         return 2
-    causal = CAUSAL[args.causal]
-    try:
-        if args.case:
-            cases = [RingCase.from_name(name, seed=seed) for name in args.case]
-            if any(c.world_size != world for c in cases):
-                raise ValueError(f"--case names a different number of processes than --distributed {world}")
-        else:
-            cases = ring_sweep(world, dtypes=args.dtype, causal=causal, seed=seed)
-    except ValueError as err:
-        console.print(f"[red]flashref verify: {escape(str(err))}[/]")
-        return 2
-    if not cases:
-        console.print("[red]flashref verify: no configuration matches these filters[/]")
+    def ring_cases():
+        if not args.case:
+            return ring_sweep(world, dtypes=args.dtype, causal=CAUSAL[args.causal], seed=seed)
+        named = [RingCase.from_name(name, seed=seed) for name in args.case]
+        if any(c.world_size != world for c in named):
+            raise ValueError(f"--case names a different number of processes than --distributed {world}")
+        return named
+
+    cases = _cases(console, ring_cases)
+    if cases is None:
         return 2
     where = (f"{world} processes, gloo, CPU with Triton's interpreter" if device == "cpu"
              else f"{world} processes, nccl, one GPU each")
