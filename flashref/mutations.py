@@ -180,8 +180,8 @@ CATALOGUE: tuple[Mutation, ...] = (
              "b2-hq2-hkv1-lq64-lk126-d40-bfloat16-noncausal_bottom_right-kvlens-win60_inf-kvl126_64-tiles64x32_32x64_64x32"),
     # Loop bounds.
     Mutation("forward-partial-block-dropped", "loop", K,
-             "    hi = seqlen_k_visible\n    if CAUSAL:\n        hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))",
-             "    hi = (seqlen_k_visible // BLOCK_N) * BLOCK_N\n    if CAUSAL:\n"
+             "    hi = seqlen_k_visible\n    if RIGHT_BOUND:\n        hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))",
+             "    hi = (seqlen_k_visible // BLOCK_N) * BLOCK_N\n    if RIGHT_BOUND:\n"
              "        hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))",
              "the last, partial key block never visited",
              "b2-hq2-hkv2-lq1-lk239-d40-bfloat16-noncausal-dense"),

@@ -31,7 +31,7 @@ uses too.
 Variants (constexprs shared with the forward, see attention_forward.py): ``SOFTCAP`` recomputes
 ``t = tanh(qk * softcap_in)`` and multiplies ``dS`` by ``1 - t^2`` (the cap's derivative; the
 scale stays ``softmax_scale``); ``ALIBI`` subtracts the same bias before ``exp2`` (the bias
-has no gradient wrt q, k); ``WINDOW`` masks and skips exactly as the forward (the dK/dV kernel
+has no gradient wrt q, k); ``LEFT_BOUND`` masks and skips exactly as the forward (the dK/dV kernel
 cuts its query range in three); ``DROPOUT`` regenerates the keep mask ``Z`` for the tile and
 uses ``dV = (P Z / (1-p))^T dO``, ``dP = Z / (1-p) * dO V^T`` (``delta = rowsum(dO * O)`` is
 unchanged: ``O`` already carries the dropout); ``SINKS`` changes nothing here (the lse
@@ -111,7 +111,7 @@ def _dkdv_query_blocks(
     seqlen_k, dropout_p, dropout_scale, split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
     MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
-    GRADS: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    GRADS: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
@@ -127,7 +127,7 @@ def _dkdv_query_blocks(
     """
     offs_m_base = tl.arange(0, BLOCK_M)
     for block_start in range(lo, hi, BLOCK_M):
-        start_m = blocks.shifted_block_start(block_start, split, gap, MASKED, WINDOW)
+        start_m = blocks.shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
         # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D), zero past Lq and HEAD_DIM.
@@ -145,7 +145,7 @@ def _dkdv_query_blocks(
         # Keys past kv_len need no mask (see above).
         pt, dcap = blocks.backward_probabilities(
             st, offs_m[None, :], rows[:, None], None, lse2[None, :], qk_scale, tile_shift, tile_window_shift,
-            tile_alibi_shift, alibi_slope, softcap_in, MASKED, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+            tile_alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         do_in = do
         if UPCAST:
             do_in = do.to(tl.float32)
@@ -183,9 +183,9 @@ def attention_backward_dkdv_kernel(
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
+    RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
-    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
@@ -196,7 +196,7 @@ def attention_backward_dkdv_kernel(
     output is not written); a split pass recomputes P = exp2(K Q^T * qk_scale - lse).
     Query blocks are walked in two ranges: those on the causal diagonal (masked), then those
     whose every row sees the whole key block (unmasked); blocks above the diagonal are skipped.
-    With a left window (``WINDOW``) a third, masked range follows (the rows whose window starts
+    With a left window (``LEFT_BOUND``) a third, masked range follows (the rows whose window starts
     inside the key block) and rows whose window starts past it are skipped.
     Variant arguments (and ``VARLEN``'s packed layout) as in the forward kernel.
     """
@@ -251,24 +251,24 @@ def attention_backward_dkdv_kernel(
     # the diagonal (masked); blocks in [mid, Lq) are unmasked; blocks below lo are skipped.
     lo = 0
     mid = 0
-    if CAUSAL:
+    if RIGHT_BOUND:
         lo = tl.minimum(tl.maximum(start_n - causal_shift, 0), seqlen_q)
         lo = (lo // BLOCK_M) * BLOCK_M
         full_from = tl.minimum(tl.maximum(start_n + BLOCK_N - 1 - causal_shift, 0), seqlen_q)
         mid = tl.maximum(tl.cdiv(full_from, BLOCK_M) * BLOCK_M, lo)
     # A block made only of padding keys (start_n >= kv_len) gets dK = dV = 0: no query blocks.
     hi = tl.where(start_n < seqlen_k_visible, seqlen_q, 0)
-    if WINDOW:
+    if LEFT_BOUND:
         # Left window: row i sees some key of the block iff i < start_n + BLOCK_N - window_shift,
         # all of it (on the left) iff i <= start_n - window_shift. [mid, end) is unmasked,
         # [end, hi) masked, rows from hi on are skipped.
         hi = tl.minimum(hi, tl.maximum(start_n + BLOCK_N - window_shift, 0))
         full_to = tl.minimum(tl.maximum(start_n - window_shift + 1, 0), seqlen_q)
         end = (full_to // BLOCK_M) * BLOCK_M
-    if CAUSAL:
+    if RIGHT_BOUND:
         lo = tl.minimum(lo, hi)
         mid = tl.minimum(mid, hi)
-    if WINDOW:
+    if LEFT_BOUND:
         end = tl.maximum(tl.minimum(end, hi), mid)
     else:
         end = hi
@@ -285,7 +285,7 @@ def attention_backward_dkdv_kernel(
         alibi_slope = blocks.load_alibi_slope(Alibi, b, stride_alibi_b, h, qk_scale, ALIBI)
         stream = b * heads_q + h
         # (A switch for a call is annotated tl.constexpr: a plain local would become a tensor.)
-        if WINDOW:
+        if LEFT_BOUND:
             # Unmasked [mid, end), then the masked [lo, mid) and [end, hi) in one loop.
             first_lo, first_hi = mid, end
             FIRST_MASKED: tl.constexpr = False
@@ -294,7 +294,7 @@ def attention_backward_dkdv_kernel(
         else:
             # The diagonal [lo, mid) (masked when causal), then the unmasked [mid, end).
             first_lo, first_hi = lo, mid
-            FIRST_MASKED: tl.constexpr = CAUSAL
+            FIRST_MASKED: tl.constexpr = RIGHT_BOUND
             second_lo, second_hi, split, gap = mid, end, 0, 0
             SECOND_MASKED: tl.constexpr = False
         dk, dv = _dkdv_query_blocks(
@@ -304,7 +304,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, 0, 0,
             HEAD_DIM, BLOCK_D, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
@@ -312,7 +312,7 @@ def attention_backward_dkdv_kernel(
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, split, gap,
             HEAD_DIM, BLOCK_D, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
-            CAUSAL, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+            RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
     # them from an lse that never included them is discarded here, NaN or not).
@@ -337,9 +337,9 @@ def _dq_key_blocks(
     window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, dropout_scale,
     split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
-    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False,
 ):
     """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K (with a
@@ -349,13 +349,13 @@ def _dq_key_blocks(
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, vt = blocks.key_block_tiles(
             k_base, v_base, block_start, split, gap, offs_n_base, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
-            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, WINDOW, True, UPCAST, TMA)  # k^T and v^T
+            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, LEFT_BOUND, True, UPCAST, TMA)  # k^T and v^T
         if UPCAST:
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
         p, dcap = blocks.backward_probabilities(
             s, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], lse2[:, None], qk_scale,
-            causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in, MASKED, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+            causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
         if DROPOUT:
             keep = blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)
@@ -381,9 +381,9 @@ def attention_backward_dq_kernel(
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
+    RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
@@ -430,19 +430,19 @@ def attention_backward_dq_kernel(
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
-        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, VARLEN)
+        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        split, gap, HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
-        WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        split, gap, HEAD_DIM, BLOCK_D, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
              to_output(dq * softmax_scale, DQ.dtype.element_ty, UPCAST), mask=tile_mask)

@@ -5,8 +5,8 @@ the decoding kernel (kernels/attention_decode.py) share, written once.
 Triton inlines every call, so a block costs nothing at run time: the kernels compile to the
 code they had when each wrote these lines out (the compile gate's rows, docs/compile_blocks.md).
 Constexpr switches are passed through by name and mean what they mean in the kernels
-(attention_forward.py's docstring): ``CAUSAL`` the right bound ``j <= i + causal_shift``
-exists, ``WINDOW`` the left bound ``j >= i + window_shift``, ``SOFTCAP``, ``ALIBI``,
+(attention_forward.py's docstring): ``RIGHT_BOUND`` the right bound ``j <= i + causal_shift``
+exists, ``LEFT_BOUND`` the left bound ``j >= i + window_shift``, ``SOFTCAP``, ``ALIBI``,
 ``HAS_KV_LENS``, ``SHIFT_KV_LEN``, ``VARLEN``; ``MASKED``: the tile may hold invisible scores.
 
 In the order a program uses them:
@@ -190,20 +190,20 @@ def query_prologue(heads_q, group_size, seqlen_q, seqlen_k, causal_shift, window
 
 # ---------------------------------------------------------------------------- loop bounds
 @triton.jit
-def visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+def visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M: tl.constexpr, RIGHT_BOUND: tl.constexpr):
     """One past the last key any row of the query block ``[start_m, start_m + BLOCK_M)`` sees."""
     hi = seqlen_k_visible
-    if CAUSAL:
+    if RIGHT_BOUND:
         hi = tl.minimum(hi, tl.maximum(start_m + BLOCK_M + causal_shift, 0))
     return hi
 
 
 @triton.jit
-def unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+def unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N: tl.constexpr, RIGHT_BOUND: tl.constexpr):
     """One past the last key block that every row of the query block sees whole (a multiple of
     ``BLOCK_N``): keys below it need neither a bounds mask nor a causal mask."""
     end = seqlen_k_visible
-    if CAUSAL:
+    if RIGHT_BOUND:
         # The block's first row sees keys j <= start_m + causal_shift; later rows see more.
         end = tl.minimum(end, tl.maximum(start_m + causal_shift + 1, 0))
     return (end // BLOCK_N) * BLOCK_N
@@ -228,20 +228,20 @@ def window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M: tl.constexpr, BLO
 
 @triton.jit
 def key_ranges(start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M: tl.constexpr,
-               BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, VARLEN: tl.constexpr):
+               BLOCK_N: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, VARLEN: tl.constexpr):
     """The key blocks a query block ``[start_m, start_m + BLOCK_M)`` visits (the forward, dQ), as
     two loops: ``(unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap)``, first the blocks
     every row sees whole (no mask), then the masked ones: the diagonal and the kv-length tail
     ``[mid, hi)``, and with a window also its left edge (one loop over ``[masked_lo, split)``
     and ``[split + gap, masked_hi + gap)``: ``shifted_block_start``). Blocks no row sees are
     never visited; with ``VARLEN`` a query block past its sequence's end visits none."""
-    hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, CAUSAL)
+    hi = visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M, RIGHT_BOUND)
     if VARLEN:
         # The grid covers max_seqlen_q: a block past this sequence's end visits no key and
         # stores nothing (its rows are masked).
         hi = tl.where(start_m < seqlen_q, hi, 0)
-    mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, CAUSAL), hi)
-    if WINDOW:
+    mid = tl.minimum(unmasked_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_N, RIGHT_BOUND), hi)
+    if LEFT_BOUND:
         lo, edge, full_end = window_key_ranges(start_m, mid, hi, window_shift, BLOCK_M, BLOCK_N)
         # Unmasked [edge, full_end), then the masked [lo, edge) and [full_end, hi) in one loop.
         unmasked_lo, unmasked_hi = edge, full_end
@@ -254,13 +254,13 @@ def key_ranges(start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, 
 
 
 @triton.jit
-def shifted_block_start(block_start, split, gap, MASKED: tl.constexpr, WINDOW: tl.constexpr):
+def shifted_block_start(block_start, split, gap, MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr):
     """The block a loop step visits. With a window the masked loop walks two ranges in one loop:
     blocks from ``split`` on are moved ``gap`` rows right (``[lo, split)`` then
     ``[split + gap, hi + gap)``): one masked loop body instead of two keeps the register
     pressure of the plain kernel."""
     start = block_start
-    if WINDOW:
+    if LEFT_BOUND:
         if MASKED:
             start = tl.where(block_start < split, block_start, block_start + gap)
     return start
@@ -302,13 +302,13 @@ def load_tile(base, start, index, offs_d, stride_row, stride_d, rows,
 @triton.jit
 def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, stride_kn, stride_kd, stride_vn,
                     stride_vd, seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                    MASKED: tl.constexpr, WINDOW: tl.constexpr, V_TRANSPOSED: tl.constexpr,
+                    MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr, V_TRANSPOSED: tl.constexpr,
                     UPCAST: tl.constexpr, TMA: tl.constexpr):
     """A key loop step's tiles (the forward, dQ): ``(keys, kt, v)`` with the block's key indices
     (``shifted_block_start``), the k^T tile (BLOCK_D, BLOCK_N), float32 with ``UPCAST``, and the
     v tile (BLOCK_N, BLOCK_D), or v^T with ``V_TRANSPOSED``, as loaded; zero past kv_len (masked
     blocks) and HEAD_DIM (``load_tile``)."""
-    start_n = shifted_block_start(block_start, split, gap, MASKED, WINDOW)
+    start_n = shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
     keys = start_n + offs_n
     kt = load_tile(k_base, start_n, keys, offs_d, stride_kn, stride_kd, seqlen_k_visible, HEAD_DIM, BLOCK_D,
                    MASKED, True, TMA)
@@ -338,18 +338,18 @@ def score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in,
 
 
 @triton.jit
-def visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, CAUSAL: tl.constexpr, WINDOW: tl.constexpr):
+def visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr):
     """The visibility of a tile: ``key_ok`` (the caller's bound, the kv length say, or None) and,
-    with ``CAUSAL``, ``k_pos <= q_pos + causal_shift`` and, with ``WINDOW``, ``k_pos >= q_pos +
+    with ``RIGHT_BOUND``, ``k_pos <= q_pos + causal_shift`` and, with ``LEFT_BOUND``, ``k_pos >= q_pos +
     window_shift`` (the oracle's mask). None if no bound applies (the tile needs no mask)."""
     visible = key_ok
-    if CAUSAL:
+    if RIGHT_BOUND:
         right = k_pos <= q_pos + causal_shift
         if visible is None:
             visible = right
         else:
             visible = visible & right
-    if WINDOW:
+    if LEFT_BOUND:
         left = k_pos >= q_pos + window_shift
         if visible is None:
             visible = left
@@ -360,21 +360,21 @@ def visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, CAUSAL: tl.co
 
 @triton.jit
 def forward_scores(qk, q_pos, k_pos, key_ok, causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in,
-                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+                   MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
                    ALIBI: tl.constexpr):
     """``score_tile`` with the invisible scores at ``-inf`` (when ``MASKED``): what the online
     softmax folds in (the forward, decode)."""
     s, _capped = score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in, SOFTCAP, ALIBI)
     if MASKED:
-        s = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, CAUSAL, WINDOW), s,
+        s = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND, LEFT_BOUND), s,
                      float("-inf"))
     return s
 
 
 @triton.jit
 def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, causal_shift, window_shift, alibi_shift,
-                           alibi_slope, softcap_in, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                           WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+                           alibi_slope, softcap_in, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr,
+                           LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
     """The backward's recomputed softmax tile ``(p, dcap)``: ``p = exp2(s * qk_scale - lse2)``
     with ``s`` from ``score_tile`` and ``lse2 = lse * log2(e)`` broadcast like ``q_pos`` (+inf
     for a row that sees no key, so its ``p`` is 0), invisible ``p`` 0 (when ``MASKED``);
@@ -385,7 +385,7 @@ def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, causal_shif
         dcap = 1.0 - capped * capped  # d(softcap * tanh(x)) / d(softcap * x)
     p = tl.math.exp2(s * qk_scale - lse2)
     if MASKED:
-        p = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, CAUSAL, WINDOW), p, 0.0)
+        p = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND, LEFT_BOUND), p, 0.0)
     return p, dcap
 
 

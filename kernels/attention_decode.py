@@ -72,7 +72,7 @@ def decode_split_kernel(
     heads_q, heads_kv, seqlen_q, chunk, causal_shift, window_shift, qk_scale, softcap_in,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
-    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+    RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Partial attention of one split. Q: (B, Hq, Lq, D); caches as in the module docstring
@@ -134,7 +134,7 @@ def decode_split_kernel(
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Positions: query token i at p_i = L_b - Lq + i (bottom-right); rows past Lq see nothing.
         s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None], causal_shift,
-                                  window_shift, 0, slope[:, None], softcap_in, True, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+                                  window_shift, 0, slope[:, None], softcap_in, True, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
         acc = blocks.accumulate_pv(acc, p, v, UPCAST, DOT_PRECISION)
         m_i = m_new

@@ -37,7 +37,7 @@ Variants (each a ``tl.constexpr``; off, the kernel compiles to the plain one):
 - ``ALIBI``: ``- slope * |i + alibi_shift - j|``, the slope loaded once per program
   (``Alibi + b * stride_alibi_b + h``; stride 0 for per-head slopes) and divided by
   ``qk_scale`` so the bias enters before the one ``qk * qk_scale`` FMA.
-- ``WINDOW``: the left bound; key blocks left of every row's window are skipped and the
+- ``LEFT_BOUND``: the left bound; key blocks left of every row's window are skipped and the
   range is cut in three (masked left edge, unmasked middle, masked diagonal / tail).
 - ``SINKS``: the running max and sum start at ``(sinks[h] * log2 e, 1)`` instead of
   ``(-inf, 0)``: the sink is one more "key" with a zero value vector, so ``l`` and ``lse``
@@ -60,8 +60,8 @@ def _forward_key_blocks(
     offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
     window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, split, gap,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
+    MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False,
 ):
     """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block. With a
@@ -73,11 +73,11 @@ def _forward_key_blocks(
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, v = blocks.key_block_tiles(
             k_base, v_base, block_start, split, gap, offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
-            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, WINDOW, False, UPCAST, TMA)  # k^T; v as loaded
+            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) float32
         s = blocks.forward_scores(
             qk, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], causal_shift, window_shift,
-            alibi_shift, alibi_slope, softcap_in, MASKED, CAUSAL, WINDOW, SOFTCAP, ALIBI)
+            alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
         if DROPOUT:
             # l (hence lse) sums every p; only the kept ones reach the output.
@@ -99,9 +99,9 @@ def attention_forward_kernel(
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_KV_LENS: tl.constexpr,
+    RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SHIFT_KV_LEN: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    SHIFT_KV_LEN: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
     VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
@@ -111,8 +111,8 @@ def attention_forward_kernel(
     Lse: (B, Hq, Lq) float32, contiguous. KvLens: (B,) int32 (read only if HAS_KV_LENS).
     Alibi: float32 slopes at ``b * stride_alibi_b + h`` (read only if ALIBI); Sinks: (Hq,)
     float32 (read only if SINKS). ``qk_scale = softmax_scale * log2(e)`` (``softcap *
-    log2(e)`` with SOFTCAP). ``CAUSAL``: the right bound ``j <= i + causal_shift`` exists
-    (causal and/or a right window, folded into one shift by the host); ``WINDOW``: the left
+    log2(e)`` with SOFTCAP). ``RIGHT_BOUND``: the right bound ``j <= i + causal_shift`` exists
+    (causal and/or a right window, folded into one shift by the host); ``LEFT_BOUND``: the left
     bound ``j >= i + window_shift``. ``SHIFT_KV_LEN``: add ``kv_len[b]`` to the three shifts.
     ``seed``, ``dropout_p``, ``dropout_scale``: see ``attention_blocks.dropout_keep`` (read only if DROPOUT).
     ``VARLEN``: packed sequences (see ``attention_blocks.sequence_start``): ``b`` is sequence b of
@@ -169,17 +169,17 @@ def attention_forward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
-        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, CAUSAL, WINDOW, VARLEN)
+        start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, split, gap,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, CAUSAL, UPCAST, DOT_PRECISION, WINDOW, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     out, lse = blocks.finish_rows(acc, m_i, l_i)

@@ -97,26 +97,26 @@ class Variant:
 # here nor set by the specialization (tile sizes, HEAD_DIM, ...) is an error: the gate must
 # never compile a kernel with a switch it does not know about.
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
-    "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "WINDOW": False,
+    "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "LEFT_BOUND": False,
     "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False, "TMA": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
-_VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+_VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True),
                ("DROPOUT", True))
 VARIANTS = (
     Variant("plain", head_dims=GATE_HEAD_DIMS, all_configs=True),
     Variant("kv_lens", (("HAS_KV_LENS", True),)),
     # The attention variants (issues 10, 14; docs/kernels.md): each alone, then combinations.
     Variant("kv_lens_bottom_right", _KV_BOTTOM_RIGHT),
-    Variant("window", (("WINDOW", True),)),
+    Variant("window", (("LEFT_BOUND", True),)),
     Variant("softcap", (("SOFTCAP", True),)),
     Variant("alibi", (("ALIBI", True),)),
     Variant("sinks", (("SINKS", True),)),  # forward and delta only: the other kernels need no switch
     Variant("dropout", (("DROPOUT", True),)),
-    Variant("window_softcap_alibi_kv_lens", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True))),
-    Variant("all_variants", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+    Variant("window_softcap_alibi_kv_lens", _KV_BOTTOM_RIGHT + (("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True))),
+    Variant("all_variants", _KV_BOTTOM_RIGHT + (("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True),
                                                 ("DROPOUT", True))),
-    Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True),
+    Variant("all_variants_sinks", _KV_BOTTOM_RIGHT + (("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True),
                                                       ("DROPOUT", True), ("SINKS", True))),  # the forward
     # Packed sequences (issue 11, flash_attention_varlen): the prologue only; then with every variant.
     Variant("varlen", (("VARLEN", True),)),
@@ -130,7 +130,7 @@ VARIANTS += (
             all_configs=True),
     Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
     Variant("tma_all_variants", (("TMA", True),) + _KV_BOTTOM_RIGHT + (
-        ("WINDOW", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+        ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
@@ -332,7 +332,7 @@ def _signature(fn, spec: Specialization):
     }
     if spec.kernel != "backward_delta":
         constexprs.update(
-            BLOCK_N=spec.config.block_n, CAUSAL=spec.causal,
+            BLOCK_N=spec.config.block_n, RIGHT_BOUND=spec.causal,
             DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     if spec.kernel in DKDV_LAUNCHES:
         constexprs["GRADS"] = DKDV_LAUNCHES[spec.kernel]
@@ -569,7 +569,7 @@ def _decode_signature(fn, spec: DecodeSpec):
     constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": padded_head_dim(spec.head_dim), "UPCAST": False}
     if spec.kernel == "decode_split":
         constexprs.update(BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, GROUP=4, PAGE_SIZE=16 if spec.paged else 1,
-                          PAGED=spec.paged, CAUSAL=True, WINDOW=spec.variants, SOFTCAP=spec.variants,
+                          PAGED=spec.paged, RIGHT_BOUND=True, LEFT_BOUND=spec.variants, SOFTCAP=spec.variants,
                           ALIBI=spec.variants,
                           DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     else:

@@ -86,7 +86,7 @@ def config_pruner(kernel: str):
         variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
         # Tuning measures launches without score variants: those keep their gate-checked table.
         chosen = None if variants else (
-            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("CAUSAL")), q.device))
+            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
         defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]

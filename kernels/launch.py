@@ -146,8 +146,8 @@ def new_buffer(like: torch.Tensor, *, shape=None, dtype=None) -> torch.Tensor:
 def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
-        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "CAUSAL", "HAS_KV_LENS",
-             "SHIFT_KV_LEN", "WINDOW", "SOFTCAP", "ALIBI", "DROPOUT", "VARLEN", *extra_key],
+        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "RIGHT_BOUND", "HAS_KV_LENS",
+             "SHIFT_KV_LEN", "LEFT_BOUND", "SOFTCAP", "ALIBI", "DROPOUT", "VARLEN", *extra_key],
         prune_configs_by={"early_config_prune": config_pruner(name)},
     )(kernel)
 
@@ -263,12 +263,12 @@ def _meta(q, params: LaunchParams, kv_lens, alibi, varlen: Varlen | None = None)
         VARLEN=varlen is not None,
         HEAD_DIM=head_dim,
         BLOCK_D=padded_head_dim(head_dim),
-        CAUSAL=params.right_bound,
+        RIGHT_BOUND=params.right_bound,
         HAS_KV_LENS=kv_lens is not None,
         UPCAST=INTERPRETED,
         DOT_PRECISION=FLOAT32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
         SHIFT_KV_LEN=params.shift_kv_len,
-        WINDOW=params.left_bound,
+        LEFT_BOUND=params.left_bound,
         SOFTCAP=params.softcap,
         ALIBI=alibi is not None,
         DROPOUT=params.dropout,
@@ -451,7 +451,7 @@ def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, param
         params.qk_scale, params.softcap_in,
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, GROUP=group,
         PAGE_SIZE=k_cache.shape[1] if paged else 1, PAGED=paged,
-        CAUSAL=params.right_bound, WINDOW=params.left_bound, SOFTCAP=params.softcap, ALIBI=alibi is not None,
+        RIGHT_BOUND=params.right_bound, LEFT_BOUND=params.left_bound, SOFTCAP=params.softcap, ALIBI=alibi is not None,
         UPCAST=INTERPRETED, DOT_PRECISION=FLOAT32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
         num_warps=warps)
     decode_combine_kernel[(batch * heads_q * seqlen_q,)](

@@ -98,7 +98,7 @@ for _kernel in KERNEL_NAMES:
 
 # Launches with a score variant on, where the default tile spills: (launch name, bucket,
 # float32?) -> configs. Every other launch keeps its default table.
-SCORE_VARIANT_SWITCHES = ("WINDOW", "SOFTCAP", "ALIBI", "DROPOUT")
+SCORE_VARIANT_SWITCHES = ("LEFT_BOUND", "SOFTCAP", "ALIBI", "DROPOUT")
 VARIANT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
     ("forward", 64, False): (_R(128, 64, 8, 3),),
     ("forward", 128, False): (KernelConfig(128, 32, 8, 3),),

@@ -133,7 +133,7 @@ def test_every_variant_switch_has_an_off_value_and_every_kernel_switch_is_known(
 
     from flashref.kernels.compile_gate import compilable_kernel
 
-    set_by_spec = {"HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "CAUSAL", "DOT_PRECISION", "GRADS"}
+    set_by_spec = {"HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "RIGHT_BOUND", "DOT_PRECISION", "GRADS"}
     for variant in VARIANTS:
         assert all(name in CONSTEXPR_DEFAULTS for name, _ in variant.constexprs), variant
     for kernel in KERNEL_NAMES + ("backward_delta",):
@@ -206,7 +206,7 @@ def test_variant_launches_take_their_tables_and_only_they_run_without_wgmma():
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in kept]
 
     assert pruned("backward_dkdv", DROPOUT=True) == [(16, 64)]
-    assert pruned("backward_dkdv", DROPOUT=False, WINDOW=True) == pruned("backward_dkdv") == [(32, 64)]
+    assert pruned("backward_dkdv", DROPOUT=False, LEFT_BOUND=True) == pruned("backward_dkdv") == [(32, 64)]
 
     tile = tile_tables.VARIANT_TABLE[("backward_dk", 256, False)][0]
     row = CompileRow("backward_dk", "sm_90", 256, "bfloat16", True, 16, 32, 8, 2, 254, 60000, 0, False, 1.0,

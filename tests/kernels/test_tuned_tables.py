@@ -79,7 +79,7 @@ def fake_cuda(monkeypatch, tmp_path, name="NVIDIA H200", capability=(9, 0)):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     tuned_tables.load_tuned.cache_clear()
     q = types.SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
-    return dict(Q=q, HEAD_DIM=128, CAUSAL=True)
+    return dict(Q=q, HEAD_DIM=128, RIGHT_BOUND=True)
 
 
 def chosen(kernel, args):
@@ -95,7 +95,7 @@ def test_the_dispatcher_reads_the_devices_tuned_table_first(monkeypatch, tmp_pat
     tuned_tables.write_tuned(tuned_table({"forward/128/bfloat16/causal": winner}), tmp_path)
     tuned_tables.load_tuned.cache_clear()
     assert chosen("forward", args) == [winner]
-    assert chosen("forward", dict(args, CAUSAL=False)) == defaults  # a group the file lacks
+    assert chosen("forward", dict(args, RIGHT_BOUND=False)) == defaults  # a group the file lacks
     # another device, or another triton, falls back to the defaults
     args = fake_cuda(monkeypatch, tmp_path, name="NVIDIA A100-SXM4-80GB", capability=(8, 0))
     assert chosen("forward", args) == defaults
@@ -116,7 +116,7 @@ def test_forced_config_wins_for_the_tuner():
     config_dispatch.force_config("backward_dq", forced)
     try:
         q = types.SimpleNamespace(dtype=torch.float16, device=torch.device("cpu"))
-        assert chosen("backward_dq", dict(Q=q, HEAD_DIM=64, CAUSAL=False)) == [forced]
+        assert chosen("backward_dq", dict(Q=q, HEAD_DIM=64, RIGHT_BOUND=False)) == [forced]
     finally:
         config_dispatch.force_config("backward_dq", None)
 
