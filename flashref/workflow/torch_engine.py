@@ -216,15 +216,8 @@ def train_torch(model_config: Seq2SeqConfig, task: ReverseTask, config: TrainCon
                        tps=tokens / max(time.perf_counter() - start, 1e-9))
             if step % config.eval_every == 0 or step == config.steps:
                 metrics = evaluate(model.to_numpy_model(numpy_model), task.val, max_samples=config.val_samples)
-                history.val_step.append(step)
-                history.val_token_accuracy.append(metrics["token_accuracy"])
-                history.val_sequence_accuracy.append(metrics["sequence_accuracy"])
-                history.val_loss.append(metrics["loss"])
                 bar.update(task_id, val=f"{metrics['token_accuracy']:.4f}")
-                if log is not None:
-                    log(f"step {step}: loss {history.loss[-1]:.4f}, val token acc {metrics['token_accuracy']:.4f}, "
-                        f"val seq acc {metrics['sequence_accuracy']:.4f}")
-                if config.target_accuracy is not None and metrics["token_accuracy"] >= config.target_accuracy:
+                if history.record_evaluation(step, metrics, config, log):
                     stopped_early = step < config.steps
                     break
     seconds = time.perf_counter() - start

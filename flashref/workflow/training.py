@@ -59,6 +59,18 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record_evaluation(self, step: int, metrics: dict, config: "TrainConfig", log=None) -> bool:
+        """Append one evaluation's metrics (``evaluate``'s dict) at ``step``, log it, and say
+        whether training should stop (the config's target token accuracy reached)."""
+        self.val_step.append(step)
+        self.val_token_accuracy.append(metrics["token_accuracy"])
+        self.val_sequence_accuracy.append(metrics["sequence_accuracy"])
+        self.val_loss.append(metrics["loss"])
+        if log is not None:
+            log(f"step {step}: loss {self.loss[-1]:.4f}, val token acc {metrics['token_accuracy']:.4f}, "
+                f"val seq acc {metrics['sequence_accuracy']:.4f}")
+        return config.target_accuracy is not None and metrics["token_accuracy"] >= config.target_accuracy
+
 
 @dataclass
 class History:
@@ -72,6 +84,18 @@ class History:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def record_evaluation(self, step: int, metrics: dict, config: "TrainConfig", log=None) -> bool:
+        """Append one evaluation's metrics (``evaluate``'s dict) at ``step``, log it, and say
+        whether training should stop (the config's target token accuracy reached)."""
+        self.val_step.append(step)
+        self.val_token_accuracy.append(metrics["token_accuracy"])
+        self.val_sequence_accuracy.append(metrics["sequence_accuracy"])
+        self.val_loss.append(metrics["loss"])
+        if log is not None:
+            log(f"step {step}: loss {self.loss[-1]:.4f}, val token acc {metrics['token_accuracy']:.4f}, "
+                f"val seq acc {metrics['sequence_accuracy']:.4f}")
+        return config.target_accuracy is not None and metrics["token_accuracy"] >= config.target_accuracy
 
 
 @dataclass
@@ -179,15 +203,8 @@ def train(model: Seq2SeqModel, task: ReverseTask, config: TrainConfig | None = N
             if step % config.eval_every == 0 or step == config.steps:
                 metrics = evaluate(model, task.val, max_samples=config.val_samples)
                 model.train()
-                history.val_step.append(step)
-                history.val_token_accuracy.append(metrics["token_accuracy"])
-                history.val_sequence_accuracy.append(metrics["sequence_accuracy"])
-                history.val_loss.append(metrics["loss"])
                 bar.update(task_id, val=f"{metrics['token_accuracy']:.4f}")
-                if log is not None:
-                    log(f"step {step}: loss {history.loss[-1]:.4f}, val token acc {metrics['token_accuracy']:.4f}, "
-                        f"val seq acc {metrics['sequence_accuracy']:.4f}")
-                if config.target_accuracy is not None and metrics["token_accuracy"] >= config.target_accuracy:
+                if history.record_evaluation(step, metrics, config, log):
                     stopped_early = step < config.steps
                     break
     seconds = time.perf_counter() - start
