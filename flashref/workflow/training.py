@@ -59,18 +59,6 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def record_evaluation(self, step: int, metrics: dict, config: "TrainConfig", log=None) -> bool:
-        """Append one evaluation's metrics (``evaluate``'s dict) at ``step``, log it, and say
-        whether training should stop (the config's target token accuracy reached)."""
-        self.val_step.append(step)
-        self.val_token_accuracy.append(metrics["token_accuracy"])
-        self.val_sequence_accuracy.append(metrics["sequence_accuracy"])
-        self.val_loss.append(metrics["loss"])
-        if log is not None:
-            log(f"step {step}: loss {self.loss[-1]:.4f}, val token acc {metrics['token_accuracy']:.4f}, "
-                f"val seq acc {metrics['sequence_accuracy']:.4f}")
-        return config.target_accuracy is not None and metrics["token_accuracy"] >= config.target_accuracy
-
 
 @dataclass
 class History:
