@@ -157,6 +157,14 @@ def run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _worst_text(name: str, results) -> str:
+    """'float16 dq 0.61, ...': the worst ratio per (dtype, tensor) (``GateReport.worst_ratios``)."""
+    from flashref.gate import GateReport
+
+    worst = GateReport(name, tuple(results)).worst_ratios()
+    return ", ".join(f"{d} {t} {r:.2f}" for (d, t), r in sorted(worst.items())) or "-"
+
+
 def _cases(console, build) -> list | None:
     """``build()``'s cases, or None after one red line when it raised ValueError (a bad name or
     filter) or found none."""
@@ -210,14 +218,9 @@ def _run_implementations(args, cases: list, device: str, seed: int, console) -> 
     bad = 0
     for name, outcomes in results.items():
         counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "fail", "error", "unsupported")}
-        worst = {}
-        for o in outcomes:
-            for tensor, e in o.errors.items():
-                worst[(o.case.dtype, tensor)] = max(worst.get((o.case.dtype, tensor), 0.0), e.ratio)
-        worst_text = ", ".join(f"{d} {t} {r:.2f}" for (d, t), r in sorted(worst.items()))
         console.print(f"{name}: {counts['pass']} passed, {counts['fail']} failed, {counts['error']} errors, "
-                      f"{counts['unsupported']} unsupported; worst ratio: {worst_text or '-'}", highlight=False,
-                      soft_wrap=True)
+                      f"{counts['unsupported']} unsupported; worst ratio: {_worst_text(name, outcomes)}",
+                      highlight=False, soft_wrap=True)
         reasons = sorted({o.unsupported for o in outcomes if o.unsupported})
         if reasons:
             console.print(f"  unsupported: {escape('; '.join(reasons))}", highlight=False, soft_wrap=True)
@@ -307,14 +310,9 @@ def _run_fuzz(args, device: str, seed: int, console) -> int:
 
             report = fuzz(impl, args.fuzz, seed=seed, device=device, interpreted=device == "cpu", progress=progress)
         reports[impl.name] = report
-        worst = {}
-        for r in report.results:
-            for tensor, e in r.errors.items():
-                worst[(r.case.dtype, tensor)] = max(worst.get((r.case.dtype, tensor), 0.0), e.ratio)
-        worst_text = ", ".join(f"{d} {t} {v:.2f}" for (d, t), v in sorted(worst.items()))
         console.print(f"{impl.name}: {len(report.results)} cases in {report.seconds:.0f} s: {report.count('pass')} passed, "
-                      f"{report.count('fail')} failed, {report.count('error')} errors; worst ratio: {worst_text or '-'}",
-                      highlight=False, soft_wrap=True)
+                      f"{report.count('fail')} failed, {report.count('error')} errors; worst ratio: "
+                      f"{_worst_text(impl.name, report.results)}", highlight=False, soft_wrap=True)
         if report.failures:
             bad += len(report.failures)
             shrunk = report.shrunk
