@@ -5,6 +5,8 @@ torch appears only in tests: an independent implementation, never the oracle.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from seeding import SEED_ENV, derived_seed, session_seed
 
@@ -48,6 +50,42 @@ def grad_mismatches(ours: dict, theirs: dict, tol: float) -> list[str]:
         if not err <= tol:
             bad.append(f"{name}: relative error {err:.3e}")
     return bad
+
+
+def adam_drift_bound(lr: float, betas: tuple[float, float], eps: float, steps: list[dict]) -> np.ndarray:
+    """How far two Adam runs may drift apart when their gradients differ by rounding.
+
+    steps[t] (t = 1..T) holds one parameter's `grad_gap` = |g_ours - g_theirs| and `v`,
+    the theirs-side second moment after step t (torch's `exp_avg_sq`), elementwise.
+
+    Adam's step t moves p by lr * u_t, u_t = mh / (s + eps), where mh = sum_i a_i g_i and
+    s = sqrt(sum_i b_i g_i^2) (i = 1..t) with weights that each sum to one:
+        a_i = (1 - b1) b1^(t-i) / (1 - b1^t),   b_i = (1 - b2) b2^(t-i) / (1 - b2^t).
+    If the gradients differ by at most D = max_i grad_gap_i:
+        |mh - mh'| <= D                  (an average of the differences)
+        |s - s'|   <= D                  (s is a weighted 2-norm: Minkowski)
+        |mh| <= C_t s,  C_t = sqrt(sum_i a_i^2 / b_i)      (Cauchy-Schwarz)
+    and  u - u' = (mh - mh') / (s' + eps) + mh (s' - s) / ((s + eps)(s' + eps)),  so
+        |u_t - u_t'| <= (1 + C_t) D / (max(s - D, 0) + eps).
+    The bound is large exactly where it must be: a gradient that is zero in exact
+    arithmetic (the key bias of an attention: softmax ignores a per-row constant) holds
+    rounding noise ~1e-17 on both sides, and Adam divides that noise by eps, so the two
+    runs move that parameter by different amounts of order lr * 1e-17 / eps. Everywhere
+    else s ~ |g| and the bound is lr * 2 D / |g|, i.e. relative rounding.
+    Returns sum_t lr |u_t - u_t'| (elementwise), to which a caller adds the arithmetic's own
+    rounding.
+    """
+    b1, b2 = betas
+    total, worst_gap = 0.0, 0.0
+    for t, step in enumerate(steps, start=1):
+        i = np.arange(1, t + 1)
+        a = (1 - b1) * b1 ** (t - i) / (1 - b1 ** t)
+        b = (1 - b2) * b2 ** (t - i) / (1 - b2 ** t)
+        c = math.sqrt(float(np.sum(a * a / b)))
+        worst_gap = np.maximum(worst_gap, step["grad_gap"])
+        s = np.sqrt(step["v"] / (1 - b2 ** t))
+        total = total + lr * (1 + c) * worst_gap / (np.maximum(s - worst_gap, 0.0) + eps)
+    return np.asarray(total)
 
 
 def torch_seq2seq_twin(model):
