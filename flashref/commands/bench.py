@@ -1,6 +1,6 @@
 """`flashref bench`: the GPU attention sweep, or, without a GPU, the CPU benchmarks.
 
-On a CUDA device it runs `flashref.benchmark` (flashref beside torch SDPA's
+On a CUDA device it runs `flashref.bench.dense` (flashref beside torch SDPA's
 backends and a naive attention, TFLOP/s over sequence lengths) and writes, under
 `--out`: bench.json, bench.jsonl (one line per point, as they come: survives a
 kill), results.md (the tables) and one PNG per dtype.
@@ -31,7 +31,7 @@ CPU_BENCH_ARGS = ["-o", "python_files=bench_*.py", "--benchmark-enable", "-p", "
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from flashref import benchmark as B
+    from flashref.bench import dense as B
 
     p = subparsers.add_parser(
         "bench",
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", choices=("attention", "varlen", "decode"), default="attention",
                    help="attention: the TFLOP/s sweep (default); varlen: packed sequences vs padded SDPA and the "
                         "dense kernel with kv_lens; decode: KV-cache decoding GB/s vs SDPA and gather + SDPA "
-                        "(flashref/packed_benchmark.py)")
+                        "(flashref/bench/packed.py)")
     p.add_argument("--dtype", type=comma_list(str, B.DTYPES_ALL), default=None,
                    help="e.g. bfloat16,float16 (float32: the --cpu sweep's default)")
     p.add_argument("--head-dim", type=comma_list(int, B.HEAD_DIMS_FULL), default=None, help="e.g. 64,128")
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 def resolve_targets(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict]:
     """The --impl names in order (None: the plan's default) and the gate's ``Target`` of each
     name that is not one of the sweep's own; ValueError with one line for a bad spec."""
-    from flashref import benchmark as B
+    from flashref.bench import dense as B
 
     if not args.impl:
         return None, {}
@@ -158,7 +158,7 @@ def resolve_targets(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, d
 
 def _run_packed(args: argparse.Namespace, console) -> int:
     """The varlen or decode sweep (issue 11): bench.json, results.md (and bench.jsonl as it goes)."""
-    from flashref import packed_benchmark as P
+    from flashref.bench import packed as P
     from flashref.reporting import write_json
 
     out = args.out or Path("runs") / f"bench-{args.sweep}-{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}"
@@ -191,7 +191,7 @@ def _run_sweep(args: argparse.Namespace, console, device: str) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from flashref import benchmark as B
+    from flashref.bench import dense as B
     from flashref.reporting import write_json
 
     from rich.markup import escape

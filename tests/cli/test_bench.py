@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import flashref.reporting as R
-from flashref import benchmark as B
+from flashref.bench import dense as B
 from flashref.cli import main
 
 

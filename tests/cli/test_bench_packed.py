@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flashref.cli import main
-from flashref.packed_benchmark import Point, decode_bytes, markdown, useful_flops, varlen_lengths
+from flashref.bench.packed import Point, decode_bytes, markdown, useful_flops, varlen_lengths
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU message")

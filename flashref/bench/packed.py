@@ -27,6 +27,8 @@ import dataclasses
 import math
 from typing import Any, Callable
 
+from flashref.bench.dense import attention_flops
+
 VARLEN_TOTAL_TOKENS = 16384
 VARLEN_MODEL_DIM = 2048
 DECODE_BATCHES = (1, 16, 64)
@@ -52,8 +54,6 @@ def varlen_lengths(total: int = VARLEN_TOTAL_TOKENS, seed: int = 0, lo: int = 64
 
 def useful_flops(lengths_q, lengths_k, heads: int, head_dim: int, causal: bool, direction: str) -> float:
     """FlashAttention's FLOP count summed over the sequences (padding earns nothing)."""
-    from flashref.benchmark import attention_flops
-
     return sum(attention_flops(1, heads, lq, lk, head_dim, causal=causal, direction=direction)
                for lq, lk in zip(lengths_q, lengths_k))
 

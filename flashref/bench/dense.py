@@ -220,7 +220,7 @@ class Target:
 def builtin_target(name: str) -> Target:
     """One of ``IMPLEMENTATIONS`` (KeyError otherwise), looked up in ``ATTENTION`` now."""
     return Target(name, ATTENTION[name], context=lambda: backend_context(name),
-                  about={"source": "flashref.benchmark", "layout": "bhld"})
+                  about={"source": "flashref.bench.dense", "layout": "bhld"})
 
 
 def gate_target(impl) -> Target:
@@ -429,7 +429,7 @@ def run_sweep(plan: Plan, *, device: str = "cuda", timer: Timer = do_bench_timer
         "environment": environment(),
         "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(plan).items()},
         "implementations": {impl: dict(targets[impl].about) if impl in targets
-                            else {"source": "flashref.benchmark", "layout": "bhld"} for impl in plan.implementations},
+                            else {"source": "flashref.bench.dense", "layout": "bhld"} for impl in plan.implementations},
         "seed": seed,
         "seconds": round(time.monotonic() - start, 2),
         "flop_count": "4*B*H*Lq*Lk*D forward, /2 causal, x2.5 backward, x3.5 forward+backward",
