@@ -104,6 +104,13 @@ def _expand_reduced(grad: Array, shape: tuple[int, ...], axes: tuple[int, ...], 
     return np.broadcast_to(grad, shape)
 
 
+def _keepdims_result(ctx, out: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
+    """Return a reduction computed with keepdims=True in the shape the caller asked for,
+    remembering (axes, keepdims) for the backward's ``_expand_reduced``."""
+    ctx.axes, ctx.keepdims = axes, keepdims
+    return out if keepdims else np.squeeze(out, axis=axes)
+
+
 # --------------------------------------------------------------------------- elementwise
 
 
@@ -465,14 +472,11 @@ class Max(Primitive):
         if ctx.needs_input_grad[0]:
             winners = x == out
             ctx.share = winners / np.sum(winners, axis=axes, keepdims=True)
-            ctx.axes, ctx.keepdims = axes, keepdims
-        return out if keepdims else np.squeeze(out, axis=axes)
+        return _keepdims_result(ctx, out, axes, keepdims)
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.keepdims:
-            grad = np.expand_dims(grad, ctx.axes)
-        return (grad * ctx.share,)
+        return (_expand_reduced(grad, ctx.share.shape, ctx.axes, ctx.keepdims) * ctx.share,)
 
 
 # --------------------------------------------------------------------------- shape
@@ -749,14 +753,11 @@ class LogSumExp(Primitive):
         with np.errstate(divide="ignore"):
             out = m + np.log(s)  # log(0) = -inf is the right answer for an empty group
         ctx.p = e / np.where(s > 0, s, np.ones((), dtype=x.dtype))
-        ctx.axes, ctx.keepdims = axes, keepdims
-        return out if keepdims else np.squeeze(out, axis=axes)
+        return _keepdims_result(ctx, out, axes, keepdims)
 
     @staticmethod
     def backward(ctx, grad):
-        if not ctx.keepdims:
-            grad = np.expand_dims(grad, ctx.axes)
-        return (grad * ctx.p,)
+        return (_expand_reduced(grad, ctx.p.shape, ctx.axes, ctx.keepdims) * ctx.p,)
 
 
 @register("layer_norm")

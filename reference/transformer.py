@@ -164,7 +164,44 @@ class MultiheadAttention(Module):
         return self.out_proj(out)  # (L, N, E) | (N, L, E) if batch_first
 
 
-class TransformerEncoderLayer(Module):
+class _TransformerLayer(Module):
+    """What torch's encoder and decoder layers share, built in torch's order (so a seed
+    draws the same weights as before and the state-dict keys are torch's):
+    self_attn, [multihead_attn], linear1, dropout, linear2, norm1..normS, dropout1..dropoutS,
+    S = 2 sublayers for an encoder layer (SA, FF), 3 for a decoder layer (SA, cross MHA, FF).
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float, activation,
+                 layer_norm_eps: float, batch_first: bool, norm_first: bool, bias: bool, *, cross_attention: bool,
+                 dtype, rng: np.random.Generator | None, attention_fn: Callable | None):
+        super().__init__()
+        rng = default_rng(rng)
+        attention = dict(dropout=dropout, bias=bias, batch_first=batch_first, dtype=dtype, rng=rng,
+                         attention_fn=attention_fn)
+        self.self_attn = MultiheadAttention(d_model, nhead, **attention)
+        if cross_attention:
+            self.multihead_attn = MultiheadAttention(d_model, nhead, **attention)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype, rng=rng)
+        self.dropout = Dropout(dropout, rng=rng)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype, rng=rng)
+        self.norm_first = norm_first
+        self.sublayers = 3 if cross_attention else 2
+        for i in range(1, self.sublayers + 1):
+            setattr(self, f"norm{i}", LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype))
+        for i in range(1, self.sublayers + 1):
+            setattr(self, f"dropout{i}", Dropout(dropout, rng=rng))
+        self.activation = _activation(activation)
+
+    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal) -> Tensor:
+        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+        return self.dropout1(x)
+
+    def _ff_block(self, x) -> Tensor:
+        x = self.linear2(self.dropout(self.activation(self.linear1(x))))  # E -> F -> E
+        return getattr(self, f"dropout{self.sublayers}")(x)
+
+
+class TransformerEncoderLayer(_TransformerLayer):
     """torch.nn.TransformerEncoderLayer.
 
     post-norm (default): x = norm1(x + SA(x));       x = norm2(x + FF(x))
@@ -176,19 +213,8 @@ class TransformerEncoderLayer(Module):
                  activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True, *, dtype=np.float64,
                  rng: np.random.Generator | None = None, attention_fn: Callable | None = None):
-        super().__init__()
-        rng = default_rng(rng)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            dtype=dtype, rng=rng, attention_fn=attention_fn)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype, rng=rng)
-        self.dropout = Dropout(dropout, rng=rng)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype, rng=rng)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
-        self.dropout1 = Dropout(dropout, rng=rng)
-        self.dropout2 = Dropout(dropout, rng=rng)
-        self.activation = _activation(activation)
+        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
+                         norm_first, bias, cross_attention=False, dtype=dtype, rng=rng, attention_fn=attention_fn)
 
     def forward(self, src: Tensor, src_mask=None, src_key_padding_mask=None, is_causal: bool = False) -> Tensor:
         """src (S, N, E) | (N, S, E) -> same shape."""
@@ -201,44 +227,22 @@ class TransformerEncoderLayer(Module):
             x = self.norm2(x + self._ff_block(x))
         return x
 
-    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal) -> Tensor:
-        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
-        return self.dropout1(x)
 
-    def _ff_block(self, x) -> Tensor:
-        x = self.linear2(self.dropout(self.activation(self.linear1(x))))  # E -> F -> E
-        return self.dropout2(x)
-
-
-class TransformerDecoderLayer(Module):
+class TransformerDecoderLayer(_TransformerLayer):
     """torch.nn.TransformerDecoderLayer.
 
     post-norm: x = norm1(x + SA(x)); x = norm2(x + MHA(x, memory)); x = norm3(x + FF(x))
     pre-norm:  x = x + SA(norm1(x)); x = x + MHA(norm2(x), memory); x = x + FF(norm3(x))
+    MHA(x, memory) = dropout2(multihead_attn(x, memory, memory)); SA and FF as in the encoder
+    layer, FF ending in dropout3.
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True, *, dtype=np.float64,
                  rng: np.random.Generator | None = None, attention_fn: Callable | None = None):
-        super().__init__()
-        rng = default_rng(rng)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
-                                            dtype=dtype, rng=rng, attention_fn=attention_fn)
-        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias,
-                                                 batch_first=batch_first, dtype=dtype, rng=rng,
-                                                 attention_fn=attention_fn)
-        self.linear1 = Linear(d_model, dim_feedforward, bias=bias, dtype=dtype, rng=rng)
-        self.dropout = Dropout(dropout, rng=rng)
-        self.linear2 = Linear(dim_feedforward, d_model, bias=bias, dtype=dtype, rng=rng)
-        self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias, dtype=dtype)
-        self.dropout1 = Dropout(dropout, rng=rng)
-        self.dropout2 = Dropout(dropout, rng=rng)
-        self.dropout3 = Dropout(dropout, rng=rng)
-        self.activation = _activation(activation)
+        super().__init__(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first,
+                         norm_first, bias, cross_attention=True, dtype=dtype, rng=rng, attention_fn=attention_fn)
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Tensor:
@@ -254,18 +258,10 @@ class TransformerDecoderLayer(Module):
             x = self.norm3(x + self._ff_block(x))
         return x
 
-    def _sa_block(self, x, attn_mask, key_padding_mask, is_causal) -> Tensor:
-        x = self.self_attn(x, x, x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
-        return self.dropout1(x)
-
     def _mha_block(self, x, memory, attn_mask, key_padding_mask, is_causal) -> Tensor:
         x = self.multihead_attn(x, memory, memory, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                                 is_causal=is_causal)
         return self.dropout2(x)
-
-    def _ff_block(self, x) -> Tensor:
-        x = self.linear2(self.dropout(self.activation(self.linear1(x))))  # E -> F -> E
-        return self.dropout3(x)
 
 
 def _clones(layer: Module, n: int) -> ModuleList:
