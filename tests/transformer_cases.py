@@ -10,6 +10,9 @@ import math
 import numpy as np
 from seeding import SEED_ENV, derived_seed, session_seed
 
+from flashref.workflow.data import BOS
+from flashref.workflow.decoding import log_softmax
+
 
 def fresh_seed(label: str = "") -> int:
     """This run's seed for ``label`` (tests/conftest.py: fresh per run, FLASHREF_SEED=<n>
@@ -50,6 +53,14 @@ def grad_mismatches(ours: dict, theirs: dict, tol: float) -> list[str]:
         if not err <= tol:
             bad.append(f"{name}: relative error {err:.3e}")
     return bad
+
+
+def sequence_log_prob(model, src, tokens) -> float:
+    """log p(tokens | src) under a flashref Seq2SeqModel, by one teacher-forced forward pass
+    (no cache): src (S,) ids, tokens the continuation after BOS."""
+    logits = model(np.asarray(src)[None], np.array([[BOS] + list(tokens[:-1])]))  # (1, T, V)
+    logp = log_softmax(logits.data[0])  # (T, V)
+    return float(sum(logp[t, tok] for t, tok in enumerate(tokens)))
 
 
 def adam_drift_bound(lr: float, betas: tuple[float, float], eps: float, steps: list[dict]) -> np.ndarray:

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from flashref.workflow.data import BOS, EOS
-from flashref.workflow.decoding import beam_search, greedy_decode, log_softmax
+from flashref.workflow.decoding import beam_search, greedy_decode
 from flashref.reference.seq2seq import Seq2SeqConfig, Seq2SeqModel
 
-from transformer_cases import fresh_seed
+from transformer_cases import fresh_seed, sequence_log_prob
 
 
 def tiny_model(seed: int, vocab_size: int = 13) -> Seq2SeqModel:
@@ -25,13 +25,6 @@ def tiny_model(seed: int, vocab_size: int = 13) -> Seq2SeqModel:
     for p in model.parameters():  # sharper distributions than the init, so argmax paths differ
         p.data *= 3.0
     return model
-
-
-def sequence_log_prob(model, src, tokens) -> float:
-    """log p(tokens | src) by one teacher-forced forward pass."""
-    logits = model(np.asarray(src)[None], np.array([[BOS] + list(tokens[:-1])]))  # (1, T, V)
-    logp = log_softmax(logits.data[0])  # (T, V)
-    return float(sum(logp[t, tok] for t, tok in enumerate(tokens)))
 
 
 def test_beam_search_is_exact_when_the_beam_holds_every_prefix():
