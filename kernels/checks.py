@@ -216,7 +216,9 @@ def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, ca
                             "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
     batch, heads_q, seqlen_q, head_dim = q.shape
     if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have one shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+        raise ValueError(f"k_cache and v_cache must have one shape (a value head dim Dv != D is supported by "
+                         f"flash_attention and flash_attention_varlen, not yet by the KV-cache kernel), got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     heads_kv = k_cache.shape[2]
     if not 1 <= head_dim <= MAX_HEAD_DIM or k_cache.shape[3] != head_dim:
         raise ValueError(f"head dims must agree and lie in [1, {MAX_HEAD_DIM}], got q {head_dim}, cache {k_cache.shape[3]}")
