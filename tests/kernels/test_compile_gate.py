@@ -27,6 +27,7 @@ from flashref.kernels.compile_gate import (
     resource_usage,
     specializations,
 )
+from flashref.kernels.config_dispatch import dispatcher_configs
 from flashref.kernels.tile_tables import KERNEL_NAMES, KernelConfig, configs_for
 
 
@@ -229,3 +230,32 @@ def test_float32_launches_tell_ptxas_the_whole_register_file():
             assert all(c.maxnreg in (None, 255) for c in configs_for(kernel, head_dim, torch.bfloat16))
     assert configs_for("forward", 128, torch.bfloat16)[0].maxnreg is None  # the default: ptxas decides
     assert tile_tables.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255
+
+
+def test_mla_rows_pair_head_dims_and_take_the_wider_tile():
+    """The mla variants compile the (D, Dv) pairs of MLA_HEAD_DIM_PAIRS with the tiles of
+    max(D, Dv) (the dispatcher's choice), the delta kernel adds no row of its own."""
+    from flashref.kernels.compile_gate import MLA_HEAD_DIM_PAIRS
+
+    specs = specializations(dtypes=("bfloat16",), causal=(True,), variants=("mla",), arch="sm_80")
+    assert {(s.head_dim, s.head_dim_v) for s in specs} == set(MLA_HEAD_DIM_PAIRS)
+    assert {s.kernel for s in specs if s.head_dim == 192} == {"forward", "backward_dk", "backward_dv", "backward_dq"}
+    for s in specs:
+        assert s.config == dispatcher_configs(s.kernel, max(s.head_dim, s.head_dim_v), torch.bfloat16, "sm_80")[0]
+    assert specializations(head_dims=(40,), variants=("mla",)) == []
+    assert not specializations(variants=("mla_tma",), arch="sm_80")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_mla_192_128_compiles_clean(arch):
+    """DeepSeek's (D, Dv) = (192, 128), every launch, bfloat16 causal: no spills, and on sm_90
+    the Hopper path (TMA descriptors with V and dO in Dv) on wgmma."""
+    variant = "mla_tma" if arch == "sm_90" else "mla"
+    rows = compile_specializations(arch, head_dims=(192,), dtypes=("bfloat16",), causal=(True,),
+                                   kernels=KERNEL_NAMES, variants=(variant,))
+    assert {r.kernel for r in rows} == {"forward", "backward_dk", "backward_dv", "backward_dq"}
+    assert all(r.head_dim_v == 128 for r in rows)
+    if arch == "sm_90":
+        assert all(r.uses_tma and r.uses_wgmma for r in rows)
+    assert_clean(rows)
