@@ -9,9 +9,10 @@ whose padded widths differ both ways), lengths that leave every residue of the i
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from flashref.gate import Case, check_case
-from flashref.kernels import INTERPRETED, flash_attention, flash_attention_varlen
+from flashref.kernels import INTERPRETED, flash_attention, flash_attention_varlen, sdpa_routing
 
 DEVICE = "cpu" if INTERPRETED else "cuda"
 pytestmark = pytest.mark.skipif(not INTERPRETED and not torch.cuda.is_available(),
@@ -98,3 +99,16 @@ def test_case_names_carry_dv_only_when_it_differs():
     mla = Case(1, 2, 1, 5, 7, 192, "bfloat16", True, "top_left", False, head_dim_v=128, descriptors=True)
     assert mla.name.endswith("-tma-dv128") and Case.from_name(mla.name) == mla
     assert mla.value_head_dim == 128 and plain.value_head_dim == 64
+
+
+@pytest.mark.interp
+def test_sdpa_routing_takes_a_value_head_dim_of_its_own(seed):
+    """torch's scaled_dot_product_attention with value (..., Dv), Dv != D, routes to the kernels
+    (it used to fall back): the routed call is flash_attention's, bit for bit."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(1, 2, 9, 48, generator=gen).to(DEVICE), torch.randn(1, 2, 9, 48, generator=gen).to(DEVICE)
+    v = torch.randn(1, 2, 9, 32, generator=gen).to(DEVICE)
+    with sdpa_routing(fallback="error") as routing:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert routing.routed == 1 and out.shape == (1, 2, 9, 32)
+    torch.testing.assert_close(out, flash_attention(q, k, v, causal=True), rtol=0, atol=0)
