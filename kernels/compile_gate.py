@@ -305,9 +305,9 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     ``config_dispatch.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
     winners for that arch; a variant with a score switch on takes its table, as the
     dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
-    configs = configs or (lambda kernel, d, dtype, switches: dispatcher_configs(
+    configs = configs or (lambda kernel, d, dtype, switches, head_dim_v=None: dispatcher_configs(
         kernel, d, dtype, arch, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
-        dropout="DROPOUT" in switches))
+        dropout="DROPOUT" in switches, head_dim_v=head_dim_v))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
@@ -327,9 +327,10 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             if not variant_applies(variant, kernel):
                 continue
             switches = {name for name, on in variant.constexprs if on}
-            wide = max(d, dv or d)  # the dispatcher's tile choice (config_dispatch.config_pruner)
+            wide = max(d, dv or d)  # the launches of max(D, Dv); tiles as config_dispatch.config_pruner
             for name, c in product(launch_names(kernel, wide), causal):
-                chosen_configs = configs(name, wide, getattr(torch, dt), switches)
+                chosen_configs = (configs(name, d, getattr(torch, dt), switches) if dv is None
+                                  else configs(name, d, getattr(torch, dt), switches, head_dim_v=dv))
                 for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
                     specs.append(Specialization(name, d, dt, c, config, variant.name, dv))
     return specs

@@ -82,14 +82,17 @@ def config_pruner(kernel: str):
         if kernel == "backward_dkdv":
             name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
         q = args["Q"]
-        # Tiles are chosen by the wider of D and Dv (MLA's (192, 128) runs on the 256 row).
-        head_dim = max(args["HEAD_DIM"], args.get("HEAD_DIM_V", args["HEAD_DIM"]))
+        # Tiles are chosen by the wider of D and Dv (MLA's (192, 128) runs on the 256 row), or
+        # by the pair's own row (tile_tables.VALUE_HEAD_DIM_TABLE).
+        head_dim_v = args.get("HEAD_DIM_V", args["HEAD_DIM"])
+        head_dim = max(args["HEAD_DIM"], head_dim_v)
         dropout = bool(args.get("DROPOUT"))
         variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
         # Tuning measures launches without score variants: those keep their gate-checked table.
         chosen = None if variants else (
             _FORCED.get(name) or tuned_config(name, head_dim, q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
-        defaults = configs_for(name, head_dim, q.dtype, variants=variants, dropout=dropout)
+        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout,
+                               head_dim_v=head_dim_v)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
@@ -100,10 +103,12 @@ def config_pruner(kernel: str):
 
 
 def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *, variants: bool = False,
-                       dropout: bool = False) -> tuple[KernelConfig, ...]:
+                       dropout: bool = False, head_dim_v: int | None = None) -> tuple[KernelConfig, ...]:
     """What the dispatcher can launch on ``arch``: the default table, then tuned winners
-    (a launch with a score variant: its table only, see ``config_pruner``)."""
+    (a launch with a score variant: its table only, see ``config_pruner``); ``head_dim_v``:
+    V's head dim where it differs (tuned entries are looked up at max(D, Dv))."""
     if variants or dropout:
-        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout)
-    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
-                                *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
+        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout, head_dim_v=head_dim_v)
+    wide = max(head_dim, head_dim_v or head_dim)
+    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype, head_dim_v=head_dim_v),
+                                *tuned_configs_for_arch(kernel, wide, dtype, arch)]))

@@ -134,7 +134,8 @@ def test_every_variant_switch_has_an_off_value_and_every_kernel_switch_is_known(
 
     from flashref.kernels.compile_gate import compilable_kernel
 
-    set_by_spec = {"HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "RIGHT_BOUND", "DOT_PRECISION", "GRADS"}
+    set_by_spec = {"HEAD_DIM", "BLOCK_D", "HEAD_DIM_V", "BLOCK_DV", "BLOCK_M", "BLOCK_N", "RIGHT_BOUND", "DOT_PRECISION",
+                   "GRADS"}
     for variant in VARIANTS:
         assert all(name in CONSTEXPR_DEFAULTS for name, _ in variant.constexprs), variant
     for kernel in KERNEL_NAMES + ("backward_delta",):
@@ -233,15 +234,17 @@ def test_float32_launches_tell_ptxas_the_whole_register_file():
 
 
 def test_mla_rows_pair_head_dims_and_take_the_wider_tile():
-    """The mla variants compile the (D, Dv) pairs of MLA_HEAD_DIM_PAIRS with the tiles of
-    max(D, Dv) (the dispatcher's choice), the delta kernel adds no row of its own."""
+    """The mla variants compile the (D, Dv) pairs of MLA_HEAD_DIM_PAIRS with the dispatcher's
+    tiles (max(D, Dv)'s row, or the pair's own), the delta kernel adds no row of its own."""
     from flashref.kernels.compile_gate import MLA_HEAD_DIM_PAIRS
 
     specs = specializations(dtypes=("bfloat16",), causal=(True,), variants=("mla",), arch="sm_80")
     assert {(s.head_dim, s.head_dim_v) for s in specs} == set(MLA_HEAD_DIM_PAIRS)
     assert {s.kernel for s in specs if s.head_dim == 192} == {"forward", "backward_dk", "backward_dv", "backward_dq"}
     for s in specs:
-        assert s.config == dispatcher_configs(s.kernel, max(s.head_dim, s.head_dim_v), torch.bfloat16, "sm_80")[0]
+        assert s.config == dispatcher_configs(s.kernel, s.head_dim, torch.bfloat16, "sm_80", head_dim_v=s.head_dim_v)[0]
+    wide = {(s.head_dim, s.head_dim_v, s.kernel): s.config for s in specs}
+    assert wide[(192, 128, "forward")] == configs_for("forward", 256, torch.bfloat16)[0]  # max(D, Dv)
     assert specializations(head_dims=(40,), variants=("mla",)) == []
     assert not specializations(variants=("mla_tma",), arch="sm_80")
 
