@@ -106,7 +106,8 @@ VALUE_HEAD_DIM_PAIRS = ((192, 128), (128, 64), (64, 128))
 def _value_head_dim_cases(pairs, seqlens, dtypes, masks, layouts, repeats, seed) -> list[Case]:
     """``repeats`` cases per (D, Dv) pair of ``pairs``, the other axes advancing with different
     strides (a covering design): lengths, masking (kv_lens every other case), layout, dtype;
-    16-bit cases alternate the pointer and the descriptor (TMA) path. Seeds ``seed + 20000, ...``."""
+    16-bit cases alternate the pointer and the descriptor (TMA) path. Seeds ``seed + 50000, ...``
+    (the packed families start at 20000, the boundary cases at 30000)."""
     cases = []
     for index, ((d, dv), _) in enumerate(product(pairs, range(repeats))):
         lq, lk = seqlens[(index * 2 + index // len(pairs)) % len(seqlens)]
@@ -116,7 +117,7 @@ def _value_head_dim_cases(pairs, seqlens, dtypes, masks, layouts, repeats, seed)
         cases.append(Case(batch=min(b, 2), heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk, head_dim=d,
                           dtype=dtype, causal=causal, causal_alignment=alignment, kv_lens=index % 2 == 1,
                           descriptors=dtype != "float32" and index % 2 == 0, head_dim_v=dv,
-                          seed=seed + 20_000 + index))
+                          seed=seed + 50_000 + index))
     return cases
 
 
