@@ -57,7 +57,8 @@ def attention_backward_delta_kernel(
 ):
     """delta[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] in float32.
 
-    Out, DOut: (B, Hq, Lq, D), any strides (dO may be an expanded, stride-0 view).
+    Out, DOut: (B, Hq, Lq, Dv), any strides (dO may be an expanded, stride-0 view); the host
+    passes V's head dim Dv as this kernel's ``HEAD_DIM`` (``BLOCK_D`` its padding).
     Delta: (B, Hq, Lq) float32, contiguous.
     ``SINKS``: also the program's share of ``dsinks[h] = -sum_{b,i} exp(sinks[h] - lse) *
     delta``, stored (unnegated) at ``DSinks[b * Hq + h, pid_m]`` (float32, contiguous
@@ -106,18 +107,18 @@ def _load_lse_log2(lse_ptrs, row_ok):
 def _dkdv_query_blocks(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
     stride_qm, stride_qd, stride_dom, stride_dod,
-    rows, offs_d, lo, hi, seqlen_q, tile_shift, qk_scale,
+    rows, offs_d, offs_dv, lo, hi, seqlen_q, tile_shift, qk_scale,
     tile_window_shift, tile_alibi_shift, alibi_slope, softcap_in, seed, stream, key_counter,
     seqlen_k, dropout_p, dropout_scale, split, gap,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
     GRADS: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, TMA: tl.constexpr = False,
 ):
     """Accumulate query blocks ``[lo, hi)`` of one query head into a key block's dK and/or dV
     (``GRADS``: "dkdv", "dk" or "dv"; the other accumulator is returned untouched).
 
-    k, v: (BLOCK_N, BLOCK_D) resident tiles. Works on transposed tiles (keys on rows) so that
+    k: (BLOCK_N, BLOCK_D), v: (BLOCK_N, BLOCK_DV) resident tiles. Works on transposed tiles (keys on rows) so that
     every product is a plain ``tl.dot``: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
     A "dv" pass needs neither V nor dP: the compiler drops the unused tile and products.
     Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
@@ -130,11 +131,11 @@ def _dkdv_query_blocks(
         start_m = blocks.shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
-        # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_D), zero past Lq and HEAD_DIM.
+        # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_DV), zero past Lq, HEAD_DIM, HEAD_DIM_V.
         qt = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
                        True, True, TMA)
-        do = blocks.load_tile(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, seqlen_q, HEAD_DIM, BLOCK_D,
-                       True, False, TMA)
+        do = blocks.load_tile(do_base, start_m, offs_m, offs_dv, stride_dom, stride_dod, seqlen_q, HEAD_DIM_V,
+                              BLOCK_DV, True, False, TMA)
         lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         if UPCAST:
@@ -181,7 +182,7 @@ def attention_backward_dkdv_kernel(
     stride_alibi_b,
     heads_q, heads_kv, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, GRADS: tl.constexpr,
@@ -190,7 +191,8 @@ def attention_backward_dkdv_kernel(
 ):
     """dK, dV for one (key block, batch x kv head), summed over the group's query heads.
 
-    Q, DOut: (B, Hq, Lq, D); K, V, DK, DV: (B, Hkv, Lk, D); any strides.
+    Q: (B, Hq, Lq, D), DOut: (B, Hq, Lq, Dv); K, DK: (B, Hkv, Lk, D), V, DV: (B, Hkv, Lk, Dv); any
+    strides (``HEAD_DIM`` = D, ``HEAD_DIM_V`` = Dv, padded to ``BLOCK_D`` / ``BLOCK_DV``).
     Lse, Delta: (B, Hq, Lq) float32, contiguous. dK = scale * dS^T Q, dV = P^T dO.
     ``GRADS`` is what this launch computes and stores: "dkdv" (both), "dk" or "dv" (the other
     output is not written); a split pass recomputes P = exp2(K Q^T * qk_scale - lse).
@@ -223,6 +225,7 @@ def attention_backward_dkdv_kernel(
 
     start_n = pid_n * BLOCK_N
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     # The key block's rows are addressed from per-tile base pointers and tile-relative indices:
     # what the store needs after the loops is then two pointers and the thread index, not
     # per-row offsets (at head dim 256 the loops need every register; long-lived values spill).
@@ -235,7 +238,8 @@ def attention_backward_dkdv_kernel(
     tile = b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh + start_n_row.to(tl.int64) * stride_kn
     k = tl.load(K + tile + rows[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)
     tile = b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh + start_n_row.to(tl.int64) * stride_vn
-    v = tl.load(V + tile + rows[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)
+    v_mask = (rows < seqlen_k_rows - start_n)[:, None] & (offs_dv < HEAD_DIM_V)[None, :]
+    v = tl.load(V + tile + rows[:, None] * stride_vn + offs_dv[None, :] * stride_vd, mask=v_mask, other=0.0)
     dk_tile = (DK + b.to(tl.int64) * stride_dkb + h_kv.to(tl.int64) * stride_dkh
                + start_n_row.to(tl.int64) * stride_dkn)
     dv_tile = (DV + b.to(tl.int64) * stride_dvb + h_kv.to(tl.int64) * stride_dvh
@@ -244,7 +248,7 @@ def attention_backward_dkdv_kernel(
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
 
     # Causal: query row i sees some key of this block iff i >= start_n - causal_shift, and all
     # of it iff i >= start_n + BLOCK_N - 1 - causal_shift. Query blocks in [lo, mid) straddle
@@ -279,7 +283,7 @@ def attention_backward_dkdv_kernel(
         do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
         if TMA:  # this head's Q and dO through tensor descriptors (kernels/tile_loads.py)
             q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
-            do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
+            do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM_V, BLOCK_M, BLOCK_DV)
         # Lse, Delta: (B, Hq, Lq), or (Hq, total_q) with VARLEN (then Q, dO, Lse, Delta pre-offset).
         row_base = blocks.row_start(b * heads_q + h, h, total_q, 0, VARLEN)
         alibi_slope = blocks.load_alibi_slope(Alibi, b, stride_alibi_b, h, qk_scale, ALIBI)
@@ -300,18 +304,18 @@ def attention_backward_dkdv_kernel(
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            rows, offs_d, offs_dv, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, 0, 0,
-            HEAD_DIM, BLOCK_D, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
             stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
+            rows, offs_d, offs_dv, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
             window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
             seqlen_k, dropout_p, dropout_scale, split, gap,
-            HEAD_DIM, BLOCK_D, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
+            HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Keys at or past kv_len are padding: their gradients are 0 (and whatever was computed for
@@ -326,17 +330,19 @@ def attention_backward_dkdv_kernel(
                  to_output(dk, DK.dtype.element_ty, UPCAST), mask=store_mask)
     if GRADS != "dk":
         dv = tl.where(visible, dv, 0.0)
-        tl.store(dv_tile + rows[:, None] * stride_dvn + offs_d[None, :] * stride_dvd,
-                 to_output(dv, DV.dtype.element_ty, UPCAST), mask=store_mask)
+        dv_store_mask = (rows + start_n < seqlen_k_rows)[:, None] & (offs_dv < HEAD_DIM_V)[None, :]
+        tl.store(dv_tile + rows[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+                 to_output(dv, DV.dtype.element_ty, UPCAST), mask=dv_store_mask)
 
 
 @triton.jit
 def _dq_key_blocks(
     dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
+    offs_m, offs_d, offs_dv, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
     window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, dropout_scale,
     split, gap,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     INPUT_DTYPE: tl.constexpr,
     LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
@@ -348,8 +354,8 @@ def _dq_key_blocks(
     offs_n_base = tl.arange(0, BLOCK_N)
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, vt = blocks.key_block_tiles(
-            k_base, v_base, block_start, split, gap, offs_n_base, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
-            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, LEFT_BOUND, True, UPCAST, TMA)  # k^T and v^T
+            k_base, v_base, block_start, split, gap, offs_n_base, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+            stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, True, UPCAST, TMA)  # k^T and v^T
         if UPCAST:
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
@@ -379,7 +385,7 @@ def attention_backward_dq_kernel(
     stride_alibi_b,
     heads_q, group_size, seqlen_q, seqlen_k, causal_shift, qk_scale, softmax_scale,
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -387,7 +393,7 @@ def attention_backward_dq_kernel(
     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
 ):
     """dQ = scale * dS K for one (query block, batch x query head); shapes as the dK/dV kernel,
-    DQ: (B, Hq, Lq, D). Key blocks are visited exactly as in the forward: unmasked ones first,
+    DQ: (B, Hq, Lq, D) (dO and V in Dv). Key blocks are visited exactly as in the forward: unmasked ones first,
     then the diagonal / tail blocks with masks; invisible blocks are skipped (with a window,
     the window's left-edge blocks come first, masked)."""
     (pid_m, pid_bh, b, h, h_kv, q_start, k_start, seqlen_q, seqlen_k_visible, lse_row,
@@ -398,6 +404,7 @@ def attention_backward_dq_kernel(
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < seqlen_q
     tile_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
@@ -414,11 +421,11 @@ def attention_backward_dq_kernel(
         v_base += k_start.to(tl.int64) * stride_vn
     if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
         q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
-        do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM, BLOCK_M, BLOCK_D)
+        do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM_V, BLOCK_M, BLOCK_DV)
     q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
                          True, False, TMA)
-    do = blocks.load_tile(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, seqlen_q, HEAD_DIM, BLOCK_D,
-                   True, False, TMA)
+    do = blocks.load_tile(do_base, start_m, offs_m, offs_dv, stride_dom, stride_dod, seqlen_q, HEAD_DIM_V,
+                          BLOCK_DV, True, False, TMA)
     if UPCAST:
         q = q.to(tl.float32)
         do = do.to(tl.float32)
@@ -428,20 +435,20 @@ def attention_backward_dq_kernel(
 
     if TMA:
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
-        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM_V, BLOCK_N, BLOCK_DV)
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
         start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        0, 0, HEAD_DIM, BLOCK_D, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        0, 0, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
         LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
     dq = _dq_key_blocks(
         dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        offs_m, offs_d, offs_dv, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        split, gap, HEAD_DIM, BLOCK_D, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        split, gap, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
         LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,

@@ -300,19 +300,21 @@ def load_tile(base, start, index, offs_d, stride_row, stride_d, rows,
 
 
 @triton.jit
-def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, stride_kn, stride_kd, stride_vn,
-                    stride_vd, seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, offs_dv, stride_kn, stride_kd,
+                    stride_vn, stride_vd, seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
                     MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr, V_TRANSPOSED: tl.constexpr,
                     UPCAST: tl.constexpr, TMA: tl.constexpr):
     """A key loop step's tiles (the forward, dQ): ``(keys, kt, v)`` with the block's key indices
     (``shifted_block_start``), the k^T tile (BLOCK_D, BLOCK_N), float32 with ``UPCAST``, and the
-    v tile (BLOCK_N, BLOCK_D), or v^T with ``V_TRANSPOSED``, as loaded; zero past kv_len (masked
-    blocks) and HEAD_DIM (``load_tile``)."""
+    v tile (BLOCK_N, BLOCK_DV), or v^T with ``V_TRANSPOSED``, as loaded; zero past kv_len (masked
+    blocks), past HEAD_DIM in k and past HEAD_DIM_V (V's own head dim, padded to BLOCK_DV) in v
+    (``load_tile``)."""
     start_n = shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
     keys = start_n + offs_n
     kt = load_tile(k_base, start_n, keys, offs_d, stride_kn, stride_kd, seqlen_k_visible, HEAD_DIM, BLOCK_D,
                    MASKED, True, TMA)
-    v = load_tile(v_base, start_n, keys, offs_d, stride_vn, stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D,
+    v = load_tile(v_base, start_n, keys, offs_dv, stride_vn, stride_vd, seqlen_k_visible, HEAD_DIM_V, BLOCK_DV,
                   MASKED, V_TRANSPOSED, TMA)
     if UPCAST:
         kt = kt.to(tl.float32)

@@ -57,10 +57,10 @@ from .tile_loads import rows_descriptor
 @triton.jit
 def _forward_key_blocks(
     acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_m, offs_d, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
+    offs_m, offs_d, offs_dv, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
     window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, split, gap,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False,
 ):
@@ -72,8 +72,8 @@ def _forward_key_blocks(
     offs_n = tl.arange(0, BLOCK_N)
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, v = blocks.key_block_tiles(
-            k_base, v_base, block_start, split, gap, offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd,
-            seqlen_k_visible, HEAD_DIM, BLOCK_D, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
+            k_base, v_base, block_start, split, gap, offs_n, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
+            stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) float32
         s = blocks.forward_scores(
             qk, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], causal_shift, window_shift,
@@ -97,7 +97,7 @@ def attention_forward_kernel(
     stride_alibi_b,
     heads_q, group_size, seqlen_q, seqlen_k, causal_shift, qk_scale,
     window_shift, alibi_shift, softcap_in, dropout_p, dropout_scale, seed,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     RIGHT_BOUND: tl.constexpr, HAS_KV_LENS: tl.constexpr,
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -107,7 +107,9 @@ def attention_forward_kernel(
 ):
     """out, lse for one (query block, batch x head).
 
-    Q: (B, Hq, Lq, D), K and V: (B, Hkv, Lk, D), Out: (B, Hq, Lq, D), any strides.
+    Q: (B, Hq, Lq, D), K: (B, Hkv, Lk, D), V: (B, Hkv, Lk, Dv), Out: (B, Hq, Lq, Dv), any strides
+    (``HEAD_DIM`` = D, ``HEAD_DIM_V`` = Dv: V, the accumulator and Out live in Dv, padded to
+    ``BLOCK_DV``; Dv != D is DeepSeek's MLA).
     Lse: (B, Hq, Lq) float32, contiguous. KvLens: (B,) int32 (read only if HAS_KV_LENS).
     Alibi: float32 slopes at ``b * stride_alibi_b + h`` (read only if ALIBI); Sinks: (Hq,)
     float32 (read only if SINKS). ``qk_scale = softmax_scale * log2(e)`` (``softcap *
@@ -137,8 +139,9 @@ def attention_forward_kernel(
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
     row_ok = offs_m < seqlen_q
-    d_ok = offs_d < HEAD_DIM
+    dv_ok = offs_dv < HEAD_DIM_V
 
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
@@ -153,7 +156,7 @@ def attention_forward_kernel(
         q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
         # From here on k_base, v_base are descriptors; keys past kv_len load as zeros.
         k_base = rows_descriptor(k_base, seqlen_k_visible, stride_kn, HEAD_DIM, BLOCK_N, BLOCK_D)
-        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM_V, BLOCK_N, BLOCK_DV)
     q = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
                          True, False, TMA)
     if UPCAST:
@@ -166,26 +169,26 @@ def attention_forward_kernel(
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
 
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
         start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
-        HEAD_DIM, BLOCK_D, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
+        offs_m, offs_d, offs_dv, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, split, gap,
-        HEAD_DIM, BLOCK_D, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     out, lse = blocks.finish_rows(acc, m_i, l_i)
     if DROPOUT:
         out = out * dropout_scale
 
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
-             to_output(out, Out.dtype.element_ty, UPCAST), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+             to_output(out, Out.dtype.element_ty, UPCAST), mask=row_ok[:, None] & dv_ok[None, :])
     tl.store(Lse + lse_row + offs_m, lse, mask=row_ok)

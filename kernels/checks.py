@@ -45,7 +45,8 @@ def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, h
 
 
 def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
-    """q (B, Hq, Lq, D), k and v (B, Hkv, Lk, D), the masking keywords, the scale and kv_lens of
+    """q (B, Hq, Lq, D), k (B, Hkv, Lk, D) and v (B, Hkv, Lk, Dv) (Dv may differ from D: MLA;
+    each in [1, MAX_HEAD_DIM]), the masking keywords, the scale and kv_lens of
     an attention call; also that the kernels can run on q's device."""
     check_attention_tensors({"q": q, "k": k, "v": v})
     batch, heads_q, _, head_dim = q.shape
@@ -57,8 +58,9 @@ def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
         raise ValueError(f"head_dim must be between 1 and {MAX_HEAD_DIM}, got q with head_dim {head_dim}")
     if k.shape[3] != head_dim:
         raise ValueError(f"k must have q's head_dim {head_dim}, got {k.shape[3]}")
-    if v.shape[3] != head_dim:
-        raise ValueError(f"v's head_dim must equal q's ({head_dim}): Dv != D is not supported, got {v.shape[3]}")
+    if not 1 <= v.shape[3] <= MAX_HEAD_DIM:
+        raise ValueError(f"v's head_dim Dv must be between 1 and {MAX_HEAD_DIM} (it may differ from q's "
+                         f"{head_dim}), got {v.shape[3]}")
     heads_kv = k.shape[1]
     if heads_kv == 0 and heads_q != 0 or heads_kv and heads_q % heads_kv != 0:
         raise ValueError(f"q's heads ({heads_q}) must be a multiple of k's and v's heads ({heads_kv}) (GQA/MQA)")
@@ -214,7 +216,9 @@ def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, ca
                             "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
     batch, heads_q, seqlen_q, head_dim = q.shape
     if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have one shape, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+        raise ValueError(f"k_cache and v_cache must have one shape (a value head dim Dv != D is supported by "
+                         f"flash_attention and flash_attention_varlen, not yet by the KV-cache kernel), got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     heads_kv = k_cache.shape[2]
     if not 1 <= head_dim <= MAX_HEAD_DIM or k_cache.shape[3] != head_dim:
         raise ValueError(f"head dims must agree and lie in [1, {MAX_HEAD_DIM}], got q {head_dim}, cache {k_cache.shape[3]}")

@@ -87,6 +87,9 @@ class Variant:
     # a config the tiles; the plain and Hopper rows cover every tile, the other switches ride
     # on the default tile (keeps the full report a few hundred rows, not thousands).
     all_configs: bool = False
+    # (D, Dv) pairs with a value head dim of its own (MLA): compiled instead of ``head_dims``
+    # (D filtered by the ``head_dims`` axis), tiles chosen by max(D, Dv) as the dispatcher does.
+    head_dim_pairs: tuple[tuple[int, int], ...] = ()
 
     @property
     def uses_tma(self) -> bool:
@@ -131,6 +134,12 @@ VARIANTS += (
     Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
     Variant("tma_all_variants", (("TMA", True),) + _KV_BOTTOM_RIGHT + (
         ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+)
+# Value head dim != query/key head dim (issue 23, DeepSeek's MLA): the pairs models use.
+MLA_HEAD_DIM_PAIRS = ((192, 128), (128, 64), (64, 128))
+VARIANTS += (
+    Variant("mla", head_dim_pairs=MLA_HEAD_DIM_PAIRS),
+    Variant("mla_tma", (("TMA", True),), archs=("sm_90",), dtypes=WGMMA_DTYPES, head_dim_pairs=MLA_HEAD_DIM_PAIRS),
 )
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
@@ -187,6 +196,7 @@ class CompileRow:
     variant: str = "plain"
     uses_tma: bool = False  # cp.async.bulk.tensor (Hopper's tensor-memory accelerator) in the PTX
     maxnreg: int | None = None  # the config's .maxnreg (float32 launches: 255)
+    head_dim_v: int | None = None  # V's head dim where it differs from head_dim (MLA rows)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -254,6 +264,7 @@ class Specialization:
     causal: bool
     config: KernelConfig
     variant: str = "plain"
+    head_dim_v: int | None = None  # V's head dim Dv where it is not head_dim (MLA)
 
 
 def launch_names(kernel: str, head_dim: int) -> tuple[str, ...]:
@@ -294,29 +305,34 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     ``config_dispatch.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
     winners for that arch; a variant with a score switch on takes its table, as the
     dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
-    configs = configs or (lambda kernel, d, dtype, switches: dispatcher_configs(
+    configs = configs or (lambda kernel, d, dtype, switches, head_dim_v=None: dispatcher_configs(
         kernel, d, dtype, arch, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
-        dropout="DROPOUT" in switches))
+        dropout="DROPOUT" in switches, head_dim_v=head_dim_v))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
         if arch not in variant.archs:
             continue
-        for kernel, d, dt in product(kernels, head_dims, dtypes):
-            if d not in variant.head_dims or dt not in variant.dtypes:
+        pairs = (tuple((d, dv) for d, dv in variant.head_dim_pairs if d in head_dims) if variant.head_dim_pairs
+                 else tuple((d, None) for d in head_dims if d in variant.head_dims))
+        for kernel, (d, dv), dt in product(kernels, pairs, dtypes):
+            if dt not in variant.dtypes:
                 continue
             if kernel == "backward_delta":
-                # Its switches are SINKS (the dsinks partial sums) and VARLEN (packed rows).
+                # Its switches are SINKS (the dsinks partial sums) and VARLEN (packed rows); it
+                # reduces over Dv alone, so the MLA pairs add no row of its own.
                 if variant.name in ("plain", "sinks", "varlen", "varlen_all_variants_sinks"):
                     specs.append(Specialization(kernel, d, dt, False, DELTA_CONFIG, variant.name))
                 continue
             if not variant_applies(variant, kernel):
                 continue
             switches = {name for name, on in variant.constexprs if on}
-            for name, c in product(launch_names(kernel, d), causal):
-                chosen_configs = configs(name, d, getattr(torch, dt), switches)
+            wide = max(d, dv or d)  # the launches of max(D, Dv); tiles as config_dispatch.config_pruner
+            for name, c in product(launch_names(kernel, wide), causal):
+                chosen_configs = (configs(name, d, getattr(torch, dt), switches) if dv is None
+                                  else configs(name, d, getattr(torch, dt), switches, head_dim_v=dv))
                 for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
-                    specs.append(Specialization(name, d, dt, c, config, variant.name))
+                    specs.append(Specialization(name, d, dt, c, config, variant.name, dv))
     return specs
 
 
@@ -325,11 +341,14 @@ def _signature(fn, spec: Specialization):
     head-axis strides fixed to 1), scalars by ``SCALAR_TYPES`` (i32 otherwise), constexprs
     from the spec, its variant and ``CONSTEXPR_DEFAULTS``."""
     elem = _TRITON_TYPE[spec.dtype]
+    head_dim_v = spec.head_dim_v or spec.head_dim
     constexprs = {
         "HEAD_DIM": spec.head_dim,
         "BLOCK_D": padded_head_dim(spec.head_dim),
         "BLOCK_M": spec.config.block_m,
     }
+    if spec.kernel != "backward_delta":
+        constexprs.update(HEAD_DIM_V=head_dim_v, BLOCK_DV=padded_head_dim(head_dim_v))
     if spec.kernel != "backward_delta":
         constexprs.update(
             BLOCK_N=spec.config.block_n, RIGHT_BOUND=spec.causal,
@@ -480,7 +499,8 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0),
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2), variant=spec.variant,
-        uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg)
+        uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg,
+        head_dim_v=spec.head_dim_v)
 
 
 def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:
@@ -500,7 +520,7 @@ def _spec_to_json(spec: Specialization) -> dict:
 
 def _spec_from_json(d: dict) -> Specialization:
     return Specialization(d["kernel"], d["head_dim"], d["dtype"], d["causal"], KernelConfig(**d["config"]),
-                          d.get("variant", "plain"))
+                          d.get("variant", "plain"), d.get("head_dim_v"))
 
 
 def _compile_in_subprocess(specs: list[Specialization], arch: str) -> list[CompileRow]:

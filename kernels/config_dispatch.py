@@ -74,7 +74,7 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
 
 def config_pruner(kernel: str):
     """An ``early_config_prune`` hook: a forced config (tuning), else this device's tuned
-    config for the call (``tuned_config``), else the default table for its head dim and dtype."""
+    config for the call (``tuned_config``), else the default table for its head dim (the larger of D and Dv) and dtype."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
@@ -82,26 +82,33 @@ def config_pruner(kernel: str):
         if kernel == "backward_dkdv":
             name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
         q = args["Q"]
+        # Tiles are chosen by the wider of D and Dv (MLA's (192, 128) runs on the 256 row), or
+        # by the pair's own row (tile_tables.VALUE_HEAD_DIM_TABLE).
+        head_dim_v = args.get("HEAD_DIM_V", args["HEAD_DIM"])
+        head_dim = max(args["HEAD_DIM"], head_dim_v)
         dropout = bool(args.get("DROPOUT"))
         variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
         # Tuning measures launches without score variants: those keep their gate-checked table.
         chosen = None if variants else (
-            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
-        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout)
+            _FORCED.get(name) or tuned_config(name, head_dim, q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
+        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout,
+                               head_dim_v=head_dim_v)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
                 return kept
-        raise ValueError(f"no launch configuration for {name} at head dim {args['HEAD_DIM']}")
+        raise ValueError(f"no launch configuration for {name} at head dim {head_dim}")
 
     return prune
 
 
 def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *, variants: bool = False,
-                       dropout: bool = False) -> tuple[KernelConfig, ...]:
+                       dropout: bool = False, head_dim_v: int | None = None) -> tuple[KernelConfig, ...]:
     """What the dispatcher can launch on ``arch``: the default table, then tuned winners
-    (a launch with a score variant: its table only, see ``config_pruner``)."""
+    (a launch with a score variant: its table only, see ``config_pruner``); ``head_dim_v``:
+    V's head dim where it differs (tuned entries are looked up at max(D, Dv))."""
     if variants or dropout:
-        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout)
-    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
-                                *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
+        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout, head_dim_v=head_dim_v)
+    wide = max(head_dim, head_dim_v or head_dim)
+    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype, head_dim_v=head_dim_v),
+                                *tuned_configs_for_arch(kernel, wide, dtype, arch)]))

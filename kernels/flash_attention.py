@@ -24,9 +24,10 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
                     dropout_p=0.0, dropout_seed=None, return_lse=False):
     """Fused scaled-dot-product attention, differentiable in q, k, v (and ``sinks``).
 
-    q: (B, Hq, Lq, D), k and v: (B, Hkv, Lk, D) with ``Hq % Hkv == 0`` (query head h reads kv
-    head ``h // (Hq // Hkv)``), 1 <= D <= 256, dtype float16/bfloat16/float32 (float32
-    accumulation), any strides. Returns ``out: (B, Hq, Lq, D)`` in q's dtype, and with
+    q: (B, Hq, Lq, D), k: (B, Hkv, Lk, D), v: (B, Hkv, Lk, Dv) with ``Hq % Hkv == 0`` (query
+    head h reads kv head ``h // (Hq // Hkv)``), 1 <= D, Dv <= 256 (Dv may differ from D, as in
+    DeepSeek's MLA: (192, 128); tiles are chosen by max(D, Dv)), dtype float16/bfloat16/float32
+    (float32 accumulation), any strides. Returns ``out: (B, Hq, Lq, Dv)`` in q's dtype, and with
     ``return_lse`` also ``lse: (B, Hq, Lq)`` float32, natural log (not differentiable).
 
     With ``shift_b = 0`` for ``causal_alignment="top_left"`` and, for ``"bottom_right"`` (the

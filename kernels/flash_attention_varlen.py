@@ -37,8 +37,8 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            dropout_p=0.0, dropout_seed=None, return_lse=False, check_cu_seqlens=True):
     """Fused attention over packed sequences, differentiable in q, k, v (and ``sinks``).
 
-    q: (total_q, Hq, D), k and v: (total_k, Hkv, D), any strides (FlashAttention's varlen
-    layout); cu_seqlens_q, cu_seqlens_k: (B + 1,) int32 (int64 is converted) on q's device,
+    q: (total_q, Hq, D), k: (total_k, Hkv, D), v: (total_k, Hkv, Dv) (Dv may differ from D:
+    MLA), any strides (FlashAttention's varlen layout); cu_seqlens_q, cu_seqlens_k: (B + 1,) int32 (int64 is converted) on q's device,
     starting at 0, non-decreasing (empty sequences allowed), ending at total_q / total_k;
     max_seqlen_q/k: ints >= every length. Sequence b is ``q[cu_q[b]:cu_q[b+1]]`` against
     ``k[cu_k[b]:cu_k[b+1]]``; every keyword means what it means in ``flash_attention`` per
@@ -47,7 +47,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     uses the Philox counters ``(i * max_seqlen_k + j, b * Hq + h)``, i.e. the dense kernel's on
     the batch padded to (B, Hq, max_seqlen_q, max_seqlen_k).
 
-    Returns out (total_q, Hq, D) in q's dtype, and with ``return_lse`` lse (Hq, total_q)
+    Returns out (total_q, Hq, Dv) in q's dtype, and with ``return_lse`` lse (Hq, total_q)
     float32. Oracle twin: ``flashref.reference.attention_varlen_forward`` / ``_backward``.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):

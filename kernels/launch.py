@@ -146,7 +146,7 @@ def new_buffer(like: torch.Tensor, *, shape=None, dtype=None) -> torch.Tensor:
 def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
-        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "RIGHT_BOUND", "HAS_KV_LENS",
+        key=["seqlen_q", "seqlen_k", "HEAD_DIM", "HEAD_DIM_V", "RIGHT_BOUND", "HAS_KV_LENS",
              "SHIFT_KV_LEN", "LEFT_BOUND", "SOFTCAP", "ALIBI", "DROPOUT", "VARLEN", *extra_key],
         prune_configs_by={"early_config_prune": config_pruner(name)},
     )(kernel)
@@ -257,12 +257,16 @@ def _strides(t: torch.Tensor, varlen: Varlen | None = None) -> tuple[int, ...]:
     return (0, t.stride(1), t.stride(0), t.stride(2))
 
 
-def _meta(q, params: LaunchParams, kv_lens, alibi, varlen: Varlen | None = None):
-    head_dim = q.shape[-1]
+def _meta(q, v, params: LaunchParams, kv_lens, alibi, varlen: Varlen | None = None):
+    """The constexprs of a launch: q's head dim D (``HEAD_DIM``) and v's Dv (``HEAD_DIM_V``,
+    which may differ: MLA), each with its power-of-two padding, and the switches."""
+    head_dim, head_dim_v = q.shape[-1], v.shape[-1]
     return dict(
         VARLEN=varlen is not None,
         HEAD_DIM=head_dim,
         BLOCK_D=padded_head_dim(head_dim),
+        HEAD_DIM_V=head_dim_v,
+        BLOCK_DV=padded_head_dim(head_dim_v),
         RIGHT_BOUND=params.right_bound,
         HAS_KV_LENS=kv_lens is not None,
         UPCAST=INTERPRETED,
@@ -298,10 +302,10 @@ def _dims(q, k, varlen: Varlen | None):
 
 
 def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen: Varlen | None = None):
-    """Launch the forward. Returns out (q's layout and dtype) and lse float32: (B, Hq, Lq), or
-    (Hq, total_q) with ``varlen``."""
+    """Launch the forward. Returns out (q's dtype; q's layout when v's head dim Dv is q's, else
+    contiguous (..., Dv)) and lse float32: (B, Hq, Lq), or (Hq, total_q) with ``varlen``."""
     batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, _, lse_shape = _dims(q, k, varlen)
-    out = new_buffer(q)
+    out = new_buffer(q) if v.shape[-1] == q.shape[-1] else new_buffer(q, shape=(*q.shape[:-1], v.shape[-1]))
     lse = new_buffer(q, shape=lse_shape, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
@@ -317,7 +321,7 @@ def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen:
             _alibi_batch_stride(alibi),
             heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
             *_variant_scalars(params))
-    meta = dict(_meta(q, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
+    meta = dict(_meta(q, v, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
                 TMA=varlen is None and tma_ok(q, k, v))
     if INTERPRETED:
         c = interpreter_config("forward")
@@ -336,13 +340,12 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
     """Launch delta, dK/dV and dQ. Returns dq, dk, dv in the layouts and dtypes of q, k, v, and
     dsinks (Hq,) float32 when ``sinks`` is given (else None)."""
     batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, grid_k, lse_shape = _dims(q, k, varlen)
-    head_dim = q.shape[-1]
+    head_dim, head_dim_v = q.shape[-1], v.shape[-1]
     dq, dk, dv = new_buffer(q), new_buffer(k), new_buffer(v)
     dsinks = None if sinks is None else torch.zeros_like(sinks)
     if q.numel() == 0 or k.numel() == 0 or grid_k == 0:  # nothing to sum over: every gradient is 0
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     delta = new_buffer(q, shape=lse_shape, dtype=torch.float32)
-    block_d = padded_head_dim(head_dim)
     delta_block_m = 16 if INTERPRETED else 64
     delta_grid = (triton.cdiv(grid_q, delta_block_m), batch * heads_q)
     partial = None
@@ -351,13 +354,13 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
     attention_backward_delta_kernel[delta_grid](
         out, dout, delta, lse, sinks, partial, None if varlen is None else varlen.cu_q,
         *_strides(out, varlen), *_strides(dout, varlen), heads_q, seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=delta_block_m, SINKS=sinks is not None,
-        VARLEN=varlen is not None)
+        HEAD_DIM=head_dim_v, BLOCK_D=padded_head_dim(head_dim_v),  # O and dO live in Dv
+        BLOCK_M=delta_block_m, SINKS=sinks is not None, VARLEN=varlen is not None)
     if sinks is not None:
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))
 
-    meta = dict(_meta(q, params, kv_lens, alibi, varlen), TMA=varlen is None and tma_ok(q, k, v, dout))
+    meta = dict(_meta(q, v, params, kv_lens, alibi, varlen), TMA=varlen is None and tma_ok(q, k, v, dout))
     cu = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
     qkv_strides = (*_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(dout, varlen))
     tail = (*_variant_scalars(params),)
@@ -369,10 +372,11 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
                _alibi_batch_stride(alibi),
                heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
                params.scale, *tail)
-    # One dK/dV launch, or at head dims above 128 one per gradient (tile_tables.dkdv_passes).
+    # One dK/dV launch, or at head dims above 128 (the larger of D, Dv) one per gradient
+    # (tile_tables.dkdv_passes).
     if INTERPRETED:
         launch_names = {grads: name for name, grads in DKDV_LAUNCHES.items()}
-        for grads in dkdv_passes(head_dim):
+        for grads in dkdv_passes(max(head_dim, head_dim_v)):
             c = interpreter_config(launch_names[grads])
             attention_backward_dkdv_kernel[(triton.cdiv(grid_k, c.block_n), batch * heads_kv)](
                 *dkdv_args, **meta, **_fixed(c), GRADS=grads)
@@ -380,7 +384,7 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
         attention_backward_dq_kernel[(triton.cdiv(grid_q, c.block_m), batch * heads_q)](
             *dq_args, **meta, **_fixed(c))
     else:
-        for grads in dkdv_passes(head_dim):
+        for grads in dkdv_passes(max(head_dim, head_dim_v)):
             _DKDV[lambda m: (triton.cdiv(grid_k, m["BLOCK_N"]), batch * heads_kv)](
                 *dkdv_args, **meta, GRADS=grads)
         _DQ[lambda m: (triton.cdiv(grid_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **meta)

@@ -92,8 +92,9 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lens
 
 @attention_forward.register_fake
 def _attention_forward_fake(q, k, v, kv_lens, alibi, sinks, *scalars):
-    # out keeps q's layout (the kernels write through q's strides' order), lse is contiguous.
-    out = torch.empty_like(q)
+    # out keeps q's layout (the kernels write through q's strides' order) when Dv == D, else it
+    # is contiguous (B, Hq, Lq, Dv) (launch.launch_forward); lse is contiguous.
+    out = torch.empty_like(q) if v.shape[-1] == q.shape[-1] else q.new_empty((*q.shape[:-1], v.shape[-1]))
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse
 
@@ -156,7 +157,8 @@ def attention_varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 @attention_varlen_forward.register_fake
 def _attention_varlen_forward_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, *scalars_and_optionals):
-    out = torch.empty_like(q)  # q's layout, as the kernels write it
+    # q's layout, as the kernels write it (contiguous (total_q, Hq, Dv) when Dv != D)
+    out = torch.empty_like(q) if v.shape[-1] == q.shape[-1] else q.new_empty((*q.shape[:-1], v.shape[-1]))
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)  # (Hq, total_q)
     return out, lse
 

@@ -188,10 +188,9 @@ def _plan(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
                           "the kernels do not broadcast")
     if k.shape[1:3] != v.shape[1:3] or k.shape[3] != head_dim:
         raise Unsupported(f"key {tuple(key.shape)} and value {tuple(value.shape)} do not match query's head dim")
-    if v.shape[3] != head_dim:
-        raise Unsupported(f"value head dim {v.shape[3]} != query's {head_dim}")
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise Unsupported(f"head dim {head_dim} (the kernels take 1..{MAX_HEAD_DIM})")
+    if not (1 <= head_dim <= MAX_HEAD_DIM and 1 <= v.shape[3] <= MAX_HEAD_DIM):
+        raise Unsupported(f"head dims {head_dim}, value {v.shape[3]} (the kernels take 1..{MAX_HEAD_DIM}; "
+                          f"the value's may differ from the query's)")
     heads_kv = k.shape[1]
     if heads_kv != heads_q and not (enable_gqa and heads_kv and heads_q % heads_kv == 0):
         raise Unsupported(f"{heads_q} query heads and {heads_kv} kv heads"

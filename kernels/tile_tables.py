@@ -111,6 +111,12 @@ DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
     ("backward_dq", 256, False): (KernelConfig(64, 16, 8, 2),),
     ("forward", 256, False): (KernelConfig(64, 16, 8, 2),),
 }
+# A value head dim of its own (MLA): tiles come from the row of max(D, Dv), except where that
+# tile spills for the pair: (launch, bucket of D, bucket of Dv, float32?) -> configs. (64, 128)
+# on the 128 row's dK/dV tile 32 x 64 spilled 16-56 B on sm_80 (compile gate, variant "mla").
+VALUE_HEAD_DIM_TABLE: dict[tuple[str, int, int, bool], tuple[KernelConfig, ...]] = {
+    ("backward_dkdv", 64, 128, False): (KernelConfig(16, 64, 8, 2),),
+}
 # 32-key tiles, too narrow for wgmma: with a score variant these run on mma.sync on Hopper too.
 MMA_SYNC_VARIANT_LAUNCHES = {("backward_dk", 256), ("backward_dv", 256)}
 
@@ -136,12 +142,18 @@ def dkdv_passes(head_dim: int) -> tuple[str, ...]:
 
 
 def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: bool = False,
-                dropout: bool = False) -> tuple[KernelConfig, ...]:
+                dropout: bool = False, head_dim_v: int | None = None) -> tuple[KernelConfig, ...]:
     """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
     (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``). ``variants``: the
     launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
     DROPOUT itself; each has a table of its own where the default tile spills
-    (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``)."""
+    (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``). ``head_dim_v``: V's head dim where it
+    differs (MLA): the rows of max(D, Dv), or the pair's own (``VALUE_HEAD_DIM_TABLE``)."""
+    if head_dim_v is not None and head_dim_v != head_dim:
+        pair = (kernel, head_dim_bucket(head_dim), head_dim_bucket(head_dim_v), dtype == torch.float32)
+        if pair in VALUE_HEAD_DIM_TABLE and not (variants or dropout):
+            return VALUE_HEAD_DIM_TABLE[pair]
+        head_dim = max(head_dim, head_dim_v)
     bucket = head_dim_bucket(head_dim)
     key = (kernel, bucket, dtype == torch.float32)
     if dropout and key in DROPOUT_TABLE:
@@ -166,7 +178,8 @@ def table_configs(kernel: str) -> list[KernelConfig]:
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
     seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
-    for (name, _, _), table in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items()):
+    for name, table in ((k[0], t) for k, t in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items(),
+                                                 *VALUE_HEAD_DIM_TABLE.items())):
         seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
                     and c not in seen)
     return seen

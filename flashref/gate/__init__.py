@@ -38,15 +38,15 @@ from .rule import (BASELINE_CEILING, DS_ROUNDING, DTYPES, FACTORS, FLOAT32_REGIM
                    RMS_FACTOR_16BIT, RMS_FACTOR_FLOAT32, TANH_ROUNDING, TENSORS, U32, UNIT_ROUNDOFF, RmsError,
                    TensorError, as_float64, baseline_ceiling, error_ratio, finite_error, half_ulp, judge,
                    max_abs_error, max_or_zero, rms_check, rms_error, slack)
-from .sweeps import (CI_HEAD_DIMS, CI_SEQLENS, HEAD_LAYOUTS, QUICK_HEAD_DIMS, QUICK_SEQLENS, VARIANT_FAMILIES,
-                     dense_sweep)
+from .sweeps import (CI_HEAD_DIMS, CI_SEQLENS, HEAD_LAYOUTS, QUICK_HEAD_DIMS, QUICK_SEQLENS, VALUE_HEAD_DIM_PAIRS,
+                     VARIANT_FAMILIES, dense_sweep)
 
 __all__ = [
     "BASELINE_CEILING", "BOUNDARY_QUANTITIES", "CAUSAL_MODES", "CI_HEAD_DIMS", "CI_SEQLENS", "DECODE_TILES", "DS_ROUNDING", "DTYPES", "FACTORS",
     "FAMILIES", "FEATURES", "FLOAT32_REGIME", "HEAD_LAYOUTS", "KV_LEN_PAIRING", "LAMBDA", "LSE_ROUNDING", "MASK_KEYWORDS", "PRESETS", "QUICK_HEAD_DIMS", "QUICK_SEQLENS",
     "QUICK_TILES", "RESIDUES",
     "RMS_FACTOR_16BIT", "RMS_FACTOR_FLOAT32", "SHIFT_PAIRING", "TANH_ROUNDING", "TENSORS", "TILE_LAUNCHES", "U32",
-    "UNIT_ROUNDOFF", "VARIANT_FAMILIES", "Case", "CaseInputs", "CaseResult", "Family", "GateReport",
+    "UNIT_ROUNDOFF", "VALUE_HEAD_DIM_PAIRS", "VARIANT_FAMILIES", "Case", "CaseInputs", "CaseResult", "Family", "GateReport",
     "Implementation", "ImplementationError", "KvcacheCase", "ModelCase", "ModelResult", "ReplayableCase", "RingCase", "RmsError", "Suffix", "TensorError",
     "VarlenCase", "algorithm_attention", "as_float64", "attention_kwargs", "baseline_attention",
     "baseline_ceiling", "boundary_cases", "boundary_quantities", "builtin_implementations", "case_from_name",

@@ -21,7 +21,7 @@ from .rule import DTYPES
 
 #: What an implementation can declare and a case can need (one vocabulary for every family).
 FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",
-            "dropout", "lse", "varlen", "kvcache", "paged")
+            "dropout", "lse", "varlen", "kvcache", "paged", "value_head_dim")
 
 CAUSAL_MODES = ((False, "top_left"), (True, "top_left"), (True, "bottom_right"))
 # The launches a case's ``tiles`` force, in order (a split dK / dV pass takes the dK/dV tile).
@@ -44,8 +44,10 @@ class Suffix:
 
 @dataclass(frozen=True)
 class Case:
-    """One equivalence check: q (batch, heads_q, seqlen_q, head_dim), k and v
-    (batch, heads_kv, seqlen_k, head_dim), in ``dtype`` ("float16", "bfloat16", "float32")."""
+    """One equivalence check: q (batch, heads_q, seqlen_q, head_dim), k (batch, heads_kv,
+    seqlen_k, head_dim) and v (batch, heads_kv, seqlen_k, value_head_dim), in ``dtype``
+    ("float16", "bfloat16", "float32"). ``head_dim_v``: V's head dim Dv where it differs
+    from head_dim (DeepSeek's MLA), None otherwise (named ``-dv<Dv>`` only then)."""
 
     batch: int
     heads_q: int
@@ -77,6 +79,8 @@ class Case:
     # Large logits (the fuzzer's): q drawn with this standard deviation instead of 1, so the
     # scores q.k / sqrt(D) spread over about +-4 logit_scale.
     logit_scale: float = 1.0
+    # V's head dim when it is not head_dim (issue 23, MLA); the out / dout / dv tensors take it.
+    head_dim_v: int | None = None
 
     _NAME = re.compile(r"b(\d+)-hq(\d+)-hkv(\d+)-lq(\d+)-lk(\d+)-d(\d+)-(float16|bfloat16|float32)"
                        r"-(noncausal_bottom_right|noncausal|causal_top_left|causal_bottom_right)-(kvlens|dense)")
@@ -91,6 +95,8 @@ class Case:
         if self.alibi not in ("", "h", "bh"):
             raise ValueError(f"alibi must be '', 'h' or 'bh', got {self.alibi!r}")
         object.__setattr__(self, "window", tuple(int(w) for w in self.window))
+        if self.head_dim_v is not None:  # one spelling per case: Dv equal to D is the default
+            object.__setattr__(self, "head_dim_v", None if int(self.head_dim_v) == self.head_dim else int(self.head_dim_v))
         object.__setattr__(self, "kv_len_values", tuple(int(n) for n in self.kv_len_values))
         object.__setattr__(self, "tiles", tuple(tuple(int(b) for b in tile) for tile in self.tiles))
         if self.kv_len_values and (not self.kv_lens or len(self.kv_len_values) != self.batch
@@ -102,6 +108,11 @@ class Case:
         if self.tiles and (len(self.tiles) != len(TILE_LAUNCHES) or any(len(t) != 2 for t in self.tiles)):
             raise ValueError(f"tiles must be {len(TILE_LAUNCHES)} (BLOCK_M, BLOCK_N) pairs, one per launch "
                              f"{TILE_LAUNCHES}, got {self.tiles!r}")
+
+    @property
+    def value_head_dim(self) -> int:
+        """Dv: V's (and the output's) head dim."""
+        return self.head_dim if self.head_dim_v is None else self.head_dim_v
 
     @property
     def name(self) -> str:
@@ -170,6 +181,7 @@ Case.SUFFIXES = (
            lambda m: tuple(tuple(int(n) for n in tile.split("x")) for tile in m.group(1).split("_"))),
     Suffix("descriptors", r"tma", lambda _: "tma", lambda m: True),
     Suffix("logit_scale", r"qscale([0-9.]+)", lambda s: f"qscale{s:g}", lambda m: float(m.group(1))),
+    Suffix("head_dim_v", r"dv(\d+)", lambda dv: f"dv{dv}", lambda m: int(m.group(1))),
 )
 
 
@@ -184,6 +196,8 @@ def dense_features(case: Case) -> set[str]:
         needs.add("kv_lens")
     if case.heads_q != case.heads_kv:
         needs.add("gqa")
+    if case.head_dim_v is not None:
+        needs.add("value_head_dim")
     for feature, used in (("window", case.window != (-1, -1)), ("softcap", case.softcap > 0),
                           ("alibi", bool(case.alibi)), ("sinks", case.sinks), ("dropout", case.dropout_p > 0)):
         if used:

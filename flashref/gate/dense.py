@@ -66,8 +66,8 @@ def make_inputs(case: Case, device: str = "cpu") -> CaseInputs:
         (torch.randn(case.batch, case.heads_q, case.seqlen_q, case.head_dim, generator=gen)
          * case.logit_scale).to(dtype=dtype, device=device)
     k = draw(case.batch, case.heads_kv, case.seqlen_k, case.head_dim)
-    v = draw(case.batch, case.heads_kv, case.seqlen_k, case.head_dim)
-    dout = draw(case.batch, case.heads_q, case.seqlen_q, case.head_dim)
+    v = draw(case.batch, case.heads_kv, case.seqlen_k, case.value_head_dim)  # Dv: V, out, dout, dv
+    dout = draw(case.batch, case.heads_q, case.seqlen_q, case.value_head_dim)
     kv_lens = None
     if case.kv_len_values:
         kv_lens = torch.tensor(case.kv_len_values).to(device)

@@ -6,7 +6,8 @@ lengths of 1, 2, 3, ones on the residues -2..2 of the block sizes 16..128 and un
 to 300, Lq < Lk and Lq > Lk alike; every dtype and head dim it takes; MHA, GQA and MQA head
 layouts when it declares ``gqa``; each declared feature switched on with some probability
 (``kv_lens`` with rows that see no key at all, windows narrower than a block, softcap,
-ALiBi per head or per batch row, sinks, dropout) and large logits (q drawn with a standard
+ALiBi per head or per batch row, sinks, dropout, a value head dim Dv != D among the head dims
+it takes) and large logits (q drawn with a standard
 deviation up to 32). For flashref's own kernels under the interpreter it also forces launch
 tiles from the tables and the descriptor path, as the boundary cases do.
 
@@ -84,6 +85,8 @@ def draw_case(rng: random.Random, impl: Implementation, seed: int, *, interprete
         fields["dropout_p"] = rng.choice((0.1, 0.25, 0.5))
     if rng.random() < 0.15:
         fields["logit_scale"] = rng.choice(LOGIT_SCALES)
+    if "value_head_dim" in features and rng.random() < 0.15:  # Dv != D (MLA)
+        fields["head_dim_v"] = rng.choice([d for d in head_dims if d != head_dim] or [head_dim])
     if interpreted and impl.name == "flashref":
         if rng.random() < 0.4:
             tables = table_tiles()
@@ -112,7 +115,8 @@ def smaller_cases(case: Case) -> list[Case]:
     """The one-step simplifications of ``case``, simplest first (``shrink`` tries them in order)."""
     out = []
     defaults = {f.name: f.default for f in dataclasses.fields(Case) if f.default is not dataclasses.MISSING}
-    for name in ("dropout_p", "sinks", "alibi", "softcap", "window", "logit_scale", "descriptors", "tiles"):
+    for name in ("dropout_p", "sinks", "alibi", "softcap", "window", "logit_scale", "descriptors", "tiles",
+                 "head_dim_v"):
         if getattr(case, name) != defaults[name]:
             out.append(dataclasses.replace(case, **{name: defaults[name]}))
     if case.kv_lens:

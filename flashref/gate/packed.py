@@ -54,7 +54,8 @@ def _dense_side(dtype, hq, hkv, d, causal, alignment, q, k, v, dout, ref_out, re
     """Baseline and magnitudes of one sequence (q (1, Hq, Lq, D), ...), via the dense gate;
     the variants as the dense gate takes them (ALiBi slopes (Hq,) float32, sinks (Hq,))."""
     case = Case(1, hq, hkv, q.shape[2], k.shape[2], d, dtype, causal, alignment, False, window=window,
-                   softcap=softcap, alibi="h" if alibi_slopes is not None else "", sinks=sinks is not None)
+                   softcap=softcap, alibi="h" if alibi_slopes is not None else "", sinks=sinks is not None,
+                   head_dim_v=v.shape[-1])
     inputs = CaseInputs(q, k, v, dout, None, alibi_slopes=alibi_slopes, sinks=sinks)
     base = baseline_attention(case, inputs)
     mags = magnitudes(case, inputs, dict(out=ref_out, lse=ref_lse))
@@ -67,7 +68,8 @@ class VarlenCase(ReplayableCase):
     """Packed sequences: ``batch`` sequences, lengths drawn from the seed in [0, max_seqlen_q]
     and [0, max_seqlen_k] (an empty, a single-token and an odd one always among them), or the
     given ``lengths`` ((Lq_b, Lk_b) per sequence, each within the maxima); ``tiles`` forces the
-    launch tiles under the interpreter as a dense ``Case``'s do."""
+    launch tiles under the interpreter as a dense ``Case``'s do; ``head_dim_v``: V's head dim
+    where it differs from ``head_dim`` (MLA; named ``-dv<Dv>``, last)."""
 
     batch: int
     heads_q: int
@@ -81,15 +83,18 @@ class VarlenCase(ReplayableCase):
     seed: int = 0
     lengths: tuple = ()
     tiles: tuple = ()
+    head_dim_v: int | None = None
 
     _NAME = re.compile(r"varlen-b(\d+)-hq(\d+)-hkv(\d+)-maxq(\d+)-maxk(\d+)-d(\d+)-(float16|bfloat16|float32)"
                        r"-(noncausal|causal_top_left|causal_bottom_right)(?:-lens(\d+x\d+(?:_\d+x\d+)*))?"
-                       r"(?:-tiles(\d+x\d+(?:_\d+x\d+)*))?")
+                       r"(?:-tiles(\d+x\d+(?:_\d+x\d+)*))?(?:-dv(\d+))?")
 
     def __post_init__(self):
         pairs = lambda t: tuple(tuple(int(n) for n in pair) for pair in t)  # noqa: E731
         object.__setattr__(self, "lengths", pairs(self.lengths))
         object.__setattr__(self, "tiles", pairs(self.tiles))
+        if self.head_dim_v is not None:  # Dv equal to D is the default, spelled None
+            object.__setattr__(self, "head_dim_v", None if int(self.head_dim_v) == self.head_dim else int(self.head_dim_v))
         if self.lengths and (len(self.lengths) != self.batch or any(
                 not (0 <= lq <= self.max_seqlen_q and 0 <= lk <= self.max_seqlen_k) for lq, lk in self.lengths)):
             raise ValueError(f"lengths must be one (Lq, Lk) per sequence within the maxima, got {self.lengths!r}")
@@ -105,6 +110,8 @@ class VarlenCase(ReplayableCase):
             name += "-lens" + "_".join(f"{lq}x{lk}" for lq, lk in self.lengths)
         if self.tiles:
             name += "-tiles" + "_".join(f"{m}x{n}" for m, n in self.tiles)
+        if self.head_dim_v is not None:
+            name += f"-dv{self.head_dim_v}"
         return name
 
     @classmethod
@@ -117,13 +124,14 @@ class VarlenCase(ReplayableCase):
         pairs = lambda text: tuple(tuple(int(n) for n in p.split("x")) for p in text.split("_")) if text else ()  # noqa: E731
         return cls(*(int(g) for g in m.groups()[:6]), m.group(7), mask != "noncausal",
                    "bottom_right" if mask == "causal_bottom_right" else "top_left", seed, pairs(m.group(9)),
-                   pairs(m.group(10)))
+                   pairs(m.group(10)), int(m.group(11)) if m.group(11) else None)
 
 
 
 def varlen_features(case: VarlenCase) -> set[str]:
     """The features (``cases.FEATURES``) an implementation must declare to run a varlen case."""
     needs = {"varlen"} | ({f"causal_{case.causal_alignment}"} if case.causal else set())
+    needs |= {"value_head_dim"} if case.head_dim_v is not None else set()
     return needs | ({"gqa"} if case.heads_q != case.heads_kv else set())
 
 
@@ -153,8 +161,8 @@ def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str =
     """The varlen entry point against its float64 oracle twin, forward and backward (module
     docstring): flashref's ``flash_attention_varlen``, or ``varlen`` (an implementation's, same
     signature: ``varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-    causal, causal_alignment)`` with q (total_q, Hq, D), k and v (total_k, Hkv, D), returning
-    out (total_q, Hq, D); its gradients from torch autograd)."""
+    causal, causal_alignment)`` with q (total_q, Hq, D), k (total_k, Hkv, D) and v (total_k, Hkv,
+    Dv), returning out (total_q, Hq, Dv); its gradients from torch autograd)."""
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_varlen, poisoned_outputs
@@ -170,9 +178,10 @@ def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str =
         lens_q, lens_k = [lq for lq, _ in case.lengths], [lk for _, lk in case.lengths]
     cu_q, cu_k = np.r_[0, np.cumsum(lens_q)].astype(np.int32), np.r_[0, np.cumsum(lens_k)].astype(np.int32)
     draw = lambda *s: torch.randn(*s, generator=gen).to(dtype=dtype, device=device)  # noqa: E731
+    dv_dim = case.head_dim_v or case.head_dim  # V's, out's and dout's head dim
     q, k, v = draw(cu_q[-1], case.heads_q, case.head_dim), draw(cu_k[-1], case.heads_kv, case.head_dim), \
-        draw(cu_k[-1], case.heads_kv, case.head_dim)
-    dout = draw(cu_q[-1], case.heads_q, case.head_dim)
+        draw(cu_k[-1], case.heads_kv, dv_dim)
+    dout = draw(cu_q[-1], case.heads_q, dv_dim)
     kw = dict(causal=case.causal, causal_alignment=case.causal_alignment)
     max_q, max_k = max(lens_q), max(lens_k)
 
@@ -193,7 +202,7 @@ def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str =
         elif kw["causal_alignment"] == "top_left":
             kw = dict(causal=True)
         out = _call(name, varlen, qk, kk, vk, *cu_args, **kw)
-        _check_output(name, out, q, ref_out)
+        _check_output(name, out, dout, ref_out)
         dq, dk, dv = _call(f"{name}'s backward", torch.autograd.grad, out, (qk, kk, vk), dout)
     kern = dict(out=out, dq=dq, dk=dk, dv=dv)
 
@@ -201,7 +210,7 @@ def check_varlen(case: VarlenCase, device: str = "cpu", varlen=None, name: str =
                                               max_q, max_k, **kw)
     ref = dict(out=ref_out, dq=rdq, dk=rdk, dv=rdv)
 
-    base = {key: torch.zeros_like(t) for key, t in dict(out=q, dq=q, dk=k, dv=v).items()}
+    base = {key: torch.zeros_like(t) for key, t in dict(out=dout, dq=q, dk=k, dv=v).items()}
     mags = {key: np.zeros(x.shape) for key, x in ref.items()}
     dense = lambda t: t.transpose(0, 1)[None]  # noqa: E731  (L, H, D) -> (1, H, L, D)
     for b in range(case.batch):
@@ -402,6 +411,12 @@ _VARLEN = {  # (batch, hq, hkv, max_q, max_k, head dim, dtype, causal, alignment
            (5, 3, 1, 17, 7, 40, "float32", True, "top_left"),
            (4, 2, 2, 21, 29, 128, "bfloat16", True, "bottom_right")],
 }
+# Value head dim != query/key head dim (issue 23, MLA): (row, Dv), appended to each preset.
+_VARLEN_MLA = {
+    "quick": [((3, 2, 1, 13, 17, 192, "bfloat16", True, "bottom_right"), 128)],
+    "ci": [((3, 2, 1, 13, 17, 192, "bfloat16", True, "bottom_right"), 128),
+           ((4, 4, 2, 9, 11, 64, "float32", False, "top_left"), 128)],
+}
 _KVCACHE = {  # (hq, hkv, lq, new, capacity, page, splits, head dim, dtype)
     "quick": [(4, 2, 1, 1, 32, 16, 3, 64, "bfloat16"),
               (2, 1, 3, 2, 41, 0, 1, 32, "float32")],
@@ -423,7 +438,8 @@ def varlen_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed:
     seeds ``seed, seed + 1, ...``."""
     key = "quick" if preset == "quick" else "ci"
     cases = []
-    for row, extra in [(row, {}) for row in _VARLEN[key]] + varlen_boundary_rows(key):
+    for row, extra in ([(row, {}) for row in _VARLEN[key]] + varlen_boundary_rows(key)
+                       + [(row, dict(head_dim_v=dv)) for row, dv in _VARLEN_MLA[key]]):
         c = VarlenCase(*row, seed=seed + len(cases), **extra)
         if _keep(c, dtypes, head_dims) and (causal is None or c.causal == causal):
             cases.append(c)

@@ -98,6 +98,29 @@ def _variant_cases(seqlens, head_dims, dtypes, layouts, repeats, seed) -> list[C
     return cases
 
 
+# Value head dim != query/key head dim (issue 23, DeepSeek's MLA): the (D, Dv) pairs models use,
+# on small shapes (the tiling is the plain sweep's; what is new is the second head dim).
+VALUE_HEAD_DIM_PAIRS = ((192, 128), (128, 64), (64, 128))
+
+
+def _value_head_dim_cases(pairs, seqlens, dtypes, masks, layouts, repeats, seed) -> list[Case]:
+    """``repeats`` cases per (D, Dv) pair of ``pairs``, the other axes advancing with different
+    strides (a covering design): lengths, masking (kv_lens every other case), layout, dtype;
+    16-bit cases alternate the pointer and the descriptor (TMA) path. Seeds ``seed + 50000, ...``
+    (the packed families start at 20000, the boundary cases at 30000)."""
+    cases = []
+    for index, ((d, dv), _) in enumerate(product(pairs, range(repeats))):
+        lq, lk = seqlens[(index * 2 + index // len(pairs)) % len(seqlens)]
+        causal, alignment = masks[(index + index // 3) % len(masks)]
+        b, hq, hkv = layouts[(index + 1) % len(layouts)]
+        dtype = dtypes[(index + index // len(pairs)) % len(dtypes)]
+        cases.append(Case(batch=min(b, 2), heads_q=hq, heads_kv=hkv, seqlen_q=lq, seqlen_k=lk, head_dim=d,
+                          dtype=dtype, causal=causal, causal_alignment=alignment, kv_lens=index % 2 == 1,
+                          descriptors=dtype != "float32" and index % 2 == 0, head_dim_v=dv,
+                          seed=seed + 50_000 + index))
+    return cases
+
+
 LARGE_CASE = 100_000  # Lq * Lk above which the covering sweeps use batch 1
 QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
@@ -107,7 +130,9 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
     """The cases of ``preset`` ("quick", "ci", "full"), optionally restricted to some dtypes
     (names), head dims, or to causal (True: both alignments) / non-causal (False) masking.
     Case seeds are ``seed, seed + 1, ...`` (the variant families': ``seed + 10000, ...``).
-    Every preset then has the variant families (``VARIANT_FAMILIES``): twice each in "quick"
+    Every preset then has the value-head-dim cases (``VALUE_HEAD_DIM_PAIRS``, Dv != D: once per
+    pair in "quick", twice in "ci", three times in "full", those whose D is among ``head_dims``),
+    the variant families (``VARIANT_FAMILIES``): twice each in "quick"
     (16-bit, then float32), three times in "ci", four times in "full"; then the block-boundary cases (``boundary_cases``:
     every boundary quantity on the residues 0, 1, 2, B - 2, B - 1 of every block size B of the
     forced tiles: quick one tile triple, ci and full every tile of the tables, seeds
@@ -141,8 +166,11 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
     else:
         cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
     boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed)
-    return cases + variants + boundary
+    pairs = tuple(p for p in VALUE_HEAD_DIM_PAIRS if requested_head_dims is None or p[0] in requested_head_dims)
+    mla = _value_head_dim_cases(pairs, VARIANT_SEQLENS, dtypes, masks, layouts,
+                                {"quick": 1, "ci": 2, "full": 3}[preset], seed)
+    return cases + mla + variants + boundary
 
 
-__all__ = ["CI_HEAD_DIMS", "CI_SEQLENS", "HEAD_LAYOUTS", "QUICK_HEAD_DIMS", "QUICK_SEQLENS", "VARIANT_FAMILIES",
-           "dense_sweep"]
+__all__ = ["CI_HEAD_DIMS", "CI_SEQLENS", "HEAD_LAYOUTS", "QUICK_HEAD_DIMS", "QUICK_SEQLENS", "VALUE_HEAD_DIM_PAIRS",
+           "VARIANT_FAMILIES", "dense_sweep"]

@@ -27,6 +27,7 @@ from flashref.kernels.compile_gate import (
     resource_usage,
     specializations,
 )
+from flashref.kernels.config_dispatch import dispatcher_configs
 from flashref.kernels.tile_tables import KERNEL_NAMES, KernelConfig, configs_for
 
 
@@ -133,7 +134,8 @@ def test_every_variant_switch_has_an_off_value_and_every_kernel_switch_is_known(
 
     from flashref.kernels.compile_gate import compilable_kernel
 
-    set_by_spec = {"HEAD_DIM", "BLOCK_D", "BLOCK_M", "BLOCK_N", "RIGHT_BOUND", "DOT_PRECISION", "GRADS"}
+    set_by_spec = {"HEAD_DIM", "BLOCK_D", "HEAD_DIM_V", "BLOCK_DV", "BLOCK_M", "BLOCK_N", "RIGHT_BOUND", "DOT_PRECISION",
+                   "GRADS"}
     for variant in VARIANTS:
         assert all(name in CONSTEXPR_DEFAULTS for name, _ in variant.constexprs), variant
     for kernel in KERNEL_NAMES + ("backward_delta",):
@@ -150,7 +152,8 @@ def test_variant_rows_are_enumerated_at_their_head_dims():
         by_variant.setdefault(spec.variant, set()).add(spec.head_dim)
     # Each variant at its own head dims: the plain kernel and the Hopper path at every gate head
     # dim, the others at the bucket head dims only.
-    expected = {v.name: {d for d in (40, 128) if d in v.head_dims} for v in VARIANTS}
+    expected = {v.name: {d for d in (40, 128) if d in ({p[0] for p in v.head_dim_pairs} or v.head_dims)}
+                for v in VARIANTS}
     assert expected["plain"] == {40, 128} and expected["tma"] == {40, 128} and expected["window"] == {128}
     assert by_variant == {name: dims for name, dims in expected.items() if dims}
     specs = specializations(head_dims=(128,), dtypes=("bfloat16",), causal=(True,), kernels=("forward",),
@@ -228,3 +231,34 @@ def test_float32_launches_tell_ptxas_the_whole_register_file():
             assert all(c.maxnreg in (None, 255) for c in configs_for(kernel, head_dim, torch.bfloat16))
     assert configs_for("forward", 128, torch.bfloat16)[0].maxnreg is None  # the default: ptxas decides
     assert tile_tables.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255
+
+
+def test_mla_rows_pair_head_dims_and_take_the_wider_tile():
+    """The mla variants compile the (D, Dv) pairs of MLA_HEAD_DIM_PAIRS with the dispatcher's
+    tiles (max(D, Dv)'s row, or the pair's own), the delta kernel adds no row of its own."""
+    from flashref.kernels.compile_gate import MLA_HEAD_DIM_PAIRS
+
+    specs = specializations(dtypes=("bfloat16",), causal=(True,), variants=("mla",), arch="sm_80")
+    assert {(s.head_dim, s.head_dim_v) for s in specs} == set(MLA_HEAD_DIM_PAIRS)
+    assert {s.kernel for s in specs if s.head_dim == 192} == {"forward", "backward_dk", "backward_dv", "backward_dq"}
+    for s in specs:
+        assert s.config == dispatcher_configs(s.kernel, s.head_dim, torch.bfloat16, "sm_80", head_dim_v=s.head_dim_v)[0]
+    wide = {(s.head_dim, s.head_dim_v, s.kernel): s.config for s in specs}
+    assert wide[(192, 128, "forward")] == configs_for("forward", 256, torch.bfloat16)[0]  # max(D, Dv)
+    assert specializations(head_dims=(40,), variants=("mla",)) == []
+    assert not specializations(variants=("mla_tma",), arch="sm_80")
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_mla_192_128_compiles_clean(arch):
+    """DeepSeek's (D, Dv) = (192, 128), every launch, bfloat16 causal: no spills, and on sm_90
+    the Hopper path (TMA descriptors with V and dO in Dv) on wgmma."""
+    variant = "mla_tma" if arch == "sm_90" else "mla"
+    rows = compile_specializations(arch, head_dims=(192,), dtypes=("bfloat16",), causal=(True,),
+                                   kernels=KERNEL_NAMES, variants=(variant,))
+    assert {r.kernel for r in rows} == {"forward", "backward_dk", "backward_dv", "backward_dq"}
+    assert all(r.head_dim_v == 128 for r in rows)
+    if arch == "sm_90":
+        assert all(r.uses_tma and r.uses_wgmma for r in rows)
+    assert_clean(rows)

@@ -244,6 +244,11 @@ def is_variant(case: Case) -> bool:
                                or case.dropout_p > 0)
 
 
+def is_value_head_dim(case: Case) -> bool:
+    """A case of the (D, Dv) pairs (gate.VALUE_HEAD_DIM_PAIRS): V's head dim differs."""
+    return case.head_dim_v is not None
+
+
 def is_boundary(case: Case) -> bool:
     """A block-boundary case (gate.boundary_cases): its launch tiles are forced."""
     return bool(case.tiles)
@@ -251,12 +256,16 @@ def is_boundary(case: Case) -> bool:
 
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
     every = sweep("ci", families=["dense"])
-    # The plain covering design first, then every variant family three times, then the
-    # block-boundary cases.
-    cases = [c for c in every if not is_variant(c) and not is_boundary(c)]
+    # The plain covering design first, then each (D, Dv) pair twice, every variant family three
+    # times, then the block-boundary cases.
+    cases = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)]
+    pairs = [c for c in every if is_value_head_dim(c)]
     variants = [c for c in every if is_variant(c)]
     boundary = [c for c in every if is_boundary(c)]
-    assert every == cases + variants + boundary
+    assert every == cases + pairs + variants + boundary
+    assert Counter((c.head_dim, c.head_dim_v) for c in pairs) == {p: 2 for p in gate.VALUE_HEAD_DIM_PAIRS}
+    assert {c.dtype for c in pairs} == set(gate.DTYPES) and {c.kv_lens for c in pairs} == {False, True}
+    assert {(c.causal, c.causal_alignment) for c in pairs} == set(gate.CAUSAL_MODES) and any(c.descriptors for c in pairs)
     assert len(cases) == len(gate.CI_SEQLENS) * 3
     assert len(variants) == 3 * len(gate.VARIANT_FAMILIES)
     assert len(boundary) == 10 * len(gate.tile_triples("ci"))
@@ -287,7 +296,8 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 def test_sweep_filters_and_presets():
     every = sweep("quick", families=["dense"])
-    quick = [c for c in every if not is_variant(c) and not is_boundary(c)]
+    quick = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)]
+    assert {(c.head_dim, c.head_dim_v) for c in every if is_value_head_dim(c)} == set(gate.VALUE_HEAD_DIM_PAIRS)
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
     # Each variant family twice (16-bit, then float32), the boundary cases of one tile triple;
     # with the packed families `flashref verify --quick` stays near a minute.
