@@ -391,16 +391,20 @@ def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, causal_shif
 
 # ---------------------------------------------------------------------------- the online softmax
 @triton.jit
-def online_softmax_step(s, m_i, l_i, acc, qk_scale):
+def online_softmax_step(s, m_i, l_i, acc, qk_scale, P_OFFSET: tl.constexpr = 0.0):
     """Fold a (BLOCK_M, BLOCK_N) score tile (``-inf`` where invisible) into the running row max
     ``m_i`` (log2 units), sum ``l_i`` and accumulator ``acc``: ``(p, m_new, l_i, acc)`` with
     ``p = exp2(s * qk_scale - m_new)`` and ``l_i``, ``acc`` rescaled by ``exp2(m_i - m_new)``
-    (the caller adds ``p V`` to ``acc``: ``accumulate_pv``)."""
+    (the caller adds ``p V`` to ``acc``: ``accumulate_pv``). ``P_OFFSET`` (FP8: 8, FA3's
+    ``Max_offset``): ``p = exp2(s * qk_scale - m_new + P_OFFSET)``, in [0, 2^P_OFFSET]."""
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     # A row that has seen no key yet has m_new = -inf; subtracting 0 instead keeps
     # exp2(-inf - (-inf)) = NaN out of it (its p and alpha are then exactly 0).
     m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s * qk_scale - m_sub[:, None])
+    if P_OFFSET != 0.0:
+        p = tl.math.exp2(s * qk_scale - (m_sub - P_OFFSET)[:, None])
+    else:
+        p = tl.math.exp2(s * qk_scale - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -409,8 +413,8 @@ def online_softmax_step(s, m_i, l_i, acc, qk_scale):
 
 @triton.jit
 def accumulate_pv(acc, p, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc + p @ v``: p is rounded to v's dtype as on a GPU; under the interpreter
-    (``UPCAST``) both are handed over in float32 so that ``tl.dot`` sees true values."""
+    """``acc + p @ v``: p is rounded to v's dtype as on a GPU (float8 e4m3 for FP8 v); under
+    the interpreter (``UPCAST``) both are handed over in float32 so that ``tl.dot`` sees true values."""
     p_in = to_dot_operand(p, v.dtype, UPCAST)
     if UPCAST:
         v = v.to(tl.float32)

@@ -82,12 +82,14 @@ def config_pruner(kernel: str):
         if kernel == "backward_dkdv":
             name = {g: n for n, g in DKDV_LAUNCHES.items()}.get(args.get("GRADS", "dkdv"), kernel)
         q = args["Q"]
+        # FP8 runs the 16-bit tiles (its tiles are half the bytes: the 16-bit ones fit).
+        dtype = torch.bfloat16 if args.get("IS_FP8") else q.dtype
         dropout = bool(args.get("DROPOUT"))
         variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
-        # Tuning measures launches without score variants: those keep their gate-checked table.
-        chosen = None if variants else (
-            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
-        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout)
+        # Tuning measures launches without score variants (nor FP8): those keep their gate-checked table.
+        chosen = None if variants or args.get("IS_FP8") else (
+            _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], dtype, bool(args.get("RIGHT_BOUND")), q.device))
+        defaults = configs_for(name, args["HEAD_DIM"], dtype, variants=variants, dropout=dropout)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
