@@ -96,7 +96,7 @@ def make_fp8_inputs(case: Case, device: str = "cpu") -> Fp8Inputs:
                      sinks=drawn.sinks if drawn.sinks is None else drawn.sinks.to(device))
 
 
-def _as_case_inputs(case: Case, inputs: Fp8Inputs) -> dense.CaseInputs:
+def dequantized_inputs(case: Case, inputs: Fp8Inputs) -> dense.CaseInputs:
     """The dequantized problem as the dense family's inputs (float64; dout zeros: forward only)."""
     import torch
 
@@ -234,7 +234,7 @@ def check_fp8_case(case: Case, device: str = "cpu") -> CaseResult:
 
     start = time.perf_counter()
     inputs = make_fp8_inputs(case, device)
-    deq = _as_case_inputs(case, inputs)
+    deq = dequantized_inputs(case, inputs)
     case16 = dataclasses.replace(case, dtype="bfloat16")  # out is stored in bfloat16
     kw = dense._for_oracle(dense.attention_kwargs(case16, deq))
     out, lse = attention_forward(*(as_float64(t) for t in (deq.q, deq.k, deq.v)), **kw)
@@ -264,6 +264,6 @@ def judge_fp8(case: Case, deq: dense.CaseInputs, ref: dict, base: dict, kern: di
     return errors
 
 
-__all__ = ["BASELINE_CEILING_FP8", "E4M3_MAX", "Fp8Inputs", "check_fp8_case", "fp8_algorithm_attention",
+__all__ = ["BASELINE_CEILING_FP8", "E4M3_MAX", "Fp8Inputs", "check_fp8_case", "dequantized_inputs", "fp8_algorithm_attention",
            "fp8_baseline_attention", "fp8_magnitudes", "judge_fp8", "kernel_fp8_attention", "make_fp8_inputs",
            "quantize"]
