@@ -99,7 +99,7 @@ def _variant_cases(seqlens, head_dims, dtypes, layouts, repeats, seed) -> list[C
 
 
 # The FP8 forward (fp8.py): a few small cases covering its axes (masks, kv_lens, GQA/MQA, head
-# dims, Lq = 1 and Lk = 1, a window, sinks); quick takes the first QUICK_FP8 of them.
+# dims, Lq = 1 and Lk = 1, a window, sinks, large logits); quick takes the first QUICK_FP8 of them.
 FP8_CASES = (
     dict(batch=2, heads_q=2, heads_kv=2, seqlen_q=113, seqlen_k=203, head_dim=64, causal=True),
     dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=1, seqlen_k=239, head_dim=128, kv_lens=True),
@@ -110,6 +110,9 @@ FP8_CASES = (
     dict(batch=1, heads_q=2, heads_kv=2, seqlen_q=239, seqlen_k=1, head_dim=96),
     dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=33, seqlen_k=47, head_dim=256, sinks=True),
     dict(batch=2, heads_q=2, heads_kv=1, seqlen_q=64, seqlen_k=90, head_dim=64, window=(5, 9)),
+    # Larger logits (q's std 2) over long rows: the bulk of a row's weight is far below its
+    # largest, where FA3's 2^8 offset keeps them normal e4m3 numbers.
+    dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=32, seqlen_k=800, head_dim=64, logit_scale=2.0),
 )
 QUICK_FP8 = 3
 
