@@ -228,3 +228,39 @@ def test_float32_launches_tell_ptxas_the_whole_register_file():
             assert all(c.maxnreg in (None, 255) for c in configs_for(kernel, head_dim, torch.bfloat16))
     assert configs_for("forward", 128, torch.bfloat16)[0].maxnreg is None  # the default: ptxas decides
     assert tile_tables.KernelConfig.of_triton(configs_for("forward", 64, torch.float32)[0].as_triton()).maxnreg == 255
+
+
+@pytest.mark.compile
+@pytest.mark.smoke
+def test_fp8_forward_compiles_clean_on_hopper_with_e4m3_wgmma_for_both_products():
+    # The FP8 rows (IS_FP8): the bucket head dims, causal, the default tile; every matrix product
+    # must be an e4m3 x e4m3 wgmma (the verdict checks it: ``fp8_wgmma``, ``other_mma``).
+    specs = [s for s in specializations(head_dims=(64, 128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
+                                        kernels=("forward",), variants=("fp8",), arch="sm_90")
+             if s.config == configs_for("forward", s.head_dim, torch.bfloat16)[0]]
+    rows = compile_specializations("sm_90", head_dims=(64, 128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
+                                   kernels=("forward",), variants=("fp8",),
+                                   configs=lambda *a: configs_for(a[0], a[1], torch.bfloat16)[:1])
+    assert len(rows) == len(specs) == 3
+    assert all(r.fp8_wgmma > 0 and r.other_mma == 0 for r in rows)
+    assert_clean(rows)
+
+
+def test_fp8_is_refused_on_sm80_and_its_rows_exist_only_on_sm90():
+    assert not [s for s in specializations(arch="sm_80", kernels=("forward",)) if s.dtype == "float8_e4m3fn"]
+    fp8 = [s for s in specializations(arch="sm_90", kernels=KERNEL_NAMES) if s.dtype == "float8_e4m3fn"]
+    assert fp8 and {s.kernel for s in fp8} == {"forward"} and {s.variant for s in fp8} <= {v.name for v in VARIANTS}
+    with pytest.raises(ValueError, match="sm_80 has no FP8 MMA"):
+        from flashref.kernels.compile_gate import compile_specialization
+
+        compile_specialization(fp8[0], "sm_80")
+
+
+def test_the_gate_fails_an_fp8_row_whose_products_are_not_all_e4m3_wgmma():
+    row = dict(kernel="forward", arch="sm_90", head_dim=128, dtype="float8_e4m3fn", causal=True, variant="fp8",
+               BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, registers=180, shared_memory=49152, spills=0,
+               uses_wgmma=True, fp8_wgmma=8, other_mma=0)
+    assert problems(row) == []
+    assert problems({**row, "other_mma": 4}) == ["no FP8 wgmma"]  # P V upcast to bfloat16
+    assert problems({**row, "fp8_wgmma": 0, "uses_wgmma": False}) == ["no FP8 wgmma"]
+    assert problems({**row, "arch": "sm_80"}) == ["FP8 on sm_80"]

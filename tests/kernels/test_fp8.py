@@ -16,7 +16,7 @@ from flashref.gate import Case
 from flashref.gate.fp8 import (check_fp8_case, dequantized_inputs, fp8_algorithm_attention, fp8_baseline_attention,
                                judge_fp8, make_fp8_inputs)
 from flashref.gate.rule import FP8
-from flashref.kernels import INTERPRETED, flash_attention
+from flashref.kernels import INTERPRETED, flash_attention, hadamard_rotation, quantize_fp8
 from flashref.kernels.rounding import round_to_e4m3_nearest_even
 from flashref.reference import attention_forward
 
@@ -129,3 +129,33 @@ def test_fp8_case_names_round_trip_and_refuse_unsupported_variants():
     assert Case.from_name(case.name) == case
     with pytest.raises(ValueError, match="FP8 case cannot have softcap"):
         dataclasses.replace(case, softcap=5.0)
+
+
+def test_hadamard_rotation_is_orthogonal_and_leaves_scores_unchanged(seed):
+    gen = torch.Generator().manual_seed(seed)
+    r = hadamard_rotation(64, gen).double()
+    torch.testing.assert_close(r @ r.T, torch.eye(64, dtype=torch.float64), rtol=0, atol=1e-12)
+    q, k = torch.randn(2, 5, 64, generator=gen).double(), torch.randn(2, 7, 64, generator=gen).double()
+    torch.testing.assert_close((q @ r) @ (k @ r).transpose(-1, -2), q @ k.transpose(-1, -2), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="power-of-two head_dim"):
+        hadamard_rotation(40)
+
+
+@pytest.mark.interp
+def test_quantize_fp8_with_hadamard_cuts_the_error_of_inputs_with_outliers(seed):
+    """bench/RESULTS.md's finding, at a test's size: a few large entries per row of q, k, v;
+    end to end (quantization included) against the float64 oracle on the original inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 4, 256, 64, generator=gen) for _ in range(3))  # long rows: bench: ~3x at 512
+    for x in (q, k, v):
+        cols = torch.rand(*x.shape, generator=gen).argsort(-1)[..., :3]
+        x.scatter_(-1, cols, torch.randn(*x.shape[:-1], 3, generator=gen) * 10.0)
+    ref, _ = attention_forward(q.double().numpy(), k.double().numpy(), v.double().numpy())
+
+    def rms(hadamard):
+        q8, k8, v8, qd, kd, vd = quantize_fp8(q, k, v, hadamard=hadamard, generator=gen)
+        assert q8.dtype == torch.float8_e4m3fn and qd.shape == (1, 4) and qd.dtype == torch.float32
+        out = flash_attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd, out_dtype=torch.float32)
+        return float(np.sqrt(np.mean((out.double().numpy() - ref) ** 2)))
+
+    assert rms(True) < rms(False) / 1.5
