@@ -150,7 +150,7 @@ def test_variant_rows_are_enumerated_at_their_head_dims():
         by_variant.setdefault(spec.variant, set()).add(spec.head_dim)
     # Each variant at its own head dims: the plain kernel and the Hopper path at every gate head
     # dim, the others at the bucket head dims only.
-    expected = {v.name: {d for d in (40, 128) if d in v.head_dims} for v in VARIANTS}
+    expected = {v.name: {d for d in (40, 128) if d in v.head_dims} for v in VARIANTS if "bfloat16" in v.dtypes}
     assert expected["plain"] == {40, 128} and expected["tma"] == {40, 128} and expected["window"] == {128}
     assert by_variant == {name: dims for name, dims in expected.items() if dims}
     specs = specializations(head_dims=(128,), dtypes=("bfloat16",), causal=(True,), kernels=("forward",),
