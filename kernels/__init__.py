@@ -10,8 +10,10 @@ from .flash_attention import flash_attention
 from .launch import INTERPRETED, last_dropout_seed, poisoned_outputs
 from .flash_attention_varlen import flash_attention_varlen
 from .flash_attention_kvcache import flash_attention_with_kvcache
+from .fp8_quantize import hadamard_rotation, quantize_fp8
 
-__all__ = ["flash_attention", "flash_attention_varlen", "flash_attention_with_kvcache", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
+__all__ = ["flash_attention", "flash_attention_varlen", "flash_attention_with_kvcache", "quantize_fp8",
+           "hadamard_rotation", "last_dropout_seed", "poisoned_outputs", "INTERPRETED", "CAUSAL_ALIGNMENTS", "KernelConfig",
            "configs_for"]
 
 from .sdpa_routing import SDPARoutingError, sdpa_routing  # noqa: E402 -- issue 12: route torch SDPA to the kernels

@@ -45,6 +45,10 @@ from .tile_loads import load_rows
 
 LOG2E = 1.4426950408889634
 LOG2E_K = tl.constexpr(LOG2E)  # the same, readable inside @triton.jit functions
+# FP8 products on Hopper: wgmma accumulates FP8 products in a narrow (~14-bit) accumulator
+# unless told to fold it into float32 every this many products (tl.dot's max_num_imprecise_acc;
+# the compile gate checks the FP8 rows' TTGIR for it).
+FP8_PRECISE_ACCUMULATION = tl.constexpr(32)
 
 
 # ---------------------------------------------------------------------------- pieces of math
@@ -393,16 +397,20 @@ def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, causal_shif
 
 # ---------------------------------------------------------------------------- the online softmax
 @triton.jit
-def online_softmax_step(s, m_i, l_i, acc, qk_scale):
+def online_softmax_step(s, m_i, l_i, acc, qk_scale, P_OFFSET: tl.constexpr = 0.0):
     """Fold a (BLOCK_M, BLOCK_N) score tile (``-inf`` where invisible) into the running row max
     ``m_i`` (log2 units), sum ``l_i`` and accumulator ``acc``: ``(p, m_new, l_i, acc)`` with
     ``p = exp2(s * qk_scale - m_new)`` and ``l_i``, ``acc`` rescaled by ``exp2(m_i - m_new)``
-    (the caller adds ``p V`` to ``acc``: ``accumulate_pv``)."""
+    (the caller adds ``p V`` to ``acc``: ``accumulate_pv``). ``P_OFFSET`` (FP8: 8, FA3's
+    ``Max_offset``): ``p = exp2(s * qk_scale - m_new + P_OFFSET)``, in [0, 2^P_OFFSET]."""
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     # A row that has seen no key yet has m_new = -inf; subtracting 0 instead keeps
     # exp2(-inf - (-inf)) = NaN out of it (its p and alpha are then exactly 0).
     m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s * qk_scale - m_sub[:, None])
+    if P_OFFSET != 0.0:
+        p = tl.math.exp2(s * qk_scale - (m_sub - P_OFFSET)[:, None])
+    else:
+        p = tl.math.exp2(s * qk_scale - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -411,12 +419,15 @@ def online_softmax_step(s, m_i, l_i, acc, qk_scale):
 
 @triton.jit
 def accumulate_pv(acc, p, v, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc + p @ v``: p is rounded to v's dtype as on a GPU; under the interpreter
-    (``UPCAST``) both are handed over in float32 so that ``tl.dot`` sees true values."""
+    """``acc + p @ v``: p is rounded to v's dtype as on a GPU (float8 e4m3 for FP8 v); under
+    the interpreter (``UPCAST``) both are handed over in float32 so that ``tl.dot`` sees true values."""
     p_in = to_dot_operand(p, v.dtype, UPCAST)
     if UPCAST:
         v = v.to(tl.float32)
-    return tl.dot(p_in, v, acc, input_precision=DOT_PRECISION)
+    # FP8 on Hopper: wgmma's FP8 accumulator keeps ~14 bits unless Triton folds it into the
+    # float32 accumulator every 32 products (FA3 does the same); other dtypes: Triton's default.
+    return tl.dot(p_in, v, acc, input_precision=DOT_PRECISION,
+                  max_num_imprecise_acc=FP8_PRECISE_ACCUMULATION if v.dtype == tl.float8e4nv else None)
 
 
 @triton.jit

@@ -44,6 +44,15 @@ Variants (each a ``tl.constexpr``; off, the kernel compiles to the plain one):
   include ``exp(sinks[h])`` and a row that sees no key gives ``out = 0``, ``lse = sinks[h]``.
 - ``DROPOUT``: ``p`` enters ``acc`` only where ``dropout_keep`` keeps it, ``l`` sums every
   ``p`` (the lse has no dropout), and ``out`` is scaled by ``dropout_scale = 1 / (1 - p)``.
+- ``IS_FP8``: Q, K, V are float8 e4m3 with FA3's descales (the real value is ``fp8 * descale``,
+  one float32 per (batch, kv head) each, ``Descale``: (B, Hkv, 3) = (q, k, v)). The raw
+  ``q.k`` (float32 sums of exact fp8 products) is scaled by ``qk_scale * dq * dk``; P is
+  ``exp2(s - m + 8)`` in [0, 256] (FA3's ``Max_offset = 8``: the 2^8 uses e4m3's range, so a
+  small weight rounds to a normal e4m3 number instead of underflowing), rounded to e4m3
+  (nearest-even) for the P V product, while ``l`` sums the unrounded float32 ``p``; at the end
+  ``l`` drops the 2^8 (exact) and ``acc`` takes ``dv / 2^8``, so ``out = dv sum_j q8(2^8 p_j)
+  v_j / sum_j 2^8 p_j`` and ``lse`` is the descaled inputs' (up to float32). With sinks ``l``
+  starts at 2^8.
 """
 
 import triton
@@ -62,23 +71,25 @@ def _forward_key_blocks(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
-    TMA: tl.constexpr = False,
+    TMA: tl.constexpr = False, P_OFFSET: tl.constexpr = 0.0,
 ):
     """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block. With a
     window the masked call walks two ranges in one loop: blocks from ``split`` on are moved
     ``gap`` keys right (``[lo, split)`` then ``[split + gap, hi + gap)``): one masked loop body
     in the kernel instead of two keeps the register pressure of the plain kernel.
-    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
+    With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py).
+    ``P_OFFSET``: 8 with FP8 (p = exp2(s - m + 8), the module docstring), else 0."""
     offs_n = tl.arange(0, BLOCK_N)
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, v = blocks.key_block_tiles(
             k_base, v_base, block_start, split, gap, offs_n, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
             stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N) float32
+        qk = tl.dot(q, kt, input_precision=DOT_PRECISION,  # (BLOCK_M, BLOCK_N) float32
+                    max_num_imprecise_acc=blocks.FP8_PRECISE_ACCUMULATION if q.dtype == tl.float8e4nv else None)
         s = blocks.forward_scores(
             qk, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], causal_shift, window_shift,
             alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
-        p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
+        p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale, P_OFFSET)
         if DROPOUT:
             # l (hence lse) sums every p; only the kept ones reach the output.
             p = tl.where(blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p), p, 0.0)
@@ -89,7 +100,7 @@ def _forward_key_blocks(
 
 @triton.jit
 def attention_forward_kernel(
-    Q, K, V, Out, Lse, KvLens, Alibi, Sinks, CuSeqQ, CuSeqK,
+    Q, K, V, Out, Lse, KvLens, Alibi, Sinks, CuSeqQ, CuSeqK, Descale,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -103,7 +114,7 @@ def attention_forward_kernel(
     UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     SHIFT_KV_LEN: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
     ALIBI: tl.constexpr, SINKS: tl.constexpr, DROPOUT: tl.constexpr,
-    VARLEN: tl.constexpr = False, TMA: tl.constexpr = False,
+    VARLEN: tl.constexpr = False, TMA: tl.constexpr = False, IS_FP8: tl.constexpr = False,
 ):
     """out, lse for one (query block, batch x head).
 
@@ -130,6 +141,8 @@ def attention_forward_kernel(
     kernels/flash_attention.py); "tf32" otherwise, which 16-bit inputs ignore.
     ``TMA``: Q, K, V tiles come through tensor descriptors (Hopper's bulk copies; the host
     checks the strides, kernels/tile_loads.py); same math, same masks.
+    ``IS_FP8``: Q, K, V float8 e4m3, ``Descale`` (B, Hkv, 3) float32 (read only if IS_FP8),
+    Out bfloat16 or another dtype; see the module docstring.
     """
     (pid_m, pid_bh, b, h, h_kv, q_start, k_start, seqlen_q, seqlen_k_visible, lse_row,
      causal_shift, window_shift, alibi_shift, alibi_slope) = blocks.query_prologue(
@@ -162,10 +175,17 @@ def attention_forward_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
+    # FA3's Max_offset: p = exp2(s - m + 8) in [0, 256] for FP8 (module docstring).
+    P_OFFSET: tl.constexpr = 8.0 if IS_FP8 else 0.0
+    P_SCALE: tl.constexpr = 256.0 if IS_FP8 else 1.0
+    if IS_FP8:
+        descale = Descale + (b * (heads_q // group_size) + h_kv) * 3  # (q, k, v) of this (batch, kv head)
+        qk_scale = qk_scale * (tl.load(descale) * tl.load(descale + 1))
+
     if SINKS:
-        # The sink is a key with score sinks[h] and a zero value: (m, l) = (sink, 1).
+        # The sink is a key with score sinks[h] and a zero value: (m, l) = (sink, 1) (2^8 for FP8).
         m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.load(Sinks + h) * blocks.LOG2E_K
-        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], P_SCALE, dtype=tl.float32)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -177,13 +197,19 @@ def attention_forward_kernel(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
-        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA,
+        P_OFFSET)
     acc, m_i, l_i = _forward_key_blocks(
         acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
         offs_m, offs_d, offs_dv, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
         window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, split, gap,
-        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
+        HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA,
+        P_OFFSET)
 
+    if IS_FP8:
+        # Drop P's 2^8 from l (exact) and from acc, which also takes v's descale.
+        l_i = l_i * (1.0 / P_SCALE)
+        acc = acc * (tl.load(descale + 2) * (1.0 / P_SCALE))
     # Fully masked rows: l = 0, so out = 0 and lse = -inf.
     out, lse = blocks.finish_rows(acc, m_i, l_i)
     if DROPOUT:

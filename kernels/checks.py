@@ -13,6 +13,10 @@ from .tile_tables import MAX_HEAD_DIM, SUPPORTED_DTYPES
 from .launch import INTERPRETED, kvcache_capacity
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+#: The FP8 forward's input dtype (FA3's): e4m3, 3 mantissa bits. e5m2 is refused.
+FP8_DTYPES = (torch.float8_e4m3fn,)
+#: The oldest compute capability with FP8 tensor cores (Ada, sm_89; Hopper sm_90 has wgmma).
+FP8_MIN_CAPABILITY = (8, 9)
 CU_SEQLENS_DTYPES = (torch.int32, torch.int64)
 DROPOUT_SEED_LIMIT = 2**63
 
@@ -25,18 +29,21 @@ def is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, head_dim)") -> None:
+def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, head_dim)", fp8: bool = False) -> None:
     """The checks every entry point makes on its attention tensors (``named``: argument name ->
     value, q first): torch tensors, 4-D (``layout`` names the axes in the message), float16 /
-    bfloat16 / float32, and q's dtype and device. TypeError / ValueError naming the argument."""
+    bfloat16 / float32 (also float8_e4m3fn with ``fp8``: ``flash_attention``'s FP8 forward),
+    and q's dtype and device. TypeError / ValueError naming the argument."""
     (q_name, q), *others = named.items()
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D {layout}, got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dtype not in SUPPORTED_DTYPES and not (fp8 and t.dtype in FP8_DTYPES):
+            also = " (or float8_e4m3fn for flash_attention's FP8 forward)" if t.dtype in (
+                torch.float8_e4m3fn, torch.float8_e5m2) else ""
+            raise TypeError(f"{name} must be float16, bfloat16 or float32{also}, got {t.dtype}")
     for name, t in others:
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have {q_name}'s dtype {q.dtype}, got {t.dtype}")
@@ -44,11 +51,12 @@ def check_attention_tensors(named: dict, layout: str = "(batch, heads, seqlen, h
             raise ValueError(f"{name} must be on {q_name}'s device {q.device}, got {t.device}")
 
 
-def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens):
+def check_qkv(q, k, v, causal, causal_alignment, softmax_scale, kv_lens, fp8: bool = False):
     """q (B, Hq, Lq, D), k (B, Hkv, Lk, D) and v (B, Hkv, Lk, Dv) (Dv may differ from D: MLA;
-    each in [1, MAX_HEAD_DIM]), the masking keywords, the scale and kv_lens of
-    an attention call; also that the kernels can run on q's device."""
-    check_attention_tensors({"q": q, "k": k, "v": v})
+    each in [1, MAX_HEAD_DIM]), the masking keywords, the scale and kv_lens of an attention
+    call; also that the kernels can run on q's device. ``fp8``: float8_e4m3fn inputs are
+    allowed (``check_fp8`` checks the rest)."""
+    check_attention_tensors({"q": q, "k": k, "v": v}, fp8=fp8)
     batch, heads_q, _, head_dim = q.shape
     if k.shape[0] != batch or v.shape[0] != batch:
         raise ValueError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -285,3 +293,40 @@ def check_kvcache_values(k_cache, cache_seqlens, block_table, new_len) -> None:
                          f"got cache_seqlens {cache_seqlens.tolist()}")
     if block_table is not None and got[2]:
         raise ValueError(f"block_table must hold page indices in [0, {k_cache.shape[0]}) for every page in use")
+
+
+def check_fp8(q, k, v, q_descale, k_descale, v_descale, out_dtype, softcap, alibi_slopes, dropout_p) -> torch.Tensor:
+    """The FP8 forward's own checks (q, k, v float8_e4m3fn, already through ``check_qkv``):
+    each descale None (1) or a float32 (B, Hkv) tensor on q's device (FA3's per-(batch, kv
+    head) convention: the real value is ``fp8 * descale``), ``out_dtype`` bfloat16 / float16 /
+    float32, no softcap, ALiBi or dropout (not supported with FP8), and a device with FP8
+    tensor cores. Returns the descales as one (B, Hkv, 3) float32 contiguous tensor (q, k, v),
+    the kernel's ``Descale``."""
+    batch, heads_kv = k.shape[0], k.shape[1]
+    columns = []
+    for name, d in (("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale)):
+        if d is None:
+            columns.append(torch.ones((batch, heads_kv), dtype=torch.float32, device=q.device))
+            continue
+        if not isinstance(d, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (float32, (batch, heads_kv)) or None, got {type(d).__name__}")
+        if d.dtype != torch.float32:
+            raise TypeError(f"{name} must be float32, got {d.dtype}")
+        if tuple(d.shape) != (batch, heads_kv):
+            raise ValueError(f"{name} must have shape (batch, heads_kv) = {(batch, heads_kv)} (one factor per "
+                             f"batch entry and kv head, FA3's convention), got {tuple(d.shape)}")
+        if d.device != q.device:
+            raise ValueError(f"{name} must be on q's device {q.device}, got {d.device}")
+        columns.append(d.detach())
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"out_dtype must be torch.bfloat16, torch.float16 or torch.float32 with FP8 inputs, got {out_dtype}")
+    for feature, used in (("softcap", softcap > 0), ("alibi_slopes", alibi_slopes is not None),
+                          ("dropout_p", dropout_p > 0)):
+        if used:
+            raise ValueError(f"{feature} is not supported with FP8 inputs (the FP8 forward supports causal, "
+                             f"kv_lens, GQA, window_size and sinks)")
+    if q.device.type == "cuda" and tuple(torch.cuda.get_device_capability(q.device)) < FP8_MIN_CAPABILITY:
+        major, minor = torch.cuda.get_device_capability(q.device)
+        raise ValueError(f"FP8 attention needs FP8 tensor cores (sm_89 or newer); this GPU is sm_{major}{minor}. "
+                         f"Dequantize to bfloat16 and call flash_attention on that instead.")
+    return torch.stack(columns, dim=-1).contiguous()

@@ -16,6 +16,7 @@ contiguous torch tensors. Works with triton 3.6 and 3.9 (same API).
 """
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -66,6 +67,11 @@ GATE_HEAD_DIMS = (16, 32, 40, 64, 80, 96, 112, 128, 160, 192, 256)
 # registers bite first.
 BUCKET_HEAD_DIMS = (64, 128, 256)
 GATE_DTYPES = ("float16", "bfloat16", "float32")
+# The FP8 forward (IS_FP8: float8_e4m3fn q, k, v, bfloat16 out): compiled on sm_90 only, where
+# both of its products must be wgmma with e4m3 operands. sm_80 has no FP8 MMA (FP8 tensor cores
+# start at sm_89): the dispatcher refuses FP8 there (kernels/checks.py) and so does the gate.
+FP8_DTYPE = "float8_e4m3fn"
+FP8_ARCHS = ("sm_90",)
 DELTA_CONFIG = KernelConfig(block_m=64, block_n=0, num_warps=4, num_stages=1)
 
 
@@ -102,6 +108,7 @@ class Variant:
 CONSTEXPR_DEFAULTS: dict[str, Any] = {
     "HAS_KV_LENS": False, "UPCAST": False, "SHIFT_KV_LEN": False, "LEFT_BOUND": False,
     "SOFTCAP": False, "ALIBI": False, "SINKS": False, "DROPOUT": False, "VARLEN": False, "TMA": False,
+    "IS_FP8": False,
 }
 _KV_BOTTOM_RIGHT = (("HAS_KV_LENS", True), ("SHIFT_KV_LEN", True))
 _VARLEN_ALL = (("VARLEN", True), ("SHIFT_KV_LEN", True), ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True),
@@ -141,14 +148,21 @@ VARIANTS += (
     Variant("mla", head_dim_pairs=MLA_HEAD_DIM_PAIRS),
     Variant("mla_tma", (("TMA", True),), archs=("sm_90",), dtypes=WGMMA_DTYPES, head_dim_pairs=MLA_HEAD_DIM_PAIRS),
 )
+# The FP8 forward (issue 23): every table tile at the bucket head dims, then with the masks and
+# sinks it supports (its only kernel is the forward: no other kernel has IS_FP8).
+VARIANTS += (
+    Variant("fp8", (("IS_FP8", True),), archs=FP8_ARCHS, dtypes=(FP8_DTYPE,), all_configs=True),
+    Variant("fp8_kv_lens_window_sinks", (("IS_FP8", True),) + _KV_BOTTOM_RIGHT + (("LEFT_BOUND", True), ("SINKS", True)),
+            archs=FP8_ARCHS, dtypes=(FP8_DTYPE,)),
+)
 VARIANT_BY_NAME = {v.name: v for v in VARIANTS}
 # Scalar arguments that are not i32 (the default), and pointers that are not q's dtype.
 SCALAR_TYPES = {"qk_scale": "fp32", "softmax_scale": "fp32", "softcap_in": "fp32", "dropout_p": "fp32",
                 "dropout_scale": "fp32", "seed": "i64"}
-POINTER_TYPES = {"Lse": "*fp32", "Delta": "*fp32", "Alibi": "*fp32", "Sinks": "*fp32", "DSinks": "*fp32",
+POINTER_TYPES = {"Lse": "*fp32", "Delta": "*fp32", "Alibi": "*fp32", "Sinks": "*fp32", "DSinks": "*fp32", "Descale": "*fp32",
                  "KvLens": "*i32", "CuSeqQ": "*i32", "CuSeqK": "*i32"}
 
-_TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_TRITON_TYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", FP8_DTYPE: "fp8e4nv"}
 _KERNEL_SYMBOLS = {
     "forward": ("attention_forward", "attention_forward_kernel"),
     "backward_dkdv": ("attention_backward", "attention_backward_dkdv_kernel"),
@@ -195,6 +209,8 @@ class CompileRow:
     compile_seconds: float
     variant: str = "plain"
     uses_tma: bool = False  # cp.async.bulk.tensor (Hopper's tensor-memory accelerator) in the PTX
+    fp8_wgmma: int = 0  # wgmma instructions with e4m3 x e4m3 operands in the PTX
+    other_mma: int = 0  # every other wgmma / mma.sync instruction in the PTX (16-bit, tf32 operands)
     maxnreg: int | None = None  # the config's .maxnreg (float32 launches: 255)
     head_dim_v: int | None = None  # V's head dim where it differs from head_dim (MLA rows)
 
@@ -215,7 +231,11 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
       warpgroup MMA (it would run on the slower mma.sync path);
     - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 whose PTX has no
-      ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads).
+      ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads);
+    - "no FP8 wgmma": an FP8 row on sm_90 whose matrix products are not all ``wgmma ...
+      .e4m3.e4m3`` (Q K^T and P V: an operand upcast to 16 bits shows up as a bf16/f16 wgmma or
+      an mma.sync, at half the throughput or less);
+    - "FP8 on ARCH": an FP8 row on an arch without FP8 MMA (sm_80).
     """
     row = row.as_dict() if isinstance(row, CompileRow) else row
     if row.get("error"):
@@ -233,6 +253,11 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
         found.append("no TMA")
+    if row.get("dtype") == FP8_DTYPE:
+        if arch not in FP8_ARCHS:
+            found.append(f"FP8 on {arch}")
+        elif row.get("fp8_wgmma", 0) == 0 or row.get("other_mma", 0) > 0:
+            found.append("no FP8 wgmma")
     return found
 
 
@@ -295,7 +320,7 @@ def variant_applies(variant: Variant, kernel: str) -> bool:
     return all(name in names for name, _ in variant.constexprs)
 
 
-def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False, True),
+def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES + (FP8_DTYPE,), causal=(False, True),
                     kernels=KERNEL_NAMES + ("backward_delta",), variants=None,
                     configs=None, arch="sm_90") -> list[Specialization]:
     """Every (kernel, head dim, dtype, causal, config, variant) the dispatcher can launch, for
@@ -305,9 +330,10 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
     ``config_dispatch.dispatcher_configs`` on ``arch``: the default tables and the committed tuned
     winners for that arch; a variant with a score switch on takes its table, as the
     dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
-    configs = configs or (lambda kernel, d, dtype, switches, head_dim_v=None: dispatcher_configs(
-        kernel, d, dtype, arch, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
-        dropout="DROPOUT" in switches, head_dim_v=head_dim_v))
+    configs = configs or (lambda kernel, d, dtype, switches, head_dim_v=None: (
+        configs_for if "IS_FP8" in switches else functools.partial(dispatcher_configs, arch=arch))(
+            kernel, d, dtype, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
+            dropout="DROPOUT" in switches, head_dim_v=head_dim_v))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
     specs = []
     for variant in chosen:
@@ -329,8 +355,10 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES, causal=(False,
             switches = {name for name, on in variant.constexprs if on}
             wide = max(d, dv or d)  # the launches of max(D, Dv); tiles as config_dispatch.config_pruner
             for name, c in product(launch_names(kernel, wide), causal):
-                chosen_configs = (configs(name, d, getattr(torch, dt), switches) if dv is None
-                                  else configs(name, d, getattr(torch, dt), switches, head_dim_v=dv))
+                # FP8 launches the 16-bit tables, untuned (config_dispatch.config_pruner).
+                table_dtype = torch.bfloat16 if dt == FP8_DTYPE else getattr(torch, dt)
+                chosen_configs = (configs(name, d, table_dtype, switches) if dv is None
+                                  else configs(name, d, table_dtype, switches, head_dim_v=dv))
                 for config in chosen_configs if variant.all_configs else chosen_configs[:1]:
                     specs.append(Specialization(name, d, dt, c, config, variant.name, dv))
     return specs
@@ -380,7 +408,7 @@ def _signature(fn, spec: Specialization):
             if POINTER_TYPES[name] == "*fp32" and name in ("Lse", "Delta"):
                 attrs[(index,)] = [["tt.divisibility", 16]]
         elif name[0].isupper():  # Q, K, V, Out, DOut, DQ, DK, DV
-            signature[name] = f"*{elem}"
+            signature[name] = "*bf16" if name == "Out" and spec.dtype == FP8_DTYPE else f"*{elem}"
             attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = SCALAR_TYPES.get(name, "i32")
@@ -478,6 +506,9 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
     """Compile one specialization for ``arch`` ("sm_90" or "sm_80") and measure it."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
+    if spec.dtype == FP8_DTYPE and arch not in FP8_ARCHS:
+        raise ValueError(f"{arch} has no FP8 MMA (FP8 tensor cores start at sm_89): the FP8 forward is refused "
+                         f"there, by flash_attention and by the compile gate; FP8 compiles for {FP8_ARCHS}")
     if triton_is_interpreting():
         return _compile_in_subprocess([spec], arch)[0]
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -500,7 +531,15 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2), variant=spec.variant,
         uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg,
-        head_dim_v=spec.head_dim_v)
+        head_dim_v=spec.head_dim_v, **mma_counts(compiled.asm["ptx"]))
+
+
+def mma_counts(ptx: str) -> dict[str, int]:
+    """``fp8_wgmma``: the ``wgmma.mma_async ... .e4m3.e4m3`` instructions of a PTX text;
+    ``other_mma``: every other ``wgmma.mma_async`` or ``mma.sync``."""
+    mmas = re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\S*", ptx)
+    fp8 = sum(1 for m in mmas if m.startswith("wgmma") and m.endswith(".e4m3.e4m3"))
+    return {"fp8_wgmma": fp8, "other_mma": len(mmas) - fp8}
 
 
 def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:

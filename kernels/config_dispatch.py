@@ -86,12 +86,14 @@ def config_pruner(kernel: str):
         # by the pair's own row (tile_tables.VALUE_HEAD_DIM_TABLE).
         head_dim_v = args.get("HEAD_DIM_V", args["HEAD_DIM"])
         head_dim = max(args["HEAD_DIM"], head_dim_v)
+        # FP8 runs the 16-bit tiles (its tiles are half the bytes: the 16-bit ones fit).
+        dtype = torch.bfloat16 if args.get("IS_FP8") else q.dtype
         dropout = bool(args.get("DROPOUT"))
         variants = any(bool(args.get(switch)) for switch in SCORE_VARIANT_SWITCHES)
-        # Tuning measures launches without score variants: those keep their gate-checked table.
-        chosen = None if variants else (
-            _FORCED.get(name) or tuned_config(name, head_dim, q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
-        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout,
+        # Tuning measures launches without score variants (nor FP8): those keep their gate-checked table.
+        chosen = None if variants or args.get("IS_FP8") else (
+            _FORCED.get(name) or tuned_config(name, head_dim, dtype, bool(args.get("RIGHT_BOUND")), q.device))
+        defaults = configs_for(name, args["HEAD_DIM"], dtype, variants=variants, dropout=dropout,
                                head_dim_v=head_dim_v)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]

@@ -155,7 +155,7 @@ def _autotuned(kernel, name, extra_key=()):
 # Autotuning cannot run under the interpreter ("0 active drivers"), so the tuned wrappers are
 # only made when compiling for a GPU.
 if not INTERPRETED:
-    _FORWARD = _autotuned(attention_forward_kernel, "forward", extra_key=("SINKS",))
+    _FORWARD = _autotuned(attention_forward_kernel, "forward", extra_key=("SINKS", "IS_FP8"))
     # Each dK/dV pass (GRADS) is tuned on its own: a dV pass costs less than a dK pass.
     _DKDV = _autotuned(attention_backward_dkdv_kernel, "backward_dkdv", extra_key=("GRADS",))
     _DQ = _autotuned(attention_backward_dq_kernel, "backward_dq")
@@ -301,11 +301,15 @@ def _dims(q, k, varlen: Varlen | None):
             (heads_q, total_q))
 
 
-def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen: Varlen | None = None):
-    """Launch the forward. Returns out (q's dtype; q's layout when v's head dim Dv is q's, else
-    contiguous (..., Dv)) and lse float32: (B, Hq, Lq), or (Hq, total_q) with ``varlen``."""
+def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen: Varlen | None = None,
+                   descale=None, out_dtype=None):
+    """Launch the forward. Returns out (q's dtype, or ``out_dtype``; q's layout when v's head dim
+    Dv is q's, else contiguous (..., Dv)) and lse float32: (B, Hq, Lq), or (Hq, total_q) with
+    ``varlen``. FP8 (float8_e4m3fn q, k, v): ``descale`` (B, Hkv, 3) float32
+    (``checks.check_fp8``)."""
     batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, _, lse_shape = _dims(q, k, varlen)
-    out = new_buffer(q) if v.shape[-1] == q.shape[-1] else new_buffer(q, shape=(*q.shape[:-1], v.shape[-1]))
+    out = (new_buffer(q, dtype=out_dtype) if v.shape[-1] == q.shape[-1]
+           else new_buffer(q, shape=(*q.shape[:-1], v.shape[-1]), dtype=out_dtype))
     lse = new_buffer(q, shape=lse_shape, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
@@ -316,13 +320,13 @@ def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen:
             lse.copy_((sinks[:, None] if varlen is not None else sinks[None, :, None]).expand_as(lse))
         return out.zero_(), lse
     cu_q, cu_k = (None, None) if varlen is None else (varlen.cu_q, varlen.cu_k)
-    args = (q, k, v, out, lse, kv_lens, alibi, sinks, cu_q, cu_k,
+    args = (q, k, v, out, lse, kv_lens, alibi, sinks, cu_q, cu_k, descale,
             *_strides(q, varlen), *_strides(k, varlen), *_strides(v, varlen), *_strides(out, varlen),
             _alibi_batch_stride(alibi),
             heads_q, heads_q // heads_kv, seqlen_q, seqlen_k, params.causal_shift, params.qk_scale,
             *_variant_scalars(params))
     meta = dict(_meta(q, v, params, kv_lens, alibi, varlen), SINKS=sinks is not None,
-                TMA=varlen is None and tma_ok(q, k, v))
+                TMA=varlen is None and descale is None and tma_ok(q, k, v), IS_FP8=descale is not None)
     if INTERPRETED:
         c = interpreter_config("forward")
         attention_forward_kernel[(triton.cdiv(grid_q, c.block_m), batch * heads_q)](*args, **meta, **_fixed(c))

@@ -3,7 +3,9 @@
 - ``torch.ops.flashref.attention_forward`` / ``attention_backward`` (``flash_attention``),
 - ``torch.ops.flashref.attention_varlen_forward`` / ``attention_varlen_backward``
   (``flash_attention_varlen``),
-- ``torch.ops.flashref.attention_with_kvcache`` (``flash_attention_with_kvcache``, forward only).
+- ``torch.ops.flashref.attention_with_kvcache`` (``flash_attention_with_kvcache``, forward only),
+- ``torch.ops.flashref.attention_fp8_forward`` (``flash_attention`` with float8_e4m3fn inputs,
+  forward only: its autograd formula raises).
 
 Each API function checks its arguments in Python (kernels/checks.py) and then calls its
 forward op; a backward op is wired in with ``torch.library.register_autograd``. Registering the
@@ -40,6 +42,12 @@ float32, sinks: (Hq,) float32, each optional)::
                            sinks, causal: bool, scale: float, window_left: int, window_right: int,
                            softcap: float, num_splits: int, check_values: bool)
         -> (out: (B, Hq, Lq, D) in q's dtype and layout, lse: (B, Hq, Lq) float32)
+
+    # FP8: q, k, v float8_e4m3fn, descale (B, Hkv, 3) float32 (q, k, v factors), no ALiBi,
+    # softcap or dropout; out_dtype a dtype name ("bfloat16", ...)
+    attention_fp8_forward(q, k, v, descale, kv_lens, sinks, causal, causal_alignment, scale,
+                          window_left, window_right, out_dtype: str)
+        -> (out: (B, Hq, Lq, D) in out_dtype, lse: (B, Hq, Lq) float32)
 
 The scalars are the API's keywords, already checked and resolved (the softmax scale, the
 dropout seed drawn); the ops take no Python defaults so that their schema is the launch's
@@ -133,6 +141,45 @@ def _backward(ctx, dout, _dlse):
 
 
 attention_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# FP8 forward (forward only)
+
+FP8_BACKWARD_ERROR = ("FP8 backward is not supported: flash_attention's FP8 path (float8_e4m3fn q, k, v) is "
+                      "forward only. Train in bfloat16 (or float16/float32) and quantize for inference.")
+
+
+@torch.library.custom_op(f"{NAMESPACE}::attention_fp8_forward", mutates_args=())
+def attention_fp8_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, descale: torch.Tensor,
+                          kv_lens: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool,
+                          causal_alignment: str, scale: float, window_left: int, window_right: int,
+                          out_dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the FP8 forward: returns (out, lse). See the module docstring for the schema."""
+    check_values(kv_lens, None, sinks, k.shape[2])
+    params = resolve_launch(q, k, causal, causal_alignment, scale, kv_lens, (window_left, window_right), 0.0,
+                            0.0, 0)
+    return launch_forward(q, k, v, params, kv_lens, None, sinks, descale=descale,
+                          out_dtype=getattr(torch, out_dtype))
+
+
+@attention_fp8_forward.register_fake
+def _attention_fp8_forward_fake(q, k, v, descale, kv_lens, sinks, causal, causal_alignment, scale, window_left,
+                                window_right, out_dtype):
+    out = torch.empty_like(q, dtype=getattr(torch, out_dtype))
+    lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
+    return out, lse
+
+
+def _fp8_setup_context(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+
+
+def _fp8_backward(ctx, dout, _dlse):
+    raise NotImplementedError(FP8_BACKWARD_ERROR)
+
+
+attention_fp8_forward.register_autograd(_fp8_backward, setup_context=_fp8_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,5 +278,5 @@ def _attention_with_kvcache_fake(q, *tensors_and_scalars):
     return out, lse
 
 
-__all__ = ["attention_forward", "attention_backward", "attention_varlen_forward", "attention_varlen_backward",
+__all__ = ["FP8_BACKWARD_ERROR", "attention_fp8_forward", "attention_forward", "attention_backward", "attention_varlen_forward", "attention_varlen_backward",
            "attention_with_kvcache", "NAMESPACE"]

@@ -7,6 +7,9 @@ weight of 1 comes out 0.4% low, every time). Under the interpreter the kernels t
 bfloat16 by hand, on the float32 bit pattern, and keep the (exactly representable) result in
 float32 for the following ``tl.dot`` (whose bfloat16 operands the interpreter gets wrong
 anyway, see ``UPCAST`` in attention_forward.py). float16 conversion is right in both.
+float32 -> float8 e4m3 is wrong there too (ties away from zero, subnormals flushed to 0, where
+a GPU's ``cvt.rn.satfinite.e4m3x2.f32`` rounds to nearest-even with subnormals): rounded by
+hand as well.
 """
 
 import triton
@@ -24,12 +27,28 @@ def round_to_bfloat16_nearest_even(x):
 
 
 @triton.jit
+def round_to_e4m3_nearest_even(x):
+    """float32 x -> the nearest float8 e4m3fn value (ties to even, subnormals kept, |x| past
+    448 saturated to 448 as ``satfinite``), still stored as float32."""
+    ax = tl.minimum(tl.abs(x), 448.0)
+    bits = ax.to(tl.uint32, bitcast=True)
+    # Normal range (|x| >= 2^-6): keep 3 mantissa bits of float32's 23, half-ulp trick as above.
+    normal = (((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) << 20).to(tl.float32, bitcast=True)
+    # Subnormals are multiples of 2^-9: adding 2^14 (whose float32 ulp is 2^-9) rounds to one.
+    sub = (ax + 16384.0) - 16384.0
+    r = tl.where(ax < 0.015625, sub, normal)
+    return tl.where(x < 0.0, -r, r)
+
+
+@triton.jit
 def to_dot_operand(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
     """A float32 tile rounded to the input dtype for a tensor-core ``tl.dot``; under the
     interpreter (UPCAST) the rounded values are handed over as float32."""
     if UPCAST:
         if DTYPE == tl.bfloat16:
             return round_to_bfloat16_nearest_even(x)
+        elif DTYPE == tl.float8e4nv:
+            return round_to_e4m3_nearest_even(x)
         else:
             return x.to(DTYPE).to(tl.float32)
     else:

@@ -19,7 +19,7 @@ KERNEL_STACK = {
     "tuning_space": 1, "tuned_tables": 2, "config_dispatch": 3,  # tuning candidates, tuned tables, config choice
     "attention_forward": 4, "attention_backward": 5, "attention_decode": 5,  # the Triton kernels
     "launch": 6, "checks": 7, "library": 8,  # the launch layer, the host checks, the custom ops
-    "flash_attention": 9, "flash_attention_varlen": 9, "flash_attention_kvcache": 9,  # the API
+    "flash_attention": 9, "flash_attention_varlen": 9, "flash_attention_kvcache": 9, "fp8_quantize": 9,  # the API
     "sdpa_routing": 10, "tuning": 10, "compile_gate": 10, "__init__": 11,  # users of the API and the tables
 }
 

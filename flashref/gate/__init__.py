@@ -38,8 +38,10 @@ from .rule import (BASELINE_CEILING, DS_ROUNDING, DTYPES, FACTORS, FLOAT32_REGIM
                    RMS_FACTOR_16BIT, RMS_FACTOR_FLOAT32, TANH_ROUNDING, TENSORS, U32, UNIT_ROUNDOFF, RmsError,
                    TensorError, as_float64, baseline_ceiling, error_ratio, finite_error, half_ulp, judge,
                    max_abs_error, max_or_zero, rms_check, rms_error, slack)
-from .sweeps import (CI_HEAD_DIMS, CI_SEQLENS, HEAD_LAYOUTS, QUICK_HEAD_DIMS, QUICK_SEQLENS, VALUE_HEAD_DIM_PAIRS,
-                     VARIANT_FAMILIES, dense_sweep)
+from .sweeps import (CI_HEAD_DIMS, CI_SEQLENS, FP8_CASES, HEAD_LAYOUTS, QUICK_FP8, QUICK_HEAD_DIMS, QUICK_SEQLENS,
+                     VALUE_HEAD_DIM_PAIRS, VARIANT_FAMILIES, dense_sweep, fp8_cases)
+from .fp8 import check_fp8_case
+from .rule import FP8
 
 __all__ = [
     "BASELINE_CEILING", "BOUNDARY_QUANTITIES", "CAUSAL_MODES", "CI_HEAD_DIMS", "CI_SEQLENS", "DECODE_TILES", "DS_ROUNDING", "DTYPES", "FACTORS",
@@ -56,4 +58,5 @@ __all__ = [
     "parse_features", "register_family", "required_features", "residue_gaps", "resolve_cases",
     "resolve_implementation", "ring_sweep", "rms_check", "rms_error", "run_implementation", "run_ring_check", "slack", "sweep", "table_tiles",
     "tile_triples", "unsupported_reason", "varlen_boundary_rows", "varlen_sweep", "visibility",
+    "FP8", "FP8_CASES", "QUICK_FP8", "check_fp8_case", "fp8_cases",
 ]

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from .rule import DTYPES
+from .rule import CASE_DTYPES, FP8
 
 #: What an implementation can declare and a case can need (one vocabulary for every family).
 FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",
@@ -46,8 +46,11 @@ class Suffix:
 class Case:
     """One equivalence check: q (batch, heads_q, seqlen_q, head_dim), k (batch, heads_kv,
     seqlen_k, head_dim) and v (batch, heads_kv, seqlen_k, value_head_dim), in ``dtype``
-    ("float16", "bfloat16", "float32"). ``head_dim_v``: V's head dim Dv where it differs
-    from head_dim (DeepSeek's MLA), None otherwise (named ``-dv<Dv>`` only then)."""
+    ("float16", "bfloat16", "float32"), or "float8_e4m3fn": the FP8 forward
+    (flashref/gate/fp8.py), q, k, v quantized per (batch, kv head) with descales, out bfloat16,
+    forward only; not with softcap, ALiBi, dropout or the descriptor path. ``head_dim_v``: V's
+    head dim Dv where it differs from head_dim (DeepSeek's MLA), None otherwise (named
+    ``-dv<Dv>`` only then)."""
 
     batch: int
     heads_q: int
@@ -82,14 +85,17 @@ class Case:
     # V's head dim when it is not head_dim (issue 23, MLA); the out / dout / dv tensors take it.
     head_dim_v: int | None = None
 
-    _NAME = re.compile(r"b(\d+)-hq(\d+)-hkv(\d+)-lq(\d+)-lk(\d+)-d(\d+)-(float16|bfloat16|float32)"
+    _NAME = re.compile(r"b(\d+)-hq(\d+)-hkv(\d+)-lq(\d+)-lk(\d+)-d(\d+)-(float16|bfloat16|float32|float8_e4m3fn)"
                        r"-(noncausal_bottom_right|noncausal|causal_top_left|causal_bottom_right)-(kvlens|dense)")
     # Variants append their Suffix here (in name order).
     SUFFIXES: ClassVar[tuple] = ()
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype not in CASE_DTYPES:
+            raise ValueError(f"dtype must be one of {CASE_DTYPES}, got {self.dtype!r}")
+        if self.dtype == FP8 and (self.softcap or self.alibi or self.dropout_p or self.descriptors):
+            raise ValueError("an FP8 case cannot have softcap, ALiBi, dropout or descriptors (the FP8 forward "
+                             "does not support them)")
         if self.causal_alignment not in ("top_left", "bottom_right"):
             raise ValueError(f"causal_alignment must be 'top_left' or 'bottom_right', got {self.causal_alignment!r}")
         if self.alibi not in ("", "h", "bh"):

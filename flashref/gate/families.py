@@ -20,13 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .cases import Case, dense_features
-from .dense import check_case as check_dense
+from .dense import check_case as check_dense_16
+from .fp8 import check_fp8_case
 from .model import ModelCase, check_model, model_cases
 from .packed import (KvcacheCase, VarlenCase, check_kvcache, check_varlen, kvcache_features, kvcache_sweep,
                      varlen_features, varlen_sweep)
 from .results import CaseResult
 from .ring import RingCase, check_ring, ring_sweep
-from .rule import DTYPES
+from .rule import CASE_DTYPES, FP8
 from .sweeps import dense_sweep
 
 PRESETS = ("quick", "ci", "full")
@@ -62,6 +63,11 @@ def register_family(family: Family) -> Family:
         raise ValueError(f"{family.case_type.__name__} already belongs to a registered family")
     FAMILIES[family.name] = family
     return family
+
+
+def check_dense(case: Case, device: str = "cpu") -> CaseResult:
+    """A dense case: the 16/32-bit judges (dense.py), or the FP8 forward's (fp8.py)."""
+    return check_fp8_case(case, device) if case.dtype == FP8 else check_dense_16(case, device)
 
 
 register_family(Family("dense", Case, "", dense_sweep, check_dense, dense_features, "flash_attention", "attention"))
@@ -112,8 +118,8 @@ def sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: int = 
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if dtypes is not None:
         for d in dtypes:
-            if d not in DTYPES:
-                raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
+            if d not in CASE_DTYPES:
+                raise ValueError(f"dtypes must be among {CASE_DTYPES}, got {d!r}")
     names = tuple(n for n, f in FAMILIES.items() if f.in_presets) if families is None else tuple(families)
     unknown = sorted(set(names) - set(FAMILIES))
     if unknown:

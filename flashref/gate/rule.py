@@ -25,6 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 DTYPES = ("float16", "bfloat16", "float32")
+# The FP8 forward's case dtype (flashref/gate/fp8.py): float8_e4m3fn q, k, v with descales, out
+# bfloat16. Not in DTYPES: the 16/32-bit sweeps and implementations do not take it.
+FP8 = "float8_e4m3fn"
+CASE_DTYPES = DTYPES + (FP8,)
 # The tensors the rule judges, in report order; a variant with a gradient of its own (dsinks)
 # appends its name here and to FACTORS, and is judged whenever the oracle returns it.
 TENSORS = ("out", "lse", "dq", "dk", "dv", "dsinks")
@@ -43,6 +47,8 @@ FLOAT32_REGIME = 64.0
 # Unit roundoff (half an ulp at 1) of float32, the kernels' accumulator, and of each dtype.
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": U32}
+# e4m3: 3 mantissa bits, u = 2^-4 (normal numbers, |x| >= 2^-6; below, a fixed spacing 2^-9).
+U_E4M3 = 2.0**-4
 # A baseline error above BASELINE_CEILING * u_dtype * max(magnitude) (+ the output rounding)
 # is not "plain attention in this dtype" any more but a broken baseline (over the CI sweep
 # the baseline uses at most 0.55 of it; docs/design.md).
@@ -180,7 +186,7 @@ def half_ulp(x: np.ndarray, dtype: str) -> np.ndarray:
 
     tiny = torch.finfo(getattr(torch, dtype)).tiny
     exponent = np.floor(np.log2(np.maximum(np.abs(x), tiny)))
-    mantissa_bits = {"float16": 10, "bfloat16": 7, "float32": 23}[dtype]
+    mantissa_bits = {"float16": 10, "bfloat16": 7, "float32": 23, FP8: 3}[dtype]
     return np.exp2(exponent - mantissa_bits - 1)
 
 
@@ -293,7 +299,7 @@ def as_float64(t) -> np.ndarray:
     return t.detach().cpu().double().numpy()
 
 
-__all__ = ["BASELINE_CEILING", "DS_ROUNDING", "DTYPES", "FACTORS", "FLOAT32_REGIME", "LAMBDA", "LSE_ROUNDING",
+__all__ = ["BASELINE_CEILING", "CASE_DTYPES", "DS_ROUNDING", "DTYPES", "FP8", "U_E4M3", "FACTORS", "FLOAT32_REGIME", "LAMBDA", "LSE_ROUNDING",
            "RMS_FACTOR_16BIT", "RMS_FACTOR_FLOAT32", "TANH_ROUNDING", "TENSORS", "U32", "UNIT_ROUNDOFF", "RmsError",
            "TensorError", "as_float64", "baseline_ceiling", "error_ratio", "finite_error", "half_ulp", "judge",
            "max_abs_error", "max_or_zero", "rms_check", "rms_error", "slack"]

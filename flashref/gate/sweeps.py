@@ -14,7 +14,7 @@ from itertools import product
 
 from .boundaries import boundary_cases
 from .cases import CAUSAL_MODES, Case
-from .rule import DTYPES
+from .rule import CASE_DTYPES, DTYPES, FP8
 
 # FlashAttention's test shapes: lengths that miss every block size, Lq != Lk both ways.
 CI_SEQLENS = ((1, 239), (3, 799), (113, 203), (127, 512), (128, 217), (239, 1), (256, 512), (512, 256),
@@ -121,6 +121,34 @@ def _value_head_dim_cases(pairs, seqlens, dtypes, masks, layouts, repeats, seed)
     return cases
 
 
+# The FP8 forward (fp8.py): a few small cases covering its axes (masks, kv_lens, GQA/MQA, head
+# dims, Lq = 1 and Lk = 1, a window, sinks, large logits); quick takes the first QUICK_FP8 of them.
+FP8_CASES = (
+    dict(batch=2, heads_q=2, heads_kv=2, seqlen_q=113, seqlen_k=203, head_dim=64, causal=True),
+    dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=1, seqlen_k=239, head_dim=128, kv_lens=True),
+    dict(batch=2, heads_q=3, heads_kv=1, seqlen_q=97, seqlen_k=97, head_dim=32, causal=True,
+         causal_alignment="bottom_right", kv_lens=True, window=(19, 0), sinks=True),
+    dict(batch=2, heads_q=3, heads_kv=1, seqlen_q=128, seqlen_k=217, head_dim=40, causal=True,
+         causal_alignment="bottom_right", kv_lens=True),
+    dict(batch=1, heads_q=2, heads_kv=2, seqlen_q=239, seqlen_k=1, head_dim=96),
+    dict(batch=1, heads_q=4, heads_kv=2, seqlen_q=33, seqlen_k=47, head_dim=256, sinks=True),
+    dict(batch=2, heads_q=2, heads_kv=1, seqlen_q=64, seqlen_k=90, head_dim=64, window=(5, 9)),
+    # Larger logits (q's std 2) over long rows: the bulk of a row's weight is far below its
+    # largest, where FA3's 2^8 offset keeps them normal e4m3 numbers.
+    dict(batch=1, heads_q=2, heads_kv=1, seqlen_q=32, seqlen_k=800, head_dim=64, logit_scale=2.0),
+)
+QUICK_FP8 = 3
+
+
+def fp8_cases(preset: str, causal=None, seed: int = 0) -> list[Case]:
+    """The preset's FP8 cases (``FP8_CASES``: quick the first ``QUICK_FP8``, ci and full all),
+    seeds ``seed + 40000, ...``."""
+    chosen = FP8_CASES[:QUICK_FP8] if preset == "quick" else FP8_CASES
+    cases = [Case(dtype=FP8, **{**dict(causal=False, causal_alignment="top_left", kv_lens=False), **fields},
+                  seed=seed + 40_000 + i) for i, fields in enumerate(chosen)]
+    return [c for c in cases if causal is None or c.causal == causal]
+
+
 LARGE_CASE = 100_000  # Lq * Lk above which the covering sweeps use batch 1
 QUICK_SEQLENS = ((1, 239), (113, 203), (128, 217), (239, 1), (200, 200))
 QUICK_HEAD_DIMS = (40, 64, 128)
@@ -136,14 +164,17 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
     (16-bit, then float32), three times in "ci", four times in "full"; then the block-boundary cases (``boundary_cases``:
     every boundary quantity on the residues 0, 1, 2, B - 2, B - 1 of every block size B of the
     forced tiles: quick one tile triple, ci and full every tile of the tables, seeds
-    ``seed + 30000, ...``)."""
+    ``seed + 30000, ...``); last the FP8 forward's cases (``fp8_cases``) unless ``dtypes`` leaves
+    "float8_e4m3fn" out."""
     if preset not in ("quick", "ci", "full"):
         raise ValueError(f"preset must be 'quick', 'ci' or 'full', got {preset!r}")
     requested_head_dims = head_dims  # the packed families have their own head dims unless filtered
+    with_fp8 = dtypes is None or FP8 in dtypes
     dtypes = tuple(dtypes) if dtypes is not None else DTYPES
     for d in dtypes:
-        if d not in DTYPES:
-            raise ValueError(f"dtypes must be among {DTYPES}, got {d!r}")
+        if d not in CASE_DTYPES:
+            raise ValueError(f"dtypes must be among {CASE_DTYPES}, got {d!r}")
+    dtypes = tuple(d for d in dtypes if d != FP8)
     masks = tuple(m for m in CAUSAL_MODES if causal is None or m[0] == causal)
     if preset == "quick":
         seqlens, default_dims, layouts = QUICK_SEQLENS, QUICK_HEAD_DIMS, HEAD_LAYOUTS
@@ -165,12 +196,17 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
     else:
         cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
-    boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed)
+    if not dtypes:  # FP8 only
+        cases = variants = []
+    boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed) \
+        if dtypes else []
     pairs = tuple(p for p in VALUE_HEAD_DIM_PAIRS if requested_head_dims is None or p[0] in requested_head_dims)
     mla = _value_head_dim_cases(pairs, VARIANT_SEQLENS, dtypes, masks, layouts,
-                                {"quick": 1, "ci": 2, "full": 3}[preset], seed)
-    return cases + mla + variants + boundary
+                                {"quick": 1, "ci": 2, "full": 3}[preset], seed) if dtypes else []
+    fp8 = [c for c in fp8_cases(preset, causal, seed) if requested_head_dims is None or c.head_dim in head_dims] \
+        if with_fp8 else []
+    return cases + mla + variants + boundary + fp8
 
 
-__all__ = ["CI_HEAD_DIMS", "CI_SEQLENS", "HEAD_LAYOUTS", "QUICK_HEAD_DIMS", "QUICK_SEQLENS", "VALUE_HEAD_DIM_PAIRS",
-           "VARIANT_FAMILIES", "dense_sweep"]
+__all__ = ["CI_HEAD_DIMS", "CI_SEQLENS", "FP8_CASES", "HEAD_LAYOUTS", "QUICK_FP8", "QUICK_HEAD_DIMS", "QUICK_SEQLENS",
+           "VALUE_HEAD_DIM_PAIRS", "VARIANT_FAMILIES", "dense_sweep", "fp8_cases"]

@@ -153,7 +153,7 @@ def test_variant_rows_are_enumerated_at_their_head_dims():
     # Each variant at its own head dims: the plain kernel and the Hopper path at every gate head
     # dim, the others at the bucket head dims only.
     expected = {v.name: {d for d in (40, 128) if d in ({p[0] for p in v.head_dim_pairs} or v.head_dims)}
-                for v in VARIANTS}
+                for v in VARIANTS if "bfloat16" in v.dtypes}
     assert expected["plain"] == {40, 128} and expected["tma"] == {40, 128} and expected["window"] == {128}
     assert by_variant == {name: dims for name, dims in expected.items() if dims}
     specs = specializations(head_dims=(128,), dtypes=("bfloat16",), causal=(True,), kernels=("forward",),
@@ -262,3 +262,39 @@ def test_mla_192_128_compiles_clean(arch):
     if arch == "sm_90":
         assert all(r.uses_tma and r.uses_wgmma for r in rows)
     assert_clean(rows)
+
+
+@pytest.mark.compile
+@pytest.mark.smoke
+def test_fp8_forward_compiles_clean_on_hopper_with_e4m3_wgmma_for_both_products():
+    # The FP8 rows (IS_FP8): the bucket head dims, causal, the default tile; every matrix product
+    # must be an e4m3 x e4m3 wgmma (the verdict checks it: ``fp8_wgmma``, ``other_mma``).
+    specs = [s for s in specializations(head_dims=(64, 128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
+                                        kernels=("forward",), variants=("fp8",), arch="sm_90")
+             if s.config == configs_for("forward", s.head_dim, torch.bfloat16)[0]]
+    rows = compile_specializations("sm_90", head_dims=(64, 128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
+                                   kernels=("forward",), variants=("fp8",),
+                                   configs=lambda *a: configs_for(a[0], a[1], torch.bfloat16)[:1])
+    assert len(rows) == len(specs) == 3
+    assert all(r.fp8_wgmma > 0 and r.other_mma == 0 for r in rows)
+    assert_clean(rows)
+
+
+def test_fp8_is_refused_on_sm80_and_its_rows_exist_only_on_sm90():
+    assert not [s for s in specializations(arch="sm_80", kernels=("forward",)) if s.dtype == "float8_e4m3fn"]
+    fp8 = [s for s in specializations(arch="sm_90", kernels=KERNEL_NAMES) if s.dtype == "float8_e4m3fn"]
+    assert fp8 and {s.kernel for s in fp8} == {"forward"} and {s.variant for s in fp8} <= {v.name for v in VARIANTS}
+    with pytest.raises(ValueError, match="sm_80 has no FP8 MMA"):
+        from flashref.kernels.compile_gate import compile_specialization
+
+        compile_specialization(fp8[0], "sm_80")
+
+
+def test_the_gate_fails_an_fp8_row_whose_products_are_not_all_e4m3_wgmma():
+    row = dict(kernel="forward", arch="sm_90", head_dim=128, dtype="float8_e4m3fn", causal=True, variant="fp8",
+               BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, registers=180, shared_memory=49152, spills=0,
+               uses_wgmma=True, fp8_wgmma=8, other_mma=0)
+    assert problems(row) == []
+    assert problems({**row, "other_mma": 4}) == ["no FP8 wgmma"]  # P V upcast to bfloat16
+    assert problems({**row, "fp8_wgmma": 0, "uses_wgmma": False}) == ["no FP8 wgmma"]
+    assert problems({**row, "arch": "sm_80"}) == ["FP8 on sm_80"]

@@ -137,7 +137,9 @@ def test_the_slack_stays_below_the_baseline_term_on_non_degenerate_cases():
     """Requirement (b) of issue 9: slack < factor * baseline error for every tensor of every
     non-degenerate CI case, on this run's fresh inputs (no kernel needed)."""
     checked, worst = 0, {}
-    for case in sweep("ci", seed=session_seed() % 2**20 * 100, families=["dense"]):
+    # The 16/32-bit rule's property: the FP8 rule's slack carries P's e4m3 rounding by design
+    # (docs/design.md, "FP8"), the same order as its baseline's error.
+    for case in sweep("ci", seed=session_seed() % 2**20 * 100, families=["dense"], dtypes=gate.DTYPES):
         inputs = gate.make_inputs(case)
         if degenerate(case, inputs):
             continue
@@ -240,7 +242,7 @@ def test_bad_case_names_are_rejected(bad):
 
 def is_variant(case: Case) -> bool:
     """A case of one of the variant families (gate.VARIANT_FAMILIES) rather than plain attention."""
-    return not case.tiles and (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
+    return not case.tiles and case.dtype != gate.FP8 and (case.window != (-1, -1) or case.softcap > 0 or bool(case.alibi) or bool(case.sinks)
                                or case.dropout_p > 0)
 
 
@@ -257,12 +259,15 @@ def is_boundary(case: Case) -> bool:
 def test_ci_sweep_covers_every_axis_value_in_several_combinations():
     every = sweep("ci", families=["dense"])
     # The plain covering design first, then each (D, Dv) pair twice, every variant family three
-    # times, then the block-boundary cases.
-    cases = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)]
+    # times, then the block-boundary cases, then the FP8 forward's cases.
+    fp8 = [c for c in every if c.dtype == gate.FP8]
+    cases = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)
+             and c.dtype != gate.FP8]
     pairs = [c for c in every if is_value_head_dim(c)]
     variants = [c for c in every if is_variant(c)]
     boundary = [c for c in every if is_boundary(c)]
-    assert every == cases + pairs + variants + boundary
+    assert every == cases + pairs + variants + boundary + fp8
+    assert len(fp8) == len(gate.FP8_CASES)
     assert Counter((c.head_dim, c.head_dim_v) for c in pairs) == {p: 2 for p in gate.VALUE_HEAD_DIM_PAIRS}
     assert {c.dtype for c in pairs} == set(gate.DTYPES) and {c.kv_lens for c in pairs} == {False, True}
     assert {(c.causal, c.causal_alignment) for c in pairs} == set(gate.CAUSAL_MODES) and any(c.descriptors for c in pairs)
@@ -296,8 +301,10 @@ def test_ci_sweep_covers_every_axis_value_in_several_combinations():
 
 def test_sweep_filters_and_presets():
     every = sweep("quick", families=["dense"])
-    quick = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)]
+    quick = [c for c in every if not is_variant(c) and not is_boundary(c) and not is_value_head_dim(c)
+             and c.dtype != gate.FP8]
     assert {(c.head_dim, c.head_dim_v) for c in every if is_value_head_dim(c)} == set(gate.VALUE_HEAD_DIM_PAIRS)
+    assert len([c for c in every if c.dtype == gate.FP8]) == gate.QUICK_FP8
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
     # Each variant family twice (16-bit, then float32), the boundary cases of one tile triple;
     # with the packed families `flashref verify --quick` stays near a minute.
