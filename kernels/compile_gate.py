@@ -35,6 +35,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from . import attention_blocks
 from .attention_decode import decode_tile
 from .launch import FLOAT32_DOT_PRECISION
 from .config_dispatch import dispatcher_configs
@@ -72,6 +73,10 @@ GATE_DTYPES = ("float16", "bfloat16", "float32")
 # start at sm_89): the dispatcher refuses FP8 there (kernels/checks.py) and so does the gate.
 FP8_DTYPE = "float8_e4m3fn"
 FP8_ARCHS = ("sm_90",)
+# The most FP8 products an e4m3 wgmma may sum before float32 (the kernels' setting), and what a
+# row without the TTGIR's number is taken to have: Triton's default, 2^30.
+FP8_PRECISE_ACCUMULATION = attention_blocks.FP8_PRECISE_ACCUMULATION.value
+FP8_IMPRECISE_ACC_UNSET = 2**30
 DELTA_CONFIG = KernelConfig(block_m=64, block_n=0, num_warps=4, num_stages=1)
 
 
@@ -212,6 +217,8 @@ class CompileRow:
     fp8_wgmma: int = 0  # wgmma instructions with e4m3 x e4m3 operands in the PTX
     other_mma: int = 0  # every other wgmma / mma.sync instruction in the PTX (16-bit, tf32 operands)
     maxnreg: int | None = None  # the config's .maxnreg (float32 launches: 255)
+    # FP8 rows on sm_90: the largest maxNumImpreciseAcc of the e4m3 warpgroup dots (TTGIR)
+    fp8_imprecise_acc: int | None = None
     head_dim_v: int | None = None  # V's head dim where it differs from head_dim (MLA rows)
 
     def as_dict(self) -> dict:
@@ -235,6 +242,10 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     - "no FP8 wgmma": an FP8 row on sm_90 whose matrix products are not all ``wgmma ...
       .e4m3.e4m3`` (Q K^T and P V: an operand upcast to 16 bits shows up as a bf16/f16 wgmma or
       an mma.sync, at half the throughput or less);
+    - "FP8 imprecise accumulator": an FP8 row on sm_90 whose e4m3 wgmma may sum more than
+      ``FP8_PRECISE_ACCUMULATION`` products in Hopper's narrow FP8 accumulator before they reach
+      float32 (the TTGIR's ``maxNumImpreciseAcc``; Triton's default is 2^30: P V would then
+      accumulate a whole row in ~14 bits, which the gate's float32 slack does not cover);
     - "FP8 on ARCH": an FP8 row on an arch without FP8 MMA (sm_80).
     """
     row = row.as_dict() if isinstance(row, CompileRow) else row
@@ -258,6 +269,8 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
             found.append(f"FP8 on {arch}")
         elif row.get("fp8_wgmma", 0) == 0 or row.get("other_mma", 0) > 0:
             found.append("no FP8 wgmma")
+        elif (row.get("fp8_imprecise_acc") or FP8_IMPRECISE_ACC_UNSET) > FP8_PRECISE_ACCUMULATION:
+            found.append("FP8 imprecise accumulator")
     return found
 
 
@@ -531,7 +544,17 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         uses_wgmma="wgmma" in compiled.asm["ptx"],
         compile_seconds=round(seconds, 2), variant=spec.variant,
         uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg,
-        head_dim_v=spec.head_dim_v, **mma_counts(compiled.asm["ptx"]))
+        head_dim_v=spec.head_dim_v, fp8_imprecise_acc=fp8_imprecise_accumulation(compiled.asm["ttgir"]),
+        **mma_counts(compiled.asm["ptx"]))
+
+
+def fp8_imprecise_accumulation(ttgir: str) -> int | None:
+    """The largest ``maxNumImpreciseAcc`` of the FP8 warpgroup dots in a TTGIR text (None when it
+    has none): how many FP8 products Hopper's wgmma may sum in its narrow accumulator before
+    Triton adds them into float32 (``attention_blocks.FP8_PRECISE_ACCUMULATION``)."""
+    counts = [int(n) for line in ttgir.splitlines() if "warp_group_dot " in line and "f8E4M3" in line
+              for n in re.findall(r"maxNumImpreciseAcc = (\d+)", line)]
+    return max(counts, default=None)
 
 
 def mma_counts(ptx: str) -> dict[str, int]:
