@@ -19,6 +19,7 @@ from .tile_tables import (
     INTERPRETER_DECODE_CONFIG,
     SCORE_VARIANT_SWITCHES,
     KernelConfig,
+    arch_of_capability,
     configs_for,
     table_configs,
 )
@@ -74,7 +75,9 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
 
 def config_pruner(kernel: str):
     """An ``early_config_prune`` hook: a forced config (tuning), else this device's tuned
-    config for the call (``tuned_config``), else the default table for its head dim and dtype."""
+    config for the call (``tuned_config``), else the default table for its head dim and dtype,
+    with the rows of the device's arch (``tile_tables.arch_of_capability``: 10.x sm_100,
+    12.x sm_120) first."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
@@ -87,7 +90,8 @@ def config_pruner(kernel: str):
         # Tuning measures launches without score variants: those keep their gate-checked table.
         chosen = None if variants else (
             _FORCED.get(name) or tuned_config(name, args["HEAD_DIM"], q.dtype, bool(args.get("RIGHT_BOUND")), q.device))
-        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout)
+        arch = device_arch(q.device)
+        defaults = configs_for(name, args["HEAD_DIM"], q.dtype, variants=variants, dropout=dropout, arch=arch)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
@@ -97,11 +101,18 @@ def config_pruner(kernel: str):
     return prune
 
 
+def device_arch(device: torch.device) -> str | None:
+    """The tile tables' arch of a CUDA device (``arch_of_capability``), None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return arch_of_capability(tuple(torch.cuda.get_device_capability(device)))
+
+
 def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *, variants: bool = False,
                        dropout: bool = False) -> tuple[KernelConfig, ...]:
     """What the dispatcher can launch on ``arch``: the default table, then tuned winners
     (a launch with a score variant: its table only, see ``config_pruner``)."""
     if variants or dropout:
-        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout)
-    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype),
+        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout, arch=arch)
+    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype, arch=arch),
                                 *tuned_configs_for_arch(kernel, head_dim, dtype, arch)]))
