@@ -1,11 +1,13 @@
-"""The compile gate: build every kernel specialization for Hopper/Ampere on a CPU-only machine.
+"""The compile gate: build every kernel specialization for Hopper, Ampere and Blackwell
+(sm_90, sm_80, sm_100, sm_120: ``ARCHS``) on a CPU-only machine.
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` runs Triton's whole
 pipeline (TTIR -> TTGIR -> LLVM -> PTX -> ptxas -> cubin) without a GPU; the wheel carries
 ``ptxas`` and ``cuobjdump``. Each compiled specialization gives one ``CompileRow``:
 registers per thread, spilled bytes (both from ``cuobjdump --dump-resource-usage`` on the
 cubin: "REG", and "LOCAL"/"STACK" which on these kernels are register spills), dynamic shared
-memory (``metadata.shared``), and whether the PTX uses Hopper's ``wgmma`` instructions.
+memory (``metadata.shared``), and which MMA instruction the PTX uses (``mma_instruction``:
+Blackwell's ``tcgen05``, Hopper's ``wgmma``, ``mma.sync``, or none).
 
 A specialization is what the dispatcher (``flash_attention.py``) can launch: a kernel, a
 head dim, a dtype, causal or not, and one configuration of ``tile_tables.configs_for``. Where the
