@@ -126,6 +126,9 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
         ("backward_dkdv", 128, False): (_C(32, 64, 8, 1),),
         ("backward_dk", 256, False): (_C(16, 64, 8, 1),),
         ("backward_dv", 256, False): (_R(16, 64, 8, 1),),
+        # Without .maxnreg ptxas capped this tile at 128 registers on sm_100 and spilled 8 B
+        # (TMA path); with it, 130 registers, clean.
+        ("forward", 256, False): (_R(64, 32, 8, 2), _C(64, 64, 8, 1)),
     },
     # mma.sync keeps the accumulators in registers: the shared (128, 64, 8, 3) spilled 120-128 B
     # at head dim 128 (as did every 128 x 64 tile, the 4-warp 128-row tiles and 64 x 64 x 4 x 3);
@@ -136,6 +139,13 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
 }
 ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
     "sm_100": {},
+    "sm_120": {},
+}
+# The same for launches with DROPOUT on (before ``ARCH_VARIANT_TABLES``, as ``DROPOUT_TABLE``
+# comes before ``VARIANT_TABLE``). sm_100, dQ at 256: DROPOUT_TABLE's 64 x 16 tile was capped
+# at 128 registers by ptxas and spilled 24 B; with .maxnreg 255, 149 registers, clean.
+ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
+    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),)},
     "sm_120": {},
 }
 # The tables' arch of a compute capability's major version: Blackwell datacenter (10.x: B200,
@@ -179,16 +189,22 @@ def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: boo
     launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
     DROPOUT itself; each has a table of its own where the default tile spills
     (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``). ``arch`` ("sm_100", ...): its rows of
-    ``ARCH_TABLES`` / ``ARCH_VARIANT_TABLES`` come first where it has one."""
+    ``ARCH_TABLES`` / ``ARCH_DROPOUT_TABLES`` / ``ARCH_VARIANT_TABLES`` come first where it
+    has one."""
     bucket = head_dim_bucket(head_dim)
     key = (kernel, bucket, dtype == torch.float32)
-    own = (ARCH_VARIANT_TABLES if variants or dropout else ARCH_TABLES).get(arch or "", {})
-    if key in own:
-        return own[key]
-    if dropout and key in DROPOUT_TABLE:
-        return DROPOUT_TABLE[key]
-    if (variants or dropout) and key in VARIANT_TABLE:
-        return VARIANT_TABLE[key]
+    own = {name: tables.get(arch or "", {}) for name, tables in (
+        ("dropout", ARCH_DROPOUT_TABLES), ("variants", ARCH_VARIANT_TABLES), ("plain", ARCH_TABLES))}
+    if dropout:
+        for table in (own["dropout"], DROPOUT_TABLE):
+            if key in table:
+                return table[key]
+    if variants or dropout:
+        for table in (own["variants"], VARIANT_TABLE):
+            if key in table:
+                return table[key]
+    if key in own["plain"]:
+        return own["plain"][key]
     if kernel in DKDV_LAUNCHES:
         kernel = "backward_dkdv"
     if kernel not in KERNEL_NAMES:
@@ -207,7 +223,8 @@ def table_configs(kernel: str) -> list[KernelConfig]:
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
     seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
-    arch_rows = [row for tables in (ARCH_TABLES, ARCH_VARIANT_TABLES) for rows in tables.values() for row in rows.items()]
+    arch_rows = [row for tables in (ARCH_TABLES, ARCH_VARIANT_TABLES, ARCH_DROPOUT_TABLES)
+                 for rows in tables.values() for row in rows.items()]
     for (name, _, _), table in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items(), *arch_rows):
         seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
                     and c not in seen)
