@@ -129,6 +129,8 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
         # Without .maxnreg ptxas capped this tile at 128 registers on sm_100 and spilled 8 B
         # (TMA path); with it, 130 registers, clean.
         ("forward", 256, False): (_R(64, 32, 8, 2), _C(64, 64, 8, 1)),
+        # The shared row's third tile, 64 x 32 x 4 x 2, spilled 8 B; with .maxnreg 255, 176 registers.
+        ("forward", 128, False): (_C(128, 64, 8, 3), _R(64, 64, 4, 3), _R(64, 32, 4, 2)),
     },
     # mma.sync keeps the accumulators in registers: the shared (128, 64, 8, 3) spilled 120-128 B
     # at head dim 128 (as did every 128 x 64 tile, the 4-warp 128-row tiles and 64 x 64 x 4 x 3);
@@ -138,14 +140,19 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
     },
 }
 ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
-    "sm_100": {},
+    # VARIANT_TABLE's dQ tile at 128 (64 x 32 x 8 x 2) was capped at 128 registers and spilled
+    # 16 B (varlen with every variant); .maxnreg 255 holds it. The dK/dV kernel at 128 with a
+    # score variant takes the arch's plain row (32 x 64 x 8 x 1, maxnreg 255: 148 registers, ALiBi).
+    "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),)},
     "sm_120": {},
 }
 # The same for launches with DROPOUT on (before ``ARCH_VARIANT_TABLES``, as ``DROPOUT_TABLE``
 # comes before ``VARIANT_TABLE``). sm_100, dQ at 256: DROPOUT_TABLE's 64 x 16 tile was capped
 # at 128 registers by ptxas and spilled 24 B; with .maxnreg 255, 149 registers, clean.
 ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
-    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),)},
+    # DROPOUT_TABLE's dK/dV tile at 128 (16 x 64 x 8 x 2) spilled 216-304 B; one stage less with
+    # .maxnreg 255: 168-180 registers (varlen / TMA with every variant).
+    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),)},
     "sm_120": {},
 }
 # The tables' arch of a compute capability's major version: Blackwell datacenter (10.x: B200,
