@@ -137,6 +137,9 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
     # 128 x 32 with 8 warps holds them in 202 registers and 64 KiB of its 99.
     "sm_120": {
         ("forward", 128, False): (_C(128, 32, 8, 3), _C(64, 64, 8, 2), _C(64, 32, 4, 2)),
+        # dQ at 256: the shared 64 x 32 x 8 x 2 needs 102400 B of shared memory, 1 KiB over the
+        # 99 KiB; one stage spilled 712 B; 64 x 16 with .maxnreg 255: 86016 B, 254 registers.
+        ("backward_dq", 256, False): (_R(64, 16, 8, 2),),
     },
 }
 ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
@@ -153,7 +156,7 @@ ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
     # DROPOUT_TABLE's dK/dV tile at 128 (16 x 64 x 8 x 2) spilled 216-304 B; one stage less with
     # .maxnreg 255: 168-180 registers (varlen / TMA with every variant).
     "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),)},
-    "sm_120": {},
+    "sm_120": {("backward_dq", 256, False): (_R(64, 16, 8, 2),)},  # DROPOUT_TABLE's tile spilled 16 B
 }
 # The tables' arch of a compute capability's major version: Blackwell datacenter (10.x: B200,
 # GB200, GB300) and consumer Blackwell (12.x: RTX 50xx) have rows of their own; Hopper 9.x.

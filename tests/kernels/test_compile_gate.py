@@ -83,6 +83,7 @@ BLACKWELL_CASES = {
                ("backward_dkdv", 128, "bfloat16", True, "plain"), ("backward_dkdv", 256, "bfloat16", True, "plain"),
                ("backward_dq", 40, "float32", False, "plain")],
     "sm_120": [("forward", 96, "bfloat16", True, "plain"), ("backward_dq", 40, "float16", False, "plain"),
+               ("backward_dq", 256, "bfloat16", True, "plain"),
                ("backward_dkdv", 256, "bfloat16", True, "plain"), ("forward", 256, "float32", True, "plain")],
 }
 
