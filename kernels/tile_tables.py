@@ -147,7 +147,9 @@ ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
     # 16 B (varlen with every variant); .maxnreg 255 holds it. The dK/dV kernel at 128 with a
     # score variant takes the arch's plain row (32 x 64 x 8 x 1, maxnreg 255: 148 registers, ALiBi).
     "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),)},
-    "sm_120": {},
+    # VARIANT_TABLE's dK tile at 256 (16 x 32 x 8 x 2) was capped at 128 registers and spilled
+    # 16 B (window + softcap + ALiBi); .maxnreg 255: 152-216 registers.
+    "sm_120": {("backward_dk", 256, False): (_R(16, 32, 8, 2),)},
 }
 # The same for launches with DROPOUT on (before ``ARCH_VARIANT_TABLES``, as ``DROPOUT_TABLE``
 # comes before ``VARIANT_TABLE``). sm_100, dQ at 256: DROPOUT_TABLE's 64 x 16 tile was capped
