@@ -1,11 +1,13 @@
-"""The compile gate: build every kernel specialization for Hopper/Ampere on a CPU-only machine.
+"""The compile gate: build every kernel specialization for Hopper, Ampere and Blackwell
+(sm_90, sm_80, sm_100, sm_120: ``ARCHS``) on a CPU-only machine.
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` runs Triton's whole
 pipeline (TTIR -> TTGIR -> LLVM -> PTX -> ptxas -> cubin) without a GPU; the wheel carries
 ``ptxas`` and ``cuobjdump``. Each compiled specialization gives one ``CompileRow``:
 registers per thread, spilled bytes (both from ``cuobjdump --dump-resource-usage`` on the
 cubin: "REG", and "LOCAL"/"STACK" which on these kernels are register spills), dynamic shared
-memory (``metadata.shared``), and whether the PTX uses Hopper's ``wgmma`` instructions.
+memory (``metadata.shared``), and which MMA instruction the PTX uses (``mma_instruction``:
+Blackwell's ``tcgen05``, Hopper's ``wgmma``, ``mma.sync``, or none).
 
 A specialization is what the dispatcher (``flash_attention.py``) can launch: a kernel, a
 head dim, a dtype, causal or not, and one configuration of ``tile_tables.configs_for``. Where the
@@ -56,9 +58,18 @@ from .tile_tables import (
 )
 from .tuning_space import TABLE_SCHEMA, accumulator_registers, candidate_configs
 
-ARCHS = {"sm_90": 90, "sm_80": 80}
-# Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block.
-SHARED_MEMORY_LIMITS = {"sm_90": 232448, "sm_80": 166912}  # H100/H200; A100
+ARCHS = {"sm_90": 90, "sm_80": 80, "sm_100": 100, "sm_120": 120}
+# Dynamic shared memory one program (block) may use, bytes: the opt-in maximum per block, from
+# the CUDA C++ Programming Guide's "Technical Specifications per Compute Capability" table
+# ("Maximum amount of shared memory per thread block"): 9.0 and 10.0 227 KB, 8.0 163 KB,
+# 12.0 99 KB (228 / 164 / 100 KB per SM, less the 1 KB the driver reserves per block).
+SHARED_MEMORY_LIMITS = {"sm_90": 232448, "sm_80": 166912, "sm_100": 232448, "sm_120": 101376}
+# The MMA instruction family each arch's 16-bit dots must use (``mma_instruction``): Hopper's
+# warpgroup MMA, Blackwell datacenter's tcgen05 (accumulator in tensor memory); sm_80 and the
+# consumer Blackwell sm_120 have only the warp-level mma.sync, so there is nothing to miss.
+TENSOR_CORE_MMA = {"sm_90": "wgmma", "sm_100": "tcgen05"}
+# Where the dispatcher takes the tensor-descriptor path (kernels/launch.py ``tma_ok``).
+TMA_ARCHS = ("sm_90", "sm_100")
 # 16-bit dots must lower to Hopper's wgmma; float32 takes exact ("ieee") FMA dots, no MMA.
 WGMMA_DTYPES = ("float16", "bfloat16")
 # Head dims the gate compiles: every padded width (16..256) and the non-powers of two that
@@ -139,19 +150,21 @@ VARIANTS = (
     Variant("varlen_all_variants_sinks", _VARLEN_ALL + (("SINKS", True),)),  # the forward and delta
 )
 # The Hopper path (kernels/tile_loads.py): tiles through tensor descriptors. The dispatcher
-# takes it on sm_90 for 16-bit inputs only; its rows must show TMA bulk copies and wgmma.
+# takes it on sm_90 and sm_100 (``TMA_ARCHS``) for 16-bit inputs only; its rows must show TMA
+# bulk copies and the arch's MMA (wgmma, tcgen05). sm_120 has TMA too, but it is not taken
+# there: it saved nothing (mma.sync kernels; the plain loads pipeline with cp.async).
 VARIANTS += (
-    Variant("tma", (("TMA", True),), head_dims=GATE_HEAD_DIMS, archs=("sm_90",), dtypes=WGMMA_DTYPES,
+    Variant("tma", (("TMA", True),), head_dims=GATE_HEAD_DIMS, archs=TMA_ARCHS, dtypes=WGMMA_DTYPES,
             all_configs=True),
-    Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+    Variant("tma_kv_lens", (("TMA", True), ("HAS_KV_LENS", True)), archs=TMA_ARCHS, dtypes=WGMMA_DTYPES),
     Variant("tma_all_variants", (("TMA", True),) + _KV_BOTTOM_RIGHT + (
-        ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=("sm_90",), dtypes=WGMMA_DTYPES),
+        ("LEFT_BOUND", True), ("SOFTCAP", True), ("ALIBI", True), ("DROPOUT", True)), archs=TMA_ARCHS, dtypes=WGMMA_DTYPES),
 )
 # Value head dim != query/key head dim (issue 23, DeepSeek's MLA): the pairs models use.
 MLA_HEAD_DIM_PAIRS = ((192, 128), (128, 64), (64, 128))
 VARIANTS += (
     Variant("mla", head_dim_pairs=MLA_HEAD_DIM_PAIRS),
-    Variant("mla_tma", (("TMA", True),), archs=("sm_90",), dtypes=WGMMA_DTYPES, head_dim_pairs=MLA_HEAD_DIM_PAIRS),
+    Variant("mla_tma", (("TMA", True),), archs=TMA_ARCHS, dtypes=WGMMA_DTYPES, head_dim_pairs=MLA_HEAD_DIM_PAIRS),
 )
 # The FP8 forward (issue 23): every table tile at the bucket head dims, then with the masks and
 # sinks it supports (its only kernel is the forward: no other kernel has IS_FP8).
@@ -220,6 +233,7 @@ class CompileRow:
     # FP8 rows on sm_90: the largest maxNumImpreciseAcc of the e4m3 warpgroup dots (TTGIR)
     fp8_imprecise_acc: int | None = None
     head_dim_v: int | None = None  # V's head dim where it differs from head_dim (MLA rows)
+    mma: str = ""  # the matrix-product instruction in the PTX (``mma_instruction``); "" unknown
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -237,8 +251,10 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     - "smem N > LIMIT B": more dynamic shared memory than one program may have on the arch;
     - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
       warpgroup MMA (it would run on the slower mma.sync path);
-    - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 whose PTX has no
-      ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads);
+    - "no tcgen05": the same on sm_100 for Blackwell's tensor-memory MMA (a row whose PTX
+      uses wgmma or mma.sync instead: Triton fell back from tcgen05);
+    - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 or sm_100 whose PTX
+      has no ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads);
     - "no FP8 wgmma": an FP8 row on sm_90 whose matrix products are not all ``wgmma ...
       .e4m3.e4m3`` (Q K^T and P V: an operand upcast to 16 bits shows up as a bf16/f16 wgmma or
       an mma.sync, at half the throughput or less);
@@ -246,7 +262,7 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
       ``FP8_PRECISE_ACCUMULATION`` products in Hopper's narrow FP8 accumulator before they reach
       float32 (the TTGIR's ``maxNumImpreciseAcc``; Triton's default is 2^30: P V would then
       accumulate a whole row in ~14 bits, which the gate's float32 slack does not cover);
-    - "FP8 on ARCH": an FP8 row on an arch without FP8 MMA (sm_80).
+    - "FP8 on ARCH": an FP8 row on an arch the FP8 forward is not compiled for (``FP8_ARCHS``).
     """
     row = row.as_dict() if isinstance(row, CompileRow) else row
     if row.get("error"):
@@ -258,11 +274,12 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     limit = SHARED_MEMORY_LIMITS[arch]
     if row.get("shared_memory", 0) > limit:
         found.append(f"smem {row['shared_memory']} > {limit} B")
-    if (arch == "sm_90" and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
-            and not row.get("uses_wgmma") and not mma_sync_by_design(row)):
-        found.append("no wgmma")
+    wanted = TENSOR_CORE_MMA.get(arch)
+    if (wanted and row.get("dtype") in WGMMA_DTYPES and row.get("kernel") != "backward_delta"
+            and not _uses(row, wanted) and not mma_sync_by_design(row)):
+        found.append(f"no {wanted}")
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
-    if variant is not None and variant.uses_tma and arch == "sm_90" and not row.get("uses_tma"):
+    if variant is not None and variant.uses_tma and arch in TMA_ARCHS and not row.get("uses_tma"):
         found.append("no TMA")
     if row.get("dtype") == FP8_DTYPE:
         if arch not in FP8_ARCHS:
@@ -272,6 +289,25 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
         elif (row.get("fp8_imprecise_acc") or FP8_IMPRECISE_ACC_UNSET) > FP8_PRECISE_ACCUMULATION:
             found.append("FP8 imprecise accumulator")
     return found
+
+
+def _uses(row: Mapping[str, Any], instruction: str) -> bool:
+    """Whether the row's PTX uses ``instruction`` ("wgmma", "tcgen05"); rows written before the
+    ``mma`` field existed only know wgmma."""
+    if row.get("mma"):
+        return row["mma"] == instruction
+    return instruction == "wgmma" and bool(row.get("uses_wgmma"))
+
+
+def mma_instruction(ptx: str) -> str:
+    """The matrix-product instruction family a kernel's PTX uses: "tcgen05" (Blackwell's
+    ``tcgen05.mma``, accumulator in tensor memory), "wgmma" (Hopper's warpgroup MMA),
+    "mma.sync" (warp-level, sm_80 onward), or "fma" when it has none (float32 "ieee" dots,
+    the delta kernel)."""
+    for instruction in ("tcgen05.mma", "wgmma", "mma.sync"):
+        if instruction in ptx:
+            return instruction.removesuffix(".mma")
+    return "fma"
 
 
 def mma_sync_by_design(row: Mapping[str, Any]) -> bool:
@@ -439,7 +475,7 @@ def _signature(fn, spec: Specialization):
 # ``compile-report`` (it becomes a specialization the dispatcher can pick).
 PRUNE_DTYPE, PRUNE_CAUSAL = "bfloat16", True
 # What a 16-bit launch runs on each arch: the Hopper path (tensor descriptors) on sm_90.
-PRUNE_VARIANT = {"sm_90": "tma", "sm_80": "plain"}
+PRUNE_VARIANT = {"sm_90": "tma", "sm_80": "plain", "sm_100": "tma", "sm_120": "plain"}
 
 
 def table_groups(kernels=KERNEL_NAMES, buckets=BUCKETS) -> list[tuple[str, int]]:
@@ -516,7 +552,7 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
 
 
 def compile_specialization(spec: Specialization, arch: str = "sm_90") -> CompileRow:
-    """Compile one specialization for ``arch`` ("sm_90" or "sm_80") and measure it."""
+    """Compile one specialization for ``arch`` (a key of ``ARCHS``) and measure it."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
     if spec.dtype == FP8_DTYPE and arch not in FP8_ARCHS:
@@ -545,7 +581,7 @@ def compile_specialization(spec: Specialization, arch: str = "sm_90") -> Compile
         compile_seconds=round(seconds, 2), variant=spec.variant,
         uses_tma="cp.async.bulk.tensor" in compiled.asm["ptx"], maxnreg=spec.config.maxnreg,
         head_dim_v=spec.head_dim_v, fp8_imprecise_acc=fp8_imprecise_accumulation(compiled.asm["ttgir"]),
-        **mma_counts(compiled.asm["ptx"]))
+        mma=mma_instruction(compiled.asm["ptx"]), **mma_counts(compiled.asm["ptx"]))
 
 
 def fp8_imprecise_accumulation(ttgir: str) -> int | None:
@@ -639,7 +675,7 @@ def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm
     head dim and dtype)."""
     specs = []
     for d, dt in product(head_dims, dtypes):
-        block_m, block_n, warps = decode_tile(d, dt, hopper=arch == "sm_90")
+        block_m, block_n, warps = decode_tile(d, dt, hopper=ARCHS[arch] >= 90)  # launch.py: capability >= 9
         specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps,
                              variants=variants) for paged in (False, True) for variants in (False, True)]
         specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
@@ -694,7 +730,7 @@ def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
         BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, num_warps=spec.num_warps, num_stages=2,
         registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0), uses_wgmma="wgmma" in compiled.asm["ptx"],
-        compile_seconds=round(seconds, 2), variant=spec.variant)
+        compile_seconds=round(seconds, 2), variant=spec.variant, mma=mma_instruction(compiled.asm["ptx"]))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from .tile_tables import (
     INTERPRETER_DECODE_CONFIG,
     SCORE_VARIANT_SWITCHES,
     KernelConfig,
+    arch_of_capability,
     configs_for,
     table_configs,
 )
@@ -74,7 +75,9 @@ def all_triton_configs(kernel: str) -> list[triton.Config]:
 
 def config_pruner(kernel: str):
     """An ``early_config_prune`` hook: a forced config (tuning), else this device's tuned
-    config for the call (``tuned_config``), else the default table for its head dim (the larger of D and Dv) and dtype."""
+    config for the call (``tuned_config``), else the default table for its head dim (the larger
+    of D and Dv) and dtype, with the rows of the device's arch (``tile_tables.arch_of_capability``:
+    10.x sm_100, 12.x sm_120) first."""
 
     def prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
@@ -93,8 +96,9 @@ def config_pruner(kernel: str):
         # Tuning measures launches without score variants (nor FP8): those keep their gate-checked table.
         chosen = None if variants or args.get("IS_FP8") else (
             _FORCED.get(name) or tuned_config(name, head_dim, dtype, bool(args.get("RIGHT_BOUND")), q.device))
+        arch = device_arch(q.device)
         defaults = configs_for(name, args["HEAD_DIM"], dtype, variants=variants, dropout=dropout,
-                               head_dim_v=head_dim_v)
+                               head_dim_v=head_dim_v, arch=arch)
         for wanted in ((chosen,) if chosen else (), defaults):  # a stale tuned entry: the defaults
             kept = [c for c in configs if KernelConfig.of_triton(c) in wanted]
             if kept:
@@ -104,13 +108,21 @@ def config_pruner(kernel: str):
     return prune
 
 
+def device_arch(device: torch.device) -> str | None:
+    """The tile tables' arch of a CUDA device (``arch_of_capability``), None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return arch_of_capability(tuple(torch.cuda.get_device_capability(device)))
+
+
 def dispatcher_configs(kernel: str, head_dim: int, dtype: torch.dtype, arch: str, *, variants: bool = False,
                        dropout: bool = False, head_dim_v: int | None = None) -> tuple[KernelConfig, ...]:
     """What the dispatcher can launch on ``arch``: the default table, then tuned winners
     (a launch with a score variant: its table only, see ``config_pruner``); ``head_dim_v``:
     V's head dim where it differs (tuned entries are looked up at max(D, Dv))."""
     if variants or dropout:
-        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout, head_dim_v=head_dim_v)
+        return configs_for(kernel, head_dim, dtype, variants=variants, dropout=dropout, head_dim_v=head_dim_v,
+                           arch=arch)
     wide = max(head_dim, head_dim_v or head_dim)
-    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype, head_dim_v=head_dim_v),
+    return tuple(dict.fromkeys([*configs_for(kernel, head_dim, dtype, head_dim_v=head_dim_v, arch=arch),
                                 *tuned_configs_for_arch(kernel, wide, dtype, arch)]))

@@ -48,7 +48,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 INTERPRETED = isinstance(attention_forward_kernel, InterpretedFunction)
 
 #: The Hopper path (kernels/tile_loads.py): "auto" takes it where ``tma_ok`` allows (compiled
-#: kernels on a capability-9 device), "on" also under the interpreter (tests check its numerics
+#: kernels on a capability 9.x or 10.x device: Hopper, Blackwell datacenter), "on" also under the interpreter (tests check its numerics
 #: there), "off" never. The environment variable FLASHREF_TMA sets the process default.
 _tma_mode = contextvars.ContextVar("flashref_tma_mode", default=os.environ.get("FLASHREF_TMA", "auto"))
 
@@ -68,7 +68,8 @@ def tensor_descriptors(mode: str):
 def tma_ok(*tensors: torch.Tensor) -> bool:
     """Whether the forward loads its tiles through tensor descriptors (TMA): the triton has
     them, inputs are 16-bit, and each tensor's last stride is 1 and its base and other strides
-    are 16-byte aligned (the copy engine's rules); on a GPU, one of compute capability 9.x."""
+    are 16-byte aligned (the copy engine's rules); on a GPU, one of compute capability 9.x or
+    10.x (the compile gate's ``TMA_ARCHS``: sm_90, sm_100; its rows there show TMA bulk copies)."""
     mode = _tma_mode.get()
     if mode == "off" or not HAS_TENSOR_DESCRIPTORS or tensors[0].dtype == torch.float32:
         return False
@@ -78,7 +79,7 @@ def tma_ok(*tensors: torch.Tensor) -> bool:
             return False
     if INTERPRETED:
         return mode == "on"
-    if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] != 9:
+    if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] not in (9, 10):
         return False
     _install_descriptor_allocator()
     return True

@@ -5,8 +5,8 @@ of their own for the score variants where the default tile spills; ``configs_for
 On a GPU each kernel is wrapped in ``triton.autotune`` over every configuration of every table,
 and the autotuner's pruner (kernels/config_dispatch.py) cuts that down to the call's row, so a
 configuration that does not fit (registers, shared memory) is never launched. The compile gate
-(``kernels/compile_gate.py``) compiles every entry of every table for sm_90 and sm_80 and fails
-on spills, which is what keeps these tables honest without a GPU. How each row was found (the
+(``kernels/compile_gate.py``) compiles every entry of every table for sm_90, sm_80, sm_100 and
+sm_120 and fails on spills, which is what keeps these tables honest without a GPU. How each row was found (the
 tiles that lost and what they spilled): docs/tile_tables.md.
 
 The shapes follow what maps onto Hopper's ``wgmma`` (an M tile of 64 rows per warpgroup, so
@@ -117,6 +117,59 @@ DROPOUT_TABLE: dict[tuple[str, int, bool], tuple[KernelConfig, ...]] = {
 VALUE_HEAD_DIM_TABLE: dict[tuple[str, int, int, bool], tuple[KernelConfig, ...]] = {
     ("backward_dkdv", 64, 128, False): (KernelConfig(16, 64, 8, 2),),
 }
+# Rows of an arch whose shared row fails the compile gate there (spills): (launch name, bucket,
+# float32?) -> configs, taken by ``configs_for(..., arch=ARCH)`` before the tables above (for
+# launches without a score variant; ``ARCH_VARIANT_TABLES`` for those with one). The
+# dispatcher's arch comes from the device's compute capability (``arch_of_capability``). Each
+# row is an entry of the arch's gate-pruned table (kernels/tables/ARCH.json).
+ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
+    # tcgen05 keeps the MMA accumulator in tensor memory, but Triton copies it back to
+    # registers every iteration, and the dK/dV kernel's float32 accumulators live in registers:
+    # the shared dK/dV tiles spilled causal (32 x 64 x 8 x 2 at 128: 232 B; 16 x 64 x 8 x 2 at
+    # 256: dK 616 B, dV 88 B); one pipeline stage less holds them. A 32-key tile would not
+    # spill but falls back to mma.sync (tcgen05's M is 64 or 128 rows: here the key tile).
+    "sm_100": {
+        ("backward_dkdv", 128, False): (_R(32, 64, 8, 1),),  # triton 3.6: 128 registers, 16 B spilled without .maxnreg
+        ("backward_dk", 256, False): (_C(16, 64, 8, 1),),
+        ("backward_dv", 256, False): (_R(16, 64, 8, 1),),
+        # Without .maxnreg ptxas capped this tile at 128 registers on sm_100 and spilled 8 B
+        # (TMA path); with it, 130 registers, clean.
+        ("forward", 256, False): (_R(64, 32, 8, 2), _C(64, 64, 8, 1)),
+        # The shared row's third tile, 64 x 32 x 4 x 2, spilled 8 B; with .maxnreg 255, 176 registers.
+        ("forward", 128, False): (_C(128, 64, 8, 3), _R(64, 64, 4, 3), _R(64, 32, 4, 2)),
+    },
+    # mma.sync keeps the accumulators in registers: the shared (128, 64, 8, 3) spilled 120-128 B
+    # at head dim 128 (as did every 128 x 64 tile, the 4-warp 128-row tiles and 64 x 64 x 4 x 3);
+    # 128 x 32 with 8 warps holds them in 202 registers and 64 KiB of its 99.
+    "sm_120": {
+        ("forward", 128, False): (_C(128, 32, 8, 3), _C(64, 64, 8, 2), _C(64, 32, 4, 2)),
+        # dQ at 256: the shared 64 x 32 x 8 x 2 needs 102400 B of shared memory, 1 KiB over the
+        # 99 KiB; one stage spilled 712 B; 64 x 16 with .maxnreg 255: 86016 B, 254 registers.
+        ("backward_dq", 256, False): (_R(64, 16, 8, 2),),
+    },
+}
+ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
+    # VARIANT_TABLE's dQ tile at 128 (64 x 32 x 8 x 2) was capped at 128 registers and spilled
+    # 16 B (varlen with every variant); .maxnreg 255 holds it. The dK/dV kernel at 128 with a
+    # score variant takes the arch's plain row (32 x 64 x 8 x 1, maxnreg 255: 148 registers, ALiBi).
+    "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),)},
+    # VARIANT_TABLE's dK tile at 256 (16 x 32 x 8 x 2) was capped at 128 registers and spilled
+    # 16 B (window + softcap + ALiBi); .maxnreg 255: 152-216 registers.
+    "sm_120": {("backward_dk", 256, False): (_R(16, 32, 8, 2),)},
+}
+# The same for launches with DROPOUT on (before ``ARCH_VARIANT_TABLES``, as ``DROPOUT_TABLE``
+# comes before ``VARIANT_TABLE``). sm_100, dQ at 256: DROPOUT_TABLE's 64 x 16 tile was capped
+# at 128 registers by ptxas and spilled 24 B; with .maxnreg 255, 149 registers, clean.
+ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
+    # DROPOUT_TABLE's dK/dV tile at 128 (16 x 64 x 8 x 2) spilled 216-304 B; one stage less with
+    # .maxnreg 255: 168-180 registers (varlen / TMA with every variant).
+    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),)},
+    "sm_120": {("backward_dq", 256, False): (_R(64, 16, 8, 2),)},  # DROPOUT_TABLE's tile spilled 16 B
+}
+# The tables' arch of a compute capability's major version: Blackwell datacenter (10.x: B200,
+# GB200, GB300) and consumer Blackwell (12.x: RTX 50xx) have rows of their own; Hopper 9.x.
+ARCH_OF_MAJOR = {9: "sm_90", 10: "sm_100", 12: "sm_120"}
+
 # 32-key tiles, too narrow for wgmma: with a score variant these run on mma.sync on Hopper too.
 MMA_SYNC_VARIANT_LAUNCHES = {("backward_dk", 256), ("backward_dv", 256)}
 
@@ -141,14 +194,23 @@ def dkdv_passes(head_dim: int) -> tuple[str, ...]:
     return ("dkdv",) if padded_head_dim(head_dim) <= 128 else ("dk", "dv")
 
 
+def arch_of_capability(capability: tuple[int, int]) -> str | None:
+    """The arch whose rows a device of this compute capability takes ("sm_100" for 10.x,
+    "sm_120" for 12.x, "sm_90" for 9.x), or None: the shared tables only."""
+    return ARCH_OF_MAJOR.get(capability[0])
+
+
 def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: bool = False,
-                dropout: bool = False, head_dim_v: int | None = None) -> tuple[KernelConfig, ...]:
+                dropout: bool = False, head_dim_v: int | None = None,
+                arch: str | None = None) -> tuple[KernelConfig, ...]:
     """The configurations the autotuner may pick for ``kernel`` at this head dim and dtype
     (``kernel``: a name of ``KERNEL_NAMES`` or of ``DKDV_LAUNCHES``). ``variants``: the
     launch has a score variant on (``SCORE_VARIANT_SWITCHES``), ``dropout`` (implies it):
     DROPOUT itself; each has a table of its own where the default tile spills
     (``DROPOUT_TABLE`` first, then ``VARIANT_TABLE``). ``head_dim_v``: V's head dim where it
-    differs (MLA): the rows of max(D, Dv), or the pair's own (``VALUE_HEAD_DIM_TABLE``)."""
+    differs (MLA): the rows of max(D, Dv), or the pair's own (``VALUE_HEAD_DIM_TABLE``).
+    ``arch`` ("sm_100", ...): its rows of ``ARCH_TABLES`` / ``ARCH_DROPOUT_TABLES`` /
+    ``ARCH_VARIANT_TABLES`` come first where it has one."""
     if head_dim_v is not None and head_dim_v != head_dim:
         pair = (kernel, head_dim_bucket(head_dim), head_dim_bucket(head_dim_v), dtype == torch.float32)
         if pair in VALUE_HEAD_DIM_TABLE and not (variants or dropout):
@@ -156,10 +218,18 @@ def configs_for(kernel: str, head_dim: int, dtype: torch.dtype, *, variants: boo
         head_dim = max(head_dim, head_dim_v)
     bucket = head_dim_bucket(head_dim)
     key = (kernel, bucket, dtype == torch.float32)
-    if dropout and key in DROPOUT_TABLE:
-        return DROPOUT_TABLE[key]
-    if (variants or dropout) and key in VARIANT_TABLE:
-        return VARIANT_TABLE[key]
+    own = {name: tables.get(arch or "", {}) for name, tables in (
+        ("dropout", ARCH_DROPOUT_TABLES), ("variants", ARCH_VARIANT_TABLES), ("plain", ARCH_TABLES))}
+    if dropout:
+        for table in (own["dropout"], DROPOUT_TABLE):
+            if key in table:
+                return table[key]
+    if variants or dropout:
+        for table in (own["variants"], VARIANT_TABLE):
+            if key in table:
+                return table[key]
+    if key in own["plain"]:
+        return own["plain"][key]
     if kernel in DKDV_LAUNCHES:
         kernel = "backward_dkdv"
     if kernel not in KERNEL_NAMES:
@@ -178,8 +248,10 @@ def table_configs(kernel: str) -> list[KernelConfig]:
     for (name, _, _), table in _TABLE.items():
         seen.extend(c for c in table if name == kernel and c not in seen)
     seen.extend(c for c in _FLOAT32_HEAD_DIM_16.get(kernel, ()) if c not in seen)
+    arch_rows = [row for tables in (ARCH_TABLES, ARCH_VARIANT_TABLES, ARCH_DROPOUT_TABLES)
+                 for rows in tables.values() for row in rows.items()]
     for name, table in ((k[0], t) for k, t in (*DROPOUT_TABLE.items(), *VARIANT_TABLE.items(),
-                                                 *VALUE_HEAD_DIM_TABLE.items())):
+                                                 *VALUE_HEAD_DIM_TABLE.items(), *arch_rows)):
         seen.extend(c for c in table if (name if name in KERNEL_NAMES else "backward_dkdv") == kernel
                     and c not in seen)
     return seen

@@ -20,7 +20,7 @@ from .tuning_space import tuning_configs
 
 TUNED_DIR = Path(__file__).parent / "tuned"
 TUNED_SCHEMA = "flashref.tuned/1"
-ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80"}
+ARCH_OF_CAPABILITY = {(9, 0): "sm_90", (8, 0): "sm_80", (10, 0): "sm_100", (12, 0): "sm_120"}
 
 
 def tuned_file_name(device_name: str, capability: tuple[int, int], triton_version: str) -> str:
@@ -109,7 +109,7 @@ def tuned_outside_tables(table: dict) -> list[str]:
     validate_tuned(table)
     arch = ARCH_OF_CAPABILITY.get(tuple(table["capability"]))
     if arch is None:
-        return [f"capability {table['capability']} has no compile-gated table (sm_90, sm_80)"]
+        return [f"capability {table['capability']} has no compile-gated table (sm_90, sm_80, sm_100, sm_120)"]
     bad = []
     for key, entry in table["entries"].items():
         kernel, bucket = key.split("/")[:2]

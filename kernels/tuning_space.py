@@ -66,7 +66,7 @@ def tuning_configs(kernel: str, head_dim: int, arch: str) -> tuple[KernelConfig,
     gate-pruned table's entries for the head dim's bucket (16-bit), and the untuned default in
     front of them (always gate-checked, so tuning can only improve on it). Without a table
     for the arch, only the defaults."""
-    defaults = configs_for(kernel, head_dim, torch.bfloat16)
+    defaults = configs_for(kernel, head_dim, torch.bfloat16, arch=arch)
     table = load_tile_table(arch)
     if table is None:
         return defaults

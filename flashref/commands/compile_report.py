@@ -1,13 +1,13 @@
 """`flashref compile-report`: compile every kernel specialization for a GPU that is not here.
 
-Triton can build PTX and a cubin for Hopper (sm_90) or Ampere (sm_80) on a CPU-only
-machine; `flashref.kernels.compile_gate` does it for one specialization (kernel, head
+Triton can build PTX and a cubin for Hopper (sm_90), Ampere (sm_80) and Blackwell
+(sm_100: B200/GB200; sm_120: RTX 50xx) on a CPU-only machine; `flashref.kernels.compile_gate` does it for one specialization (kernel, head
 dim, dtype, causal, launch configuration) and reads back block sizes, warps, stages,
-registers per thread, shared memory, spilled bytes and whether the PTX uses Hopper's
-`wgmma`. This command compiles a set of them (in parallel worker processes: each compile
+registers per thread, shared memory, spilled bytes and which MMA instruction the PTX uses
+(`mma` column: tcgen05, wgmma, mma.sync, or fma). This command compiles a set of them (in parallel worker processes: each compile
 takes seconds), prints the table and the gate's verdict per row, and `--json` writes it.
-It catches kernels that would not compile, spill, overflow shared memory, or (16-bit
-on sm_90) miss `wgmma`, without borrowing a GPU. Exit status 1 if any row fails.
+It catches kernels that would not compile, spill, overflow shared memory, or (16-bit)
+miss `wgmma` on sm_90 or `tcgen05` on sm_100, without borrowing a GPU. Exit status 1 if any row fails.
 
 The interpreter must be off to compile (it turns `@triton.jit` functions into Python ones),
 so the run function switches it off before triton is first imported; in a process where
@@ -25,19 +25,19 @@ from typing import Any
 
 from flashref.commands.argtypes import comma_list
 
-ARCHS = ("sm_90", "sm_80")
+ARCHS = ("sm_90", "sm_80", "sm_100", "sm_120")
 QUICK_HEAD_DIMS = (64, 128, 256)
 # Short headers for the compile gate's field names (anything else: underscores to spaces).
 HEADERS = {"head_dim": "head dim", "BLOCK_M": "BLOCK_M", "BLOCK_N": "BLOCK_N", "num_warps": "warps", "num_stages": "stages", "registers": "regs/thread",
            "shared_memory": "smem bytes", "spills": "spill bytes", "uses_wgmma": "wgmma",
-           "compile_seconds": "compile s", "uses_tma": "tma"}
+           "compile_seconds": "compile s", "uses_tma": "tma", "mma": "mma"}
 HIDDEN = ("arch",)  # in the title already
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compile-report",
-        help="compile each kernel specialization for sm_90/sm_80 without a GPU; registers, smem, spills, wgmma",
+        help="compile each kernel specialization for sm_90/sm_80/sm_100/sm_120 without a GPU; registers, smem, spills, MMA",
         description=(
             "Compile Triton kernel specializations for the given architecture on this machine (no GPU "
             "needed) and report block sizes, warps, stages, registers per thread, shared memory, spills and "
@@ -113,7 +113,7 @@ def select(args: argparse.Namespace) -> list:
         import torch
 
         specs = [s for s in specs if s.kernel == "backward_delta"
-                 or s.config == gate.configs_for(s.kernel, s.head_dim, getattr(torch, s.dtype))[0]]
+                 or s.config == gate.configs_for(s.kernel, s.head_dim, getattr(torch, s.dtype), arch=args.arch)[0]]
     return specs
 
 
@@ -300,13 +300,15 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float
         console.print(f"JSON report: {write_json(args.json, report)}")
     if bad:
         console.print(f"[bold red]FAIL[/]: {bad} of {len(rows)} specializations fail the compile gate "
-                      f"(spills, shared memory, missing wgmma or compile errors)")
+                      f"(spills, shared memory, missing wgmma/tcgen05 or compile errors)")
         return 1
+    wanted = _gate().TENSOR_CORE_MMA.get(args.arch)
     on_mma_sync = sum(1 for r in rows
-                      if args.arch == "sm_90" and not r.get("uses_wgmma") and _gate().mma_sync_by_design(r))
+                      if wanted and r.get("mma", "") != wanted and r.get("dtype") != "float32"
+                      and _gate().mma_sync_by_design(r))
     wgmma = ""
-    if args.arch == "sm_90":
-        wgmma = " and 16-bit ones use wgmma" + (
+    if wanted:
+        wgmma = f" and 16-bit ones use {wanted}" + (
             f" (but {on_mma_sync} score-variant dK/dV rows at head dim 256 on mma.sync by design: "
             "tile_tables.MMA_SYNC_VARIANT_LAUNCHES)" if on_mma_sync else "")
     console.print(f"[bold green]PASS[/]: all {len(rows)} specializations compile for {args.arch} "

@@ -3,6 +3,10 @@ Hopper (sm_90) and Ampere (sm_80) without a GPU, without register spills (float3
 within shared memory, and on Hopper its 16-bit matrix products use ``wgmma``. The verdict is
 ``compile_gate.problems``, the same function ``flashref compile-report`` calls.
 
+Blackwell (sm_100: B200/GB200; sm_120: RTX 50xx) has a covering set of its own
+(``blackwell_matrix``): on sm_100 16-bit matrix products must use ``tcgen05``; sm_120 has
+only ``mma.sync``, and 99 KiB of shared memory per block.
+
 CI (marker ``compile``, also under triton 3.6) compiles a representative matrix: each kernel's
 default configuration at one head dim per padded width (40 -> 64, 96 -> 128, 256), for
 bfloat16 and float32 (float16 at 96), causal; at 256 the dK/dV kernel is its two launches,
@@ -38,14 +42,16 @@ def assert_clean(rows: list[CompileRow]):
     for r in rows:
         print(f"{r.arch} {r.kernel} d={r.head_dim} {r.dtype} {r.BLOCK_M}x{r.BLOCK_N} w{r.num_warps} "
               f"s{r.num_stages}: regs {r.registers}, smem {r.shared_memory}, spills {r.spills}, "
-              f"wgmma {r.uses_wgmma}")
+              f"mma {r.mma}")
     assert not bad, "\n".join(bad)
 
 
-def default_specs(kernel, head_dim, dtype):
-    """The default configuration of each launch ``kernel`` makes at this head dim, causal."""
-    config = configs_for(kernel, head_dim, getattr(torch, dtype))[0]
-    return [Specialization(name, head_dim, dtype, True, config) for name in launch_names(kernel, head_dim)]
+def default_specs(kernel, head_dim, dtype, arch=None, causal=True, variant="plain"):
+    """The default configuration of each launch ``kernel`` makes at this head dim on ``arch``
+    (its own rows first: ``configs_for(..., arch=)``), causal by default."""
+    return [Specialization(name, head_dim, dtype, causal, configs_for(name, head_dim, getattr(torch, dtype), arch=arch)[0],
+                           variant)
+            for name in launch_names(kernel, head_dim)]
 
 
 def ci_matrix() -> list[Specialization]:
@@ -68,6 +74,82 @@ def test_default_configs_compile_clean(arch, monkeypatch):
     assert len(rows) == len(ci_matrix())
     assert all(r.arch == arch and r.registers > 0 for r in rows)
     assert_clean(rows)
+
+
+# A covering set for Blackwell, per arch: every kernel, every head-dim bucket, each 16-bit
+# dtype and float32, causal and not, and (sm_100, where the dispatcher takes it) the
+# tensor-descriptor path; the arch's own rows (tile_tables.ARCH_TABLES) are among them.
+BLACKWELL_CASES = {
+    "sm_100": [("forward", 96, "bfloat16", True, "tma"), ("backward_dq", 256, "float16", True, "tma"),
+               ("backward_dkdv", 128, "bfloat16", True, "plain"), ("backward_dkdv", 256, "bfloat16", True, "plain"),
+               ("backward_dq", 40, "float32", False, "plain")],
+    "sm_120": [("forward", 96, "bfloat16", True, "plain"), ("backward_dq", 40, "float16", False, "plain"),
+               ("backward_dq", 256, "bfloat16", True, "plain"),
+               ("backward_dkdv", 256, "bfloat16", True, "plain"), ("forward", 256, "float32", True, "plain")],
+}
+
+
+def blackwell_matrix(arch: str) -> list[Specialization]:
+    return [spec for kernel, head_dim, dtype, causal, variant in BLACKWELL_CASES[arch]
+            for spec in default_specs(kernel, head_dim, dtype, arch, causal, variant)]
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch", ["sm_100", "sm_120"])
+def test_blackwell_defaults_compile_clean_on_the_archs_mma(arch, monkeypatch):
+    """Triton 3.6 and 3.9 both bundle a ptxas that targets sm_100 and sm_120 (checked: a
+    bfloat16 tl.dot compiles to tcgen05.mma / mma.sync under both)."""
+    import flashref.kernels.compile_gate as gate
+
+    monkeypatch.setattr(gate, "specializations", lambda **_: blackwell_matrix(arch))
+    rows = compile_specializations(arch)
+    assert len(rows) == len(blackwell_matrix(arch)) and all(r.arch == arch for r in rows)
+    expected = {"sm_100": "tcgen05", "sm_120": "mma.sync"}[arch]
+    assert all(r.mma == (expected if r.dtype != "float32" else "fma") for r in rows), [(r.kernel, r.mma) for r in rows]
+    assert all(r.uses_tma == (r.variant == "tma") for r in rows)
+    assert_clean(rows)
+
+
+def test_the_blackwell_verdicts():
+    """sm_100: a 16-bit row off tcgen05 fails ("no tcgen05"), TMA rows must show bulk copies;
+    sm_120: mma.sync is all it has, and its shared-memory limit is 99 KiB, not Hopper's 227."""
+    row = CompileRow("forward", "sm_100", 128, "bfloat16", True, 128, 64, 8, 3, 225, 132096, 0, False, 1.0,
+                     mma="tcgen05")
+    assert problems(row) == []
+    assert problems(dataclasses.replace(row, mma="mma.sync")) == ["no tcgen05"]
+    assert problems(dataclasses.replace(row, mma="wgmma", uses_wgmma=True)) == ["no tcgen05"]
+    assert problems(dataclasses.replace(row, dtype="float32", mma="fma")) == []
+    assert problems(dataclasses.replace(row, variant="tma")) == ["no TMA"]
+    consumer = dataclasses.replace(row, arch="sm_120", mma="mma.sync")
+    assert problems(consumer) == ["smem 132096 > 101376 B"]
+    assert problems(dataclasses.replace(consumer, shared_memory=98304)) == []
+    assert specializations(head_dims=(128,), variants=("tma",), arch="sm_120") == []
+
+
+def test_the_dispatcher_takes_the_rows_of_the_devices_arch(monkeypatch):
+    """A faked compute capability: 10.x launches sm_100's rows, 12.x sm_120's, 9.0 the shared
+    table (the pruner's pick is exactly ``configs_for(..., arch=)``, which differs from the
+    shared row wherever the arch has a row of its own)."""
+    import types
+
+    from flashref.kernels import config_dispatch, tile_tables
+
+    checked = 0
+    for capability, arch in [((10, 0), "sm_100"), ((10, 3), "sm_100"), ((12, 0), "sm_120"), ((9, 0), "sm_90")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        monkeypatch.setattr(config_dispatch, "tuned_config", lambda *a, **k: None)
+        assert tile_tables.arch_of_capability(capability) == arch
+        q = types.SimpleNamespace(dtype=torch.bfloat16, device=torch.device("cuda", 0))
+        for (name, bucket, float32), own in tile_tables.ARCH_TABLES.get(arch, {}).items():
+            kernel = "backward_dkdv" if name in tile_tables.DKDV_LAUNCHES else name
+            grads = tile_tables.DKDV_LAUNCHES.get(name, "dkdv")
+            q = types.SimpleNamespace(dtype=torch.float32 if float32 else torch.bfloat16, device=q.device)
+            kept = config_dispatch.config_pruner(kernel)(
+                config_dispatch.all_triton_configs(kernel), {"Q": q, "HEAD_DIM": bucket, "GRADS": grads})
+            assert {KernelConfig.of_triton(c) for c in kept} == set(own), (arch, name, bucket)
+            assert own != tile_tables.configs_for(name, bucket, q.dtype)  # not the shared row
+            checked += 1
+    assert checked >= 2  # sm_100 and sm_120 each have rows of their own
 
 
 @pytest.mark.compile
@@ -175,6 +257,7 @@ def test_the_hopper_path_uses_tma_and_wgmma_without_spills():
 def test_tma_rows_exist_only_where_the_dispatcher_takes_the_path():
     on_hopper = specializations(head_dims=(128,), variants=("tma",), arch="sm_90")
     assert on_hopper and {s.dtype for s in on_hopper} == {"float16", "bfloat16"}
+    assert specializations(head_dims=(128,), variants=("tma",), arch="sm_100")
     assert specializations(head_dims=(128,), variants=("tma",), arch="sm_80") == []
     row = CompileRow("forward", "sm_90", 128, "bfloat16", True, 128, 64, 8, 3, 160, 131072, 0, True, 1.0,
                      variant="tma", uses_tma=False)
