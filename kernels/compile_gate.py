@@ -83,7 +83,11 @@ GATE_DTYPES = ("float16", "bfloat16", "float32")
 # both of its products must be wgmma with e4m3 operands. sm_80 has no FP8 MMA (FP8 tensor cores
 # start at sm_89): the dispatcher refuses FP8 there (kernels/checks.py) and so does the gate.
 FP8_DTYPE = "float8_e4m3fn"
-FP8_ARCHS = ("sm_90",)
+FP8_ARCHS = ("sm_90", "sm_100", "sm_120")
+# The FP8 matrix product each of them must use: Hopper's wgmma with e4m3 operands, Blackwell's
+# tcgen05 of kind f8f6f4 (operand types in its instruction descriptor), consumer Blackwell's
+# warp-level mma.sync with e4m3 operands.
+FP8_MMA = {"sm_90": "wgmma", "sm_100": "tcgen05", "sm_120": "mma.sync"}
 # The most FP8 products an e4m3 wgmma may sum before float32 (the kernels' setting), and what a
 # row without the TTGIR's number is taken to have: Triton's default, 2^30.
 FP8_PRECISE_ACCUMULATION = attention_blocks.FP8_PRECISE_ACCUMULATION.value
@@ -227,8 +231,8 @@ class CompileRow:
     compile_seconds: float
     variant: str = "plain"
     uses_tma: bool = False  # cp.async.bulk.tensor (Hopper's tensor-memory accelerator) in the PTX
-    fp8_wgmma: int = 0  # wgmma instructions with e4m3 x e4m3 operands in the PTX
-    other_mma: int = 0  # every other wgmma / mma.sync instruction in the PTX (16-bit, tf32 operands)
+    fp8_mma: int = 0  # FP8 matrix-product instructions in the PTX (``mma_counts``)
+    other_mma: int = 0  # every other wgmma / tcgen05 / mma.sync instruction (16-bit, tf32 operands)
     maxnreg: int | None = None  # the config's .maxnreg (float32 launches: 255)
     # FP8 rows on sm_90: the largest maxNumImpreciseAcc of the e4m3 warpgroup dots (TTGIR)
     fp8_imprecise_acc: int | None = None
@@ -255,9 +259,10 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
       uses wgmma or mma.sync instead: Triton fell back from tcgen05);
     - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 or sm_100 whose PTX
       has no ``cp.async.bulk.tensor`` (the descriptors were lowered to plain loads);
-    - "no FP8 wgmma": an FP8 row on sm_90 whose matrix products are not all ``wgmma ...
-      .e4m3.e4m3`` (Q K^T and P V: an operand upcast to 16 bits shows up as a bf16/f16 wgmma or
-      an mma.sync, at half the throughput or less);
+    - "no FP8 wgmma" / "no FP8 tcgen05" / "no FP8 mma.sync": an FP8 row whose matrix products
+      are not all the arch's FP8 MMA (``FP8_MMA``: e4m3 wgmma on sm_90, tcgen05 of kind f8f6f4
+      on sm_100, e4m3 mma.sync on sm_120; Q K^T and P V: an operand upcast to 16 bits shows up
+      as a 16-bit product, at half the throughput or less);
     - "FP8 imprecise accumulator": an FP8 row on sm_90 whose e4m3 wgmma may sum more than
       ``FP8_PRECISE_ACCUMULATION`` products in Hopper's narrow FP8 accumulator before they reach
       float32 (the TTGIR's ``maxNumImpreciseAcc``; Triton's default is 2^30: P V would then
@@ -284,9 +289,9 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
     if row.get("dtype") == FP8_DTYPE:
         if arch not in FP8_ARCHS:
             found.append(f"FP8 on {arch}")
-        elif row.get("fp8_wgmma", 0) == 0 or row.get("other_mma", 0) > 0:
-            found.append("no FP8 wgmma")
-        elif (row.get("fp8_imprecise_acc") or FP8_IMPRECISE_ACC_UNSET) > FP8_PRECISE_ACCUMULATION:
+        elif row.get("fp8_mma", 0) == 0 or row.get("other_mma", 0) > 0:
+            found.append(f"no FP8 {FP8_MMA[arch]}")
+        elif arch == "sm_90" and (row.get("fp8_imprecise_acc") or FP8_IMPRECISE_ACC_UNSET) > FP8_PRECISE_ACCUMULATION:
             found.append("FP8 imprecise accumulator")
     return found
 
@@ -380,7 +385,7 @@ def specializations(head_dims=GATE_HEAD_DIMS, dtypes=GATE_DTYPES + (FP8_DTYPE,),
     winners for that arch; a variant with a score switch on takes its table, as the
     dispatcher's pruner does). The delta kernel has no causal or variant form and one config."""
     configs = configs or (lambda kernel, d, dtype, switches, head_dim_v=None: (
-        configs_for if "IS_FP8" in switches else functools.partial(dispatcher_configs, arch=arch))(
+        functools.partial(configs_for if "IS_FP8" in switches else dispatcher_configs, arch=arch))(
             kernel, d, dtype, variants=bool(switches & set(SCORE_VARIANT_SWITCHES)),
             dropout="DROPOUT" in switches, head_dim_v=head_dim_v))
     chosen = [VARIANT_BY_NAME[v] for v in (variants or VARIANT_BY_NAME)]
@@ -594,11 +599,12 @@ def fp8_imprecise_accumulation(ttgir: str) -> int | None:
 
 
 def mma_counts(ptx: str) -> dict[str, int]:
-    """``fp8_wgmma``: the ``wgmma.mma_async ... .e4m3.e4m3`` instructions of a PTX text;
-    ``other_mma``: every other ``wgmma.mma_async`` or ``mma.sync``."""
-    mmas = re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\S*", ptx)
-    fp8 = sum(1 for m in mmas if m.startswith("wgmma") and m.endswith(".e4m3.e4m3"))
-    return {"fp8_wgmma": fp8, "other_mma": len(mmas) - fp8}
+    """``fp8_mma``: the FP8 matrix-product instructions of a PTX text (``wgmma.mma_async ...
+    .e4m3.e4m3``, ``mma.sync ... .e4m3.e4m3.f32``, ``tcgen05.mma ... kind::f8f6f4``);
+    ``other_mma``: every other ``wgmma.mma_async``, ``tcgen05.mma`` or ``mma.sync``."""
+    mmas = re.findall(r"\b(?:wgmma\.mma_async|tcgen05\.mma|mma\.sync)\S*", ptx)
+    fp8 = sum(1 for m in mmas if ".e4m3.e4m3" in m or "kind::f8f6f4" in m)
+    return {"fp8_mma": fp8, "other_mma": len(mmas) - fp8}
 
 
 def compile_specializations(arch: str = "sm_90", **axes) -> list[CompileRow]:

@@ -351,7 +351,7 @@ def test_mla_192_128_compiles_clean(arch):
 @pytest.mark.smoke
 def test_fp8_forward_compiles_clean_on_hopper_with_e4m3_wgmma_for_both_products():
     # The FP8 rows (IS_FP8): the bucket head dims, causal, the default tile; every matrix product
-    # must be an e4m3 x e4m3 wgmma (the verdict checks it: ``fp8_wgmma``, ``other_mma``).
+    # must be an e4m3 x e4m3 wgmma (the verdict checks it: ``fp8_mma``, ``other_mma``).
     specs = [s for s in specializations(head_dims=(64, 128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
                                         kernels=("forward",), variants=("fp8",), arch="sm_90")
              if s.config == configs_for("forward", s.head_dim, torch.bfloat16)[0]]
@@ -359,8 +359,20 @@ def test_fp8_forward_compiles_clean_on_hopper_with_e4m3_wgmma_for_both_products(
                                    kernels=("forward",), variants=("fp8",),
                                    configs=lambda *a: configs_for(a[0], a[1], torch.bfloat16)[:1])
     assert len(rows) == len(specs) == 3
-    assert all(r.fp8_wgmma > 0 and r.other_mma == 0 for r in rows)
+    assert all(r.fp8_mma > 0 and r.other_mma == 0 and r.mma == "wgmma" for r in rows)
     assert all(r.fp8_imprecise_acc == 32 for r in rows)  # Hopper's FP8 accumulator folded every 32
+    assert_clean(rows)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("arch, mma", [("sm_100", "tcgen05"), ("sm_120", "mma.sync")])
+def test_fp8_forward_compiles_clean_on_blackwell_with_fp8_mma_for_both_products(arch, mma):
+    # Blackwell: tcgen05 of kind f8f6f4 (sm_100), e4m3 mma.sync (sm_120), with the arch's tiles.
+    rows = compile_specializations(arch, head_dims=(128, 256), dtypes=("float8_e4m3fn",), causal=(True,),
+                                   kernels=("forward",), variants=("fp8",),
+                                   configs=lambda *a: configs_for(a[0], a[1], torch.bfloat16, arch=arch)[:1])
+    assert len(rows) == 2
+    assert all(r.fp8_mma > 0 and r.other_mma == 0 and r.mma == mma for r in rows)
     assert_clean(rows)
 
 
@@ -377,11 +389,15 @@ def test_fp8_is_refused_on_sm80_and_its_rows_exist_only_on_sm90():
 def test_the_gate_fails_an_fp8_row_whose_products_are_not_all_e4m3_wgmma():
     row = dict(kernel="forward", arch="sm_90", head_dim=128, dtype="float8_e4m3fn", causal=True, variant="fp8",
                BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, registers=180, shared_memory=49152, spills=0,
-               uses_wgmma=True, fp8_wgmma=8, other_mma=0, fp8_imprecise_acc=32)
+               uses_wgmma=True, fp8_mma=8, other_mma=0, fp8_imprecise_acc=32)
     assert problems(row) == []
     # Triton's default: P V summed over a whole row in wgmma's ~14-bit FP8 accumulator
     assert problems({**row, "fp8_imprecise_acc": 2**30}) == ["FP8 imprecise accumulator"]
     assert problems({k: v for k, v in row.items() if k != "fp8_imprecise_acc"}) == ["FP8 imprecise accumulator"]
     assert problems({**row, "other_mma": 4}) == ["no FP8 wgmma"]  # P V upcast to bfloat16
-    assert problems({**row, "fp8_wgmma": 0, "uses_wgmma": False}) == ["no FP8 wgmma"]
+    assert problems({**row, "fp8_mma": 0, "uses_wgmma": False}) == ["no FP8 wgmma"]
     assert problems({**row, "arch": "sm_80"}) == ["FP8 on sm_80"]
+    # maxNumImpreciseAcc is a Hopper wgmma setting: tcgen05 and mma.sync rows have none
+    blackwell = {k: v for k, v in row.items() if k != "fp8_imprecise_acc"}
+    assert problems({**blackwell, "arch": "sm_100", "mma": "tcgen05"}) == []
+    assert problems({**blackwell, "arch": "sm_120", "mma": "mma.sync", "fp8_mma": 0}) == ["no FP8 mma.sync"]
