@@ -75,8 +75,10 @@ def fake_gate(monkeypatch):
             return types.SimpleNamespace(**row_for(spec, arch, **fault))
 
         gate = types.SimpleNamespace(specializations=specializations, compile_specialization=compile_specialization,
-                                     configs_for=lambda kernel, head_dim, dtype: (DEFAULT, OTHER),
-                                     problems=real_gate.problems, VARIANT_BY_NAME=real_gate.VARIANT_BY_NAME)
+                                     configs_for=lambda kernel, head_dim, dtype, arch: (DEFAULT, OTHER),
+                                     problems=real_gate.problems, VARIANT_BY_NAME=real_gate.VARIANT_BY_NAME,
+                                     TENSOR_CORE_MMA=real_gate.TENSOR_CORE_MMA,
+                                     mma_sync_by_design=real_gate.mma_sync_by_design)
         monkeypatch.setattr(compile_report, "_gate", lambda: gate)
         monkeypatch.setenv("TRITON_INTERPRET", "0")  # restored after the test
         return calls
