@@ -25,9 +25,10 @@ import time
 from flashref.commands.argtypes import comma_list
 from flashref.commands.device import choose_device
 
-# The gate's dtypes, named once (flashref.gate.rule.DTYPES); this module must not import
-# torch at CLI start-up, and the gate imports it lazily.
-from flashref.gate.rule import DTYPES
+# The gate's dtypes, named once (flashref.gate.rule): the 16/32-bit ones every family takes, and
+# FP8 (float8_e4m3fn), which only the kernels' sweep has (the FP8 forward's cases). This module
+# must not import torch at CLI start-up, and the gate imports it lazily.
+from flashref.gate.rule import CASE_DTYPES, FP8
 CAUSAL = {"on": True, "off": False, "both": None}
 MAX_REPLAYS_SHOWN = 10
 # Exit status of `--impl` when every case of every implementation was unsupported: nothing was judged.
@@ -52,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--full", dest="preset", action="store_const", const="full",
                       help="every (lengths, masking, head dim, dtype): hundreds of configurations, meant for a GPU")
     p.set_defaults(preset="quick")
-    p.add_argument("--dtype", type=comma_list(str, DTYPES), default=None,
-                   help="only these dtypes, e.g. float16,bfloat16")
+    p.add_argument("--dtype", type=comma_list(str, CASE_DTYPES), default=None,
+                   help="only these dtypes, e.g. float16,bfloat16; float8_e4m3fn: the FP8 forward's cases "
+                        "(the sweeps only, not --model, --distributed or --fuzz)")
     p.add_argument("--head-dim", type=comma_list(int), default=None, help="only these head dims, e.g. 64,128")
     p.add_argument("--causal", choices=sorted(CAUSAL), default="both", help="masking to cover (default both)")
     p.add_argument("--seed", type=int, default=None,
@@ -96,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # CI logs and pipes: keep table rows on one line each
         console = Console(width=max(console.width, 170))
     device = choose_device(args.device, "flashref verify")
+    if args.dtype and FP8 in args.dtype and (args.model or args.distributed is not None or args.fuzz is not None):
+        console.print(f"[red]flashref verify: --dtype {FP8} selects the FP8 forward's sweep cases; --model, "
+                      f"--distributed and --fuzz have no FP8 cases[/]")
+        return 2
     if args.model:  # issue 12: the whole-model check (flashref/model_check.py)
         return _run_model(args, console)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)

@@ -184,6 +184,10 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
     for d in head_dims:
         if not (isinstance(d, int) and 1 <= d <= 256):
             raise ValueError(f"head_dims must be integers in [1, 256], got {d!r}")
+    fp8 = [c for c in fp8_cases(preset, causal, seed) if requested_head_dims is None or c.head_dim in head_dims] \
+        if with_fp8 else []
+    if not dtypes:  # FP8 only
+        return fp8
     repeats = {"quick": 2, "ci": 3, "full": 4}[preset]
     variant_dims = tuple(head_dims) if head_dims is not None else VARIANT_HEAD_DIMS
     variants = [c for c in _variant_cases(VARIANT_SEQLENS, variant_dims, dtypes, layouts, repeats, seed)
@@ -196,15 +200,10 @@ def dense_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed: 
             cases.append(Case(b, hq, hkv, lq, lk, d, dt, c, a, bool(index // 3 % 2), seed + index))
     else:
         cases = _covering(seqlens, head_dims, dtypes, masks, layouts, (False, True), seed)
-    if not dtypes:  # FP8 only
-        cases = variants = []
-    boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed) \
-        if dtypes else []
+    boundary = boundary_cases(preset, dtypes=dtypes, head_dims=requested_head_dims, causal=causal, seed=seed)
     pairs = tuple(p for p in VALUE_HEAD_DIM_PAIRS if requested_head_dims is None or p[0] in requested_head_dims)
     mla = _value_head_dim_cases(pairs, VARIANT_SEQLENS, dtypes, masks, layouts,
-                                {"quick": 1, "ci": 2, "full": 3}[preset], seed) if dtypes else []
-    fp8 = [c for c in fp8_cases(preset, causal, seed) if requested_head_dims is None or c.head_dim in head_dims] \
-        if with_fp8 else []
+                                {"quick": 1, "ci": 2, "full": 3}[preset], seed)
     return cases + mla + variants + boundary + fp8
 
 

@@ -108,6 +108,7 @@ def test_a_case_that_raises_is_an_error_not_a_crash(monkeypatch, capsys, tmp_pat
         (["--dtype", "float16,bfloat16", "--head-dim", "64", "--causal", "off"],
          dict(preset="quick", dtypes=("float16", "bfloat16"), head_dims=(64,), causal=False)),
         (["--causal", "on", "--head-dim", "40,128"], dict(preset="quick", dtypes=None, head_dims=(40, 128), causal=True)),
+        (["--ci", "--dtype", "float8_e4m3fn"], dict(preset="ci", dtypes=("float8_e4m3fn",), head_dims=None, causal=None)),
     ],
 )
 def test_filters_reach_the_sweep(monkeypatch, capsys, argv, expected):
@@ -143,7 +144,7 @@ def test_without_a_seed_a_fresh_one_is_drawn_and_printed(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["verify", "--dtype", "float64"], "'float64' is not one of: float16, bfloat16, float32"),
+        (["verify", "--dtype", "float64"], "'float64' is not one of: float16, bfloat16, float32, float8_e4m3fn"),
         (["verify", "--causal", "maybe"], "invalid choice: 'maybe'"),
         (["verify", "--quick", "--full"], "not allowed with argument"),
         (["verify", "--head-dim", "sixty-four"], "cannot read 'sixty-four'"),
@@ -175,3 +176,16 @@ def test_cli_start_up_imports_neither_triton_nor_torch():
             "print(sorted(m for m in ('triton', 'torch', 'flashref.kernels') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("mode", [["--model"], ["--distributed", "2"], ["--fuzz", "5"]])
+def test_fp8_is_a_sweep_dtype_only(mode, capsys):
+    # the FP8 forward's cases live in the kernels' sweep; the model, ring and fuzz checks have none
+    assert main(["verify", *mode, "--dtype", "float8_e4m3fn"]) == 2
+    assert "no FP8 cases" in capsys.readouterr().out
+
+
+def test_an_fp8_only_sweep_is_the_fp8_forwards_cases():
+    cases = gate.sweep("ci", dtypes=["float8_e4m3fn"])
+    assert [c.name for c in cases] == [c.name for c in gate.sweep("ci", families=["dense"]) if c.dtype == gate.FP8]
+    assert len(cases) == len(gate.FP8_CASES)
