@@ -245,13 +245,13 @@ CATALOGUE: tuple[Mutation, ...] = (
              "kvcache-hq4-hkv2-lq1-new1-cap32-page16-splits3-d64-bfloat16"),
     # Dropout.
     Mutation("dropout-stream-per-head", "dropout", F,
-             "p = tl.where(blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p), p, 0.0)",
-             "p = tl.where(blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream % 2, dropout_p), p, 0.0)",
+             "dropout = (seed, pid_bh, seqlen_k, dropout_p)  # the keep mask's stream: this (batch, head)",
+             "dropout = (seed, pid_bh % 2, seqlen_k, dropout_p)  # the keep mask's stream: this (batch, head)",
              "the forward's dropout stream keyed by too little of (batch, head): rows of the batch share masks",
              "b1-hq4-hkv2-lq64-lk90-d40-bfloat16-noncausal-dense-dropout0.2-tma"),
     Mutation("dq-dropout-counter", "dropout", B,
-             "keep = blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)",
-             "keep = blocks.dropout_keep(seed, offs_m[:, None], keys[None, :] + 1, seqlen_k, stream, dropout_p)",
+             "keep = blocks.dropout_keep(dropout, offs_m[:, None], keys[None, :])",
+             "keep = blocks.dropout_keep(dropout, offs_m[:, None], keys[None, :] + 1)",
              "the dQ kernel replays the keep mask one key off",
              "b1-hq4-hkv2-lq64-lk90-d40-bfloat16-noncausal-dense-dropout0.2-tma"),
     # Variants.

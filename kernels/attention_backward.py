@@ -106,10 +106,8 @@ def _load_lse_log2(lse_ptrs, row_ok):
 @triton.jit
 def _dkdv_query_blocks(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base,
-    stride_qm, stride_qd, stride_dom, stride_dod,
-    rows, offs_d, offs_dv, lo, hi, seqlen_q, tile_shift, qk_scale,
-    tile_window_shift, tile_alibi_shift, alibi_slope, softcap_in, seed, stream, key_counter,
-    seqlen_k, dropout_p, dropout_scale, split, gap,
+    q_strides, do_strides, rows, offs_d, offs_dv, lo, hi, seqlen_q, qk_scale, tile_bounds, tile_score,
+    dropout, key_counter, dropout_scale, walk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, MASKED: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, INPUT_DTYPE: tl.constexpr,
     GRADS: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
@@ -122,19 +120,20 @@ def _dkdv_query_blocks(
     every product is a plain ``tl.dot``: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T, dK += dS^T Q.
     A "dv" pass needs neither V nor dP: the compiler drops the unused tile and products.
     Keys past ``kv_len`` are not masked here: each key row of dK/dV depends on that key alone,
-    so the caller zeroes those rows once, before the store. Shifts are tile-relative (minus the
-    key block's start); ``key_counter = start_n`` for the dropout counters. With a window the
-    masked call walks both masked ranges in one loop (``split``, ``gap`` as in the forward).
+    so the caller zeroes those rows once, before the store. ``tile_bounds`` and ``tile_score``
+    carry tile-relative shifts (minus the key block's start); ``key_counter = start_n`` for the
+    dropout counters. With a window the masked call walks both masked ranges in one loop
+    (``walk``, as in the forward). Argument groups: kernels/attention_blocks.py.
     """
     offs_m_base = tl.arange(0, BLOCK_M)
     for block_start in range(lo, hi, BLOCK_M):
-        start_m = blocks.shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
+        start_m = blocks.shifted_block_start(block_start, walk, MASKED, LEFT_BOUND)
         offs_m = start_m + offs_m_base
         row_ok = offs_m < seqlen_q
         # q^T tile (BLOCK_D, BLOCK_M) and dO tile (BLOCK_M, BLOCK_DV), zero past Lq, HEAD_DIM, HEAD_DIM_V.
-        qt = blocks.load_tile(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, seqlen_q, HEAD_DIM, BLOCK_D,
-                       True, True, TMA)
-        do = blocks.load_tile(do_base, start_m, offs_m, offs_dv, stride_dom, stride_dod, seqlen_q, HEAD_DIM_V,
+        qt = blocks.load_tile(q_base, start_m, offs_m, offs_d, q_strides[0], q_strides[1], seqlen_q, HEAD_DIM,
+                              BLOCK_D, True, True, TMA)
+        do = blocks.load_tile(do_base, start_m, offs_m, offs_dv, do_strides[0], do_strides[1], seqlen_q, HEAD_DIM_V,
                               BLOCK_DV, True, False, TMA)
         lse2 = _load_lse_log2(lse_base + offs_m, row_ok)
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
@@ -145,13 +144,13 @@ def _dkdv_query_blocks(
         # j >= i + window_shift (window): r <= i + tile_shift, r >= i + tile_window_shift.
         # Keys past kv_len need no mask (see above).
         pt, dcap = blocks.backward_probabilities(
-            st, offs_m[None, :], rows[:, None], None, lse2[None, :], qk_scale, tile_shift, tile_window_shift,
-            tile_alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
+            st, offs_m[None, :], rows[:, None], None, lse2[None, :], qk_scale, tile_bounds, tile_score,
+            MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         do_in = do
         if UPCAST:
             do_in = do.to(tl.float32)
         if DROPOUT:
-            keep = blocks.dropout_keep(seed, offs_m[None, :], key_counter + rows[:, None], seqlen_k, stream, dropout_p)
+            keep = blocks.dropout_keep(dropout, offs_m[None, :], key_counter + rows[:, None])
         if GRADS != "dk":
             pt_v = pt
             if DROPOUT:
@@ -301,20 +300,20 @@ def attention_backward_dkdv_kernel(
             FIRST_MASKED: tl.constexpr = RIGHT_BOUND
             second_lo, second_hi, split, gap = mid, end, 0, 0
             SECOND_MASKED: tl.constexpr = False
+        # The bounds and ALiBi's shift relative to the key block's start (rows are 0..BLOCK_N).
+        tile_bounds = (causal_shift - start_n, window_shift - start_n)
+        tile_score = (alibi_shift - start_n, alibi_slope, softcap_in)
+        dropout = (seed, stream, seqlen_k, dropout_p)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-            stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, offs_dv, first_lo, first_hi, seqlen_q, causal_shift - start_n, qk_scale,
-            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-            seqlen_k, dropout_p, dropout_scale, 0, 0,
+            (stride_qm, stride_qd), (stride_dom, stride_dod), rows, offs_d, offs_dv, first_lo, first_hi, seqlen_q,
+            qk_scale, tile_bounds, tile_score, dropout, start_n, dropout_scale, (0, 0),
             HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_M, FIRST_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
         dk, dv = _dkdv_query_blocks(
             dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-            stride_qm, stride_qd, stride_dom, stride_dod,
-            rows, offs_d, offs_dv, second_lo, second_hi, seqlen_q, causal_shift - start_n, qk_scale,
-            window_shift - start_n, alibi_shift - start_n, alibi_slope, softcap_in, seed, stream, start_n,
-            seqlen_k, dropout_p, dropout_scale, split, gap,
+            (stride_qm, stride_qd), (stride_dom, stride_dod), rows, offs_d, offs_dv, second_lo, second_hi, seqlen_q,
+            qk_scale, tile_bounds, tile_score, dropout, start_n, dropout_scale, (split, gap),
             HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_M, SECOND_MASKED, UPCAST, DOT_PRECISION, Q.dtype.element_ty, GRADS,
             RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
@@ -337,10 +336,8 @@ def attention_backward_dkdv_kernel(
 
 @triton.jit
 def _dq_key_blocks(
-    dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_m, offs_d, offs_dv, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
-    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, dropout_scale,
-    split, gap,
+    dq, q, do, lse2, delta, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, lo, hi,
+    seqlen_k_visible, qk_scale, bounds, score, dropout, dropout_scale, walk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -349,22 +346,23 @@ def _dq_key_blocks(
     TMA: tl.constexpr = False,
 ):
     """Accumulate key blocks ``[lo, hi)`` into a query block's (unscaled) dQ = dS K (with a
-    window, the masked call walks two ranges: ``split``, ``gap`` as in the forward).
+    window, the masked call walks two ranges: ``walk`` as in the forward; argument groups:
+    kernels/attention_blocks.py).
     With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py)."""
     offs_n_base = tl.arange(0, BLOCK_N)
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, vt = blocks.key_block_tiles(
-            k_base, v_base, block_start, split, gap, offs_n_base, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-            stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, True, UPCAST, TMA)  # k^T and v^T
+            k_base, v_base, block_start, walk, offs_n_base, offs_d, offs_dv, k_strides, v_strides, seqlen_k_visible,
+            HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, True, UPCAST, TMA)  # k^T and v^T
         if UPCAST:
             vt = vt.to(tl.float32)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), raw q.k
         p, dcap = blocks.backward_probabilities(
             s, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], lse2[:, None], qk_scale,
-            causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
+            bounds, score, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p)
+            keep = blocks.dropout_keep(dropout, offs_m[:, None], keys[None, :])
             dp = tl.where(keep, dp * dropout_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
@@ -438,17 +436,18 @@ def attention_backward_dq_kernel(
         v_base = rows_descriptor(v_base, seqlen_k_visible, stride_vn, HEAD_DIM_V, BLOCK_N, BLOCK_DV)
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
         start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
+    k_strides, v_strides = (stride_kn, stride_kd), (stride_vn, stride_vd)
+    bounds, score = (causal_shift, window_shift), (alibi_shift, alibi_slope, softcap_in)
+    dropout = (seed, pid_bh, seqlen_k, dropout_p)  # the keep mask's stream: this (batch, head)
     dq = _dq_key_blocks(
-        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        0, 0, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        dq, q, do, lse2, delta, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, unmasked_lo,
+        unmasked_hi, seqlen_k_visible, qk_scale, bounds, score, dropout, dropout_scale,
+        (0, 0), HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
         LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
     dq = _dq_key_blocks(
-        dq, q, do, lse2, delta, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, offs_dv, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, dropout_scale,
-        split, gap, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
+        dq, q, do, lse2, delta, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, masked_lo,
+        masked_hi, seqlen_k_visible, qk_scale, bounds, score, dropout, dropout_scale,
+        (split, gap), HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, Q.dtype.element_ty,
         LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA)
 
     tl.store(dq_base + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,

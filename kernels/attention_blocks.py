@@ -30,6 +30,16 @@ In the order a program uses them:
   ``accumulate_pv`` (``acc += P V``), ``finish_rows`` (``out = acc / l``, ``lse``).
 - Pieces of math: ``tanh`` (softcap), ``dropout_keep`` (the Philox keep mask).
 
+Argument groups: runtime values that always travel together are passed as one tuple (Triton
+unpacks it at compile time; triton 3.6 and 3.9 both take tuples between ``@triton.jit``
+functions, constexpr switches stay separate arguments):
+
+- ``bounds = (causal_shift, window_shift)``: the right and left bounds' shifts (``visible_keys``);
+- ``score = (alibi_shift, alibi_slope, softcap_in)``: the score variants' scalars (``score_tile``);
+- ``walk = (split, gap)``: a masked loop's two ranges (``shifted_block_start``);
+- ``k_strides = (stride_row, stride_d)``, ``v_strides`` likewise (``key_block_tiles``);
+- ``dropout = (seed, stream, seqlen_k, dropout_p)``: a program's keep-mask stream (``dropout_keep``).
+
 Positions: a block takes query and key positions already broadcast against each other
 (``q_pos = offs_m[:, None]``, ``k_pos = keys[None, :]`` for a (query, key) tile; the dK/dV
 kernel's transposed tiles pass ``offs_m[None, :]``, ``rows[:, None]``), so one block serves
@@ -69,13 +79,15 @@ def tanh(x):
 
 
 @triton.jit
-def dropout_keep(seed, rows, keys, seqlen_k, stream, dropout_p):
-    """Keep mask of element (stream = b * Hq + h, row i, key j), bit for bit the oracle's
+def dropout_keep(dropout, rows, keys):
+    """Keep mask of element (stream = b * Hq + h, row i, key j), with ``dropout = (seed, stream,
+    seqlen_k, dropout_p)``, bit for bit the oracle's
     (``flashref.reference``'s Philox twin): Philox-4x32-10 with key ``seed`` on the counters
     ``(i * Lk + j mod 2**32, stream, 0, 0)``, first output word, Triton's
     ``uint_to_uniform_float``, keep iff ``u >= p`` in float32. ``rows``/``keys`` broadcast
     against each other (either orientation of a tile). Never materialised: each kernel that
     needs it recomputes it for its tile."""
+    seed, stream, seqlen_k, dropout_p = dropout
     c0 = rows * seqlen_k + keys  # int32 arithmetic wraps mod 2**32: the counter's definition
     zero = c0 * 0
     r0, _r1, _r2, _r3 = philox(seed, c0, zero + stream, zero, zero)
@@ -258,11 +270,12 @@ def key_ranges(start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, 
 
 
 @triton.jit
-def shifted_block_start(block_start, split, gap, MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr):
-    """The block a loop step visits. With a window the masked loop walks two ranges in one loop:
-    blocks from ``split`` on are moved ``gap`` rows right (``[lo, split)`` then
-    ``[split + gap, hi + gap)``): one masked loop body instead of two keeps the register
-    pressure of the plain kernel."""
+def shifted_block_start(block_start, walk, MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr):
+    """The block a loop step visits. With a window the masked loop walks two ranges in one loop
+    (``walk = (split, gap)``): blocks from ``split`` on are moved ``gap`` rows right (``[lo,
+    split)`` then ``[split + gap, hi + gap)``): one masked loop body instead of two keeps the
+    register pressure of the plain kernel."""
+    split, gap = walk
     start = block_start
     if LEFT_BOUND:
         if MASKED:
@@ -304,8 +317,8 @@ def load_tile(base, start, index, offs_d, stride_row, stride_d, rows,
 
 
 @triton.jit
-def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, offs_dv, stride_kn, stride_kd,
-                    stride_vn, stride_vd, seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+def key_block_tiles(k_base, v_base, block_start, walk, offs_n, offs_d, offs_dv, k_strides, v_strides,
+                    seqlen_k_visible, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
                     MASKED: tl.constexpr, LEFT_BOUND: tl.constexpr, V_TRANSPOSED: tl.constexpr,
                     UPCAST: tl.constexpr, TMA: tl.constexpr):
@@ -313,13 +326,13 @@ def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, off
     (``shifted_block_start``), the k^T tile (BLOCK_D, BLOCK_N), float32 with ``UPCAST``, and the
     v tile (BLOCK_N, BLOCK_DV), or v^T with ``V_TRANSPOSED``, as loaded; zero past kv_len (masked
     blocks), past HEAD_DIM in k and past HEAD_DIM_V (V's own head dim, padded to BLOCK_DV) in v
-    (``load_tile``)."""
-    start_n = shifted_block_start(block_start, split, gap, MASKED, LEFT_BOUND)
+    (``load_tile``); ``k_strides``, ``v_strides``: (row, column) strides of K and V."""
+    start_n = shifted_block_start(block_start, walk, MASKED, LEFT_BOUND)
     keys = start_n + offs_n
-    kt = load_tile(k_base, start_n, keys, offs_d, stride_kn, stride_kd, seqlen_k_visible, HEAD_DIM, BLOCK_D,
+    kt = load_tile(k_base, start_n, keys, offs_d, k_strides[0], k_strides[1], seqlen_k_visible, HEAD_DIM, BLOCK_D,
                    MASKED, True, TMA)
-    v = load_tile(v_base, start_n, keys, offs_dv, stride_vn, stride_vd, seqlen_k_visible, HEAD_DIM_V, BLOCK_DV,
-                  MASKED, V_TRANSPOSED, TMA)
+    v = load_tile(v_base, start_n, keys, offs_dv, v_strides[0], v_strides[1], seqlen_k_visible, HEAD_DIM_V,
+                  BLOCK_DV, MASKED, V_TRANSPOSED, TMA)
     if UPCAST:
         kt = kt.to(tl.float32)
     return keys, kt, v
@@ -327,13 +340,14 @@ def key_block_tiles(k_base, v_base, block_start, split, gap, offs_n, offs_d, off
 
 # ---------------------------------------------------------------------------- the score pipeline
 @triton.jit
-def score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in,
-               SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+def score_tile(qk, q_pos, k_pos, score, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
     """The score of a raw ``q.k`` float32 tile, in the units of ``qk`` (times ``qk_scale`` it is
     the log2-domain logit): ``(s, capped)``. ``SOFTCAP``: ``capped = tanh(qk * softcap_in)``
     (the host's ``qk_scale = softcap * log2(e)`` makes it ``softcap * tanh(scale q.k /
     softcap)``), else ``capped = qk``; ``ALIBI``: ``s = capped - slope * |q_pos + alibi_shift -
-    k_pos|`` (``alibi_slope`` from ``load_alibi_slope``, a scalar or a column), else ``s = capped``."""
+    k_pos|`` (``alibi_slope`` from ``load_alibi_slope``, a scalar or a column), else ``s = capped``;
+    ``score = (alibi_shift, alibi_slope, softcap_in)``."""
+    alibi_shift, alibi_slope, softcap_in = score
     capped = qk
     if SOFTCAP:
         capped = tanh(qk * softcap_in)
@@ -344,10 +358,12 @@ def score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in,
 
 
 @triton.jit
-def visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr):
+def visible_keys(q_pos, k_pos, key_ok, bounds, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr):
     """The visibility of a tile: ``key_ok`` (the caller's bound, the kv length say, or None) and,
     with ``RIGHT_BOUND``, ``k_pos <= q_pos + causal_shift`` and, with ``LEFT_BOUND``, ``k_pos >= q_pos +
-    window_shift`` (the oracle's mask). None if no bound applies (the tile needs no mask)."""
+    window_shift`` (the oracle's mask), ``bounds = (causal_shift, window_shift)``. None if no
+    bound applies (the tile needs no mask)."""
+    causal_shift, window_shift = bounds
     visible = key_ok
     if RIGHT_BOUND:
         right = k_pos <= q_pos + causal_shift
@@ -365,33 +381,31 @@ def visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND: 
 
 
 @triton.jit
-def forward_scores(qk, q_pos, k_pos, key_ok, causal_shift, window_shift, alibi_shift, alibi_slope, softcap_in,
-                   MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
-                   ALIBI: tl.constexpr):
+def forward_scores(qk, q_pos, k_pos, key_ok, bounds, score, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr,
+                   LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
     """``score_tile`` with the invisible scores at ``-inf`` (when ``MASKED``): what the online
     softmax folds in (the forward, decode)."""
-    s, _capped = score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in, SOFTCAP, ALIBI)
+    s, _capped = score_tile(qk, q_pos, k_pos, score, SOFTCAP, ALIBI)
     if MASKED:
-        s = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND, LEFT_BOUND), s,
-                     float("-inf"))
+        s = tl.where(visible_keys(q_pos, k_pos, key_ok, bounds, RIGHT_BOUND, LEFT_BOUND), s, float("-inf"))
     return s
 
 
 @triton.jit
-def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, causal_shift, window_shift, alibi_shift,
-                           alibi_slope, softcap_in, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr,
-                           LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr):
+def backward_probabilities(qk, q_pos, k_pos, key_ok, lse2, qk_scale, bounds, score, MASKED: tl.constexpr,
+                           RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr,
+                           ALIBI: tl.constexpr):
     """The backward's recomputed softmax tile ``(p, dcap)``: ``p = exp2(s * qk_scale - lse2)``
     with ``s`` from ``score_tile`` and ``lse2 = lse * log2(e)`` broadcast like ``q_pos`` (+inf
     for a row that sees no key, so its ``p`` is 0), invisible ``p`` 0 (when ``MASKED``);
     ``dcap = 1 - tanh^2``, the softcap's derivative that ``dS`` takes (``SOFTCAP``; else 1)."""
-    s, capped = score_tile(qk, q_pos, k_pos, alibi_shift, alibi_slope, softcap_in, SOFTCAP, ALIBI)
+    s, capped = score_tile(qk, q_pos, k_pos, score, SOFTCAP, ALIBI)
     dcap = 1.0
     if SOFTCAP:
         dcap = 1.0 - capped * capped  # d(softcap * tanh(x)) / d(softcap * x)
     p = tl.math.exp2(s * qk_scale - lse2)
     if MASKED:
-        p = tl.where(visible_keys(q_pos, k_pos, key_ok, causal_shift, window_shift, RIGHT_BOUND, LEFT_BOUND), p, 0.0)
+        p = tl.where(visible_keys(q_pos, k_pos, key_ok, bounds, RIGHT_BOUND, LEFT_BOUND), p, 0.0)
     return p, dcap
 
 

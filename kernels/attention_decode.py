@@ -133,8 +133,9 @@ def decode_split_kernel(
             kt = kt.to(tl.float32)
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Positions: query token i at p_i = L_b - Lq + i (bottom-right); rows past Lq see nothing.
-        s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None], causal_shift,
-                                  window_shift, 0, slope[:, None], softcap_in, True, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
+        s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None],
+                                  (causal_shift, window_shift), (0, slope[:, None], softcap_in),
+                                  True, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale)
         acc = blocks.accumulate_pv(acc, p, v, UPCAST, DOT_PRECISION)
         m_i = m_new

@@ -65,34 +65,35 @@ from .tile_loads import rows_descriptor
 
 @triton.jit
 def _forward_key_blocks(
-    acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-    offs_m, offs_d, offs_dv, lo, hi, seqlen_k_visible, causal_shift, qk_scale,
-    window_shift, alibi_shift, alibi_slope, softcap_in, seed, stream, seqlen_k, dropout_p, split, gap,
+    acc, m_i, l_i, q, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, lo, hi, seqlen_k_visible,
+    qk_scale, bounds, score, dropout, walk,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, RIGHT_BOUND: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
     LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, DROPOUT: tl.constexpr,
     TMA: tl.constexpr = False, P_OFFSET: tl.constexpr = 0.0,
 ):
     """Fold key blocks ``[lo, hi)`` into the running (acc, m, l) of one query block. With a
-    window the masked call walks two ranges in one loop: blocks from ``split`` on are moved
-    ``gap`` keys right (``[lo, split)`` then ``[split + gap, hi + gap)``): one masked loop body
-    in the kernel instead of two keeps the register pressure of the plain kernel.
+    window the masked call walks two ranges in one loop (``walk = (split, gap)``): blocks from
+    ``split`` on are moved ``gap`` keys right (``[lo, split)`` then ``[split + gap, hi + gap)``):
+    one masked loop body in the kernel instead of two keeps the register pressure of the plain
+    kernel. ``bounds``, ``score``, ``dropout``, ``k_strides``, ``v_strides``: the argument groups
+    of kernels/attention_blocks.py.
     With ``TMA``, ``k_base`` and ``v_base`` are tensor descriptors (kernels/tile_loads.py).
     ``P_OFFSET``: 8 with FP8 (p = exp2(s - m + 8), the module docstring), else 0."""
     offs_n = tl.arange(0, BLOCK_N)
     for block_start in range(lo, hi, BLOCK_N):
         keys, kt, v = blocks.key_block_tiles(
-            k_base, v_base, block_start, split, gap, offs_n, offs_d, offs_dv, stride_kn, stride_kd, stride_vn,
-            stride_vd, seqlen_k_visible, HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
+            k_base, v_base, block_start, walk, offs_n, offs_d, offs_dv, k_strides, v_strides, seqlen_k_visible,
+            HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, MASKED, LEFT_BOUND, False, UPCAST, TMA)  # k^T; v as loaded
         qk = tl.dot(q, kt, input_precision=DOT_PRECISION,  # (BLOCK_M, BLOCK_N) float32
                     max_num_imprecise_acc=blocks.FP8_PRECISE_ACCUMULATION if q.dtype == tl.float8e4nv else None)
         s = blocks.forward_scores(
-            qk, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], causal_shift, window_shift,
-            alibi_shift, alibi_slope, softcap_in, MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
+            qk, offs_m[:, None], keys[None, :], (keys < seqlen_k_visible)[None, :], bounds, score,
+            MASKED, RIGHT_BOUND, LEFT_BOUND, SOFTCAP, ALIBI)
         p, m_new, l_i, acc = blocks.online_softmax_step(s, m_i, l_i, acc, qk_scale, P_OFFSET)
         if DROPOUT:
             # l (hence lse) sums every p; only the kept ones reach the output.
-            p = tl.where(blocks.dropout_keep(seed, offs_m[:, None], keys[None, :], seqlen_k, stream, dropout_p), p, 0.0)
+            p = tl.where(blocks.dropout_keep(dropout, offs_m[:, None], keys[None, :]), p, 0.0)
         acc = blocks.accumulate_pv(acc, p, v, UPCAST, DOT_PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -193,16 +194,17 @@ def attention_forward_kernel(
 
     unmasked_lo, unmasked_hi, masked_lo, masked_hi, split, gap = blocks.key_ranges(
         start_m, seqlen_q, seqlen_k_visible, causal_shift, window_shift, BLOCK_M, BLOCK_N, RIGHT_BOUND, LEFT_BOUND, VARLEN)
+    k_strides, v_strides = (stride_kn, stride_kd), (stride_vn, stride_vd)
+    bounds, score = (causal_shift, window_shift), (alibi_shift, alibi_slope, softcap_in)
+    dropout = (seed, pid_bh, seqlen_k, dropout_p)  # the keep mask's stream: this (batch, head)
     acc, m_i, l_i = _forward_key_blocks(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, 0, 0,
+        acc, m_i, l_i, q, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, unmasked_lo, unmasked_hi,
+        seqlen_k_visible, qk_scale, bounds, score, dropout, (0, 0),
         HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, False, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA,
         P_OFFSET)
     acc, m_i, l_i = _forward_key_blocks(
-        acc, m_i, l_i, q, k_base, v_base, stride_kn, stride_kd, stride_vn, stride_vd,
-        offs_m, offs_d, offs_dv, masked_lo, masked_hi, seqlen_k_visible, causal_shift, qk_scale,
-        window_shift, alibi_shift, alibi_slope, softcap_in, seed, pid_bh, seqlen_k, dropout_p, split, gap,
+        acc, m_i, l_i, q, k_base, v_base, k_strides, v_strides, offs_m, offs_d, offs_dv, masked_lo, masked_hi,
+        seqlen_k_visible, qk_scale, bounds, score, dropout, (split, gap),
         HEAD_DIM, BLOCK_D, HEAD_DIM_V, BLOCK_DV, BLOCK_N, True, RIGHT_BOUND, UPCAST, DOT_PRECISION, LEFT_BOUND, SOFTCAP, ALIBI, DROPOUT, TMA,
         P_OFFSET)
 
