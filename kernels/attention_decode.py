@@ -68,17 +68,25 @@ def decode_tile(head_dim: int, dtype: str, hopper: bool, head_dim_v: int | None 
     - float32 (exact FMA dots): 16 x 32 on 8 warps up to head dim 64; 16 x 16 on 8 warps at 128
       (16 x 32 left 8-24 B of stack with a paged cache); 16 x 16 on 4 warps at 256 (16 x 32 on 8
       spilled 72 B paged on sm_90, 16 x 16 on 8 left 24 B on sm_80).
-    - A value head dim ``head_dim_v`` (Dv != D): the tile of the wider of D and Dv.
+    - A value head dim ``head_dim_v`` (Dv != D): the tile of the wider of D and Dv, but float32
+      at width 256 takes 16 x 32 on 8 warps ((192, 128) spilled 8 B on sm_80 with a contiguous
+      cache at 16 x 16 on 4 warps, and with the variants at 16 x 16 on 8).
     - ``absorbed`` (MLA: Dv latent columns, at most 512, + D - Dv rope columns, one cache
       tile less than a plain call's K and V): above head dim 256 the ``BLOCK_M x Dv`` float32
-      accumulator and the (BLOCK_N, Dv) latent tile dominate, so 16 x 16 on 8 warps on both
-      archs and dtypes (the compile gate's (576, 512) rows); up to 256 the tile of D as above.
+      accumulator dominates. Hopper's wgmma needs BLOCK_M 64: a 64 x 512 accumulator is 128
+      registers a thread on 8 warps, and (576, 512) spilled 192-208 B at 64 x 16 (328 B with
+      one stage, 576 B on 16 warps' 128-register cap). So 16 rows on mma.sync on every arch
+      (one program for 16 heads on one kv head, DeepSeek's per-GPU share under 8-way tensor
+      parallelism): 16 x 32 on 8 warps for 16-bit (108 registers on sm_90; 4 warps spilled
+      56 B on sm_80), 16 x 16 on 8 warps for float32. Up to head dim 256: the tile of D as above.
     """
     width = max(head_dim, head_dim_v or head_dim)
     if absorbed and head_dim > 256:
-        return 16, 16, 8
+        return (16, 16, 8) if dtype == "float32" else (16, 32, 8)
     block_d = padded_head_dim(width)
     if dtype == "float32":
+        if block_d == 256 and head_dim_v not in (None, head_dim):
+            return 16, 32, 8
         return (16, 32, 8) if block_d <= 64 else (16, 16, 8) if block_d == 128 else (16, 16, 4)
     if block_d == 256:
         return (64, 16, 8) if hopper else (16, 32, 8)
