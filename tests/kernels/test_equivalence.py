@@ -310,7 +310,7 @@ def test_sweep_filters_and_presets():
     # with the packed families `flashref verify --quick` stays near a minute.
     assert len([c for c in every if is_variant(c)]) == 2 * len(gate.VARIANT_FAMILIES)
     assert len([c for c in every if is_boundary(c)]) == 10
-    assert len(every) < len(sweep("quick")) <= 60
+    assert len(every) < len(sweep("quick")) <= 64  # 62 before the MLA decode rows (72 s -> 77 s on 2 busy cores)
     only_bf16 = sweep("ci", dtypes=["bfloat16"], head_dims=[64], causal=False, seed=100, families=["dense"])
     assert {c.dtype for c in only_bf16} == {"bfloat16"} and {c.head_dim for c in only_bf16} == {64}
     assert not any(c.causal for c in only_bf16) and min(c.seed for c in only_bf16) == 100
