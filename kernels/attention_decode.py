@@ -21,12 +21,27 @@ Keys live at logical position j of sequence b: contiguous cache ``(B, Lmax, Hkv,
 ``[block_table[b, j // page_size], j % page_size]`` (a gathered page index per key column:
 any ``page_size``, any ``BLOCK_N``).
 
+Value head dim (DeepSeek's MLA): V's rows may be ``Dv != D`` wide (``HEAD_DIM_V``, padded to
+``BLOCK_DV``): q, K and the score in D, V, the accumulator, the partials and out in Dv.
+
+Absorbed MLA decode (``ABSORBED``, FlashMLA's and FA3's ``qv`` form): one latent cache
+``(B, Lmax, Hkv, D)`` (or paged; DeepSeek: D = 576, Hkv = 1) whose first ``Dv`` columns
+(512) are also the values; no V cache exists. q = [q_lat | q_rope] and each key row
+k = [c | k_rope] split at Dv, so
+
+    s_ij = q_lat_i . c_j + q_rope_i . k_rope_j,        out_i = sum_j softmax(s)_ij c_j
+
+two dots per key tile: the (BLOCK_N, Dv) latent tile ``c`` is loaded once and serves as
+the score's first operand (transposed) and as the values, the (D - Dv)-column rope tile is
+the second dot (``BLOCK_D`` pads D - Dv there, not D: 576 would pad to 1024).
+
 Query token i sits at position ``p_i = L_b - Lq + i`` (bottom-right). Score pipeline and online
 softmax: the forward's blocks (kernels/attention_blocks.py): ``softcap``, ``- slope * |p_i - j|``
 (ALiBi), visible iff ``j < L_b``, ``j <= p_i + right`` (causal: right = 0), ``j >= p_i - left``
 (window).
 
-``decode_combine_kernel``: one program per (batch x query head, query token): with
+``decode_combine_kernel``: one program per (batch x query head, query token), over out's head
+dim (Dv): with
 ``m = max_s lse_s``, ``lse = m + log(sum_s exp(lse_s - m))`` (logaddexp over the splits) and
 ``out = sum_s exp(lse_s - lse) out_s``; the sink, when given, is one more partial with
 ``out = 0`` and ``lse = sinks[h]``. Every lse ``-inf``: ``out = 0``, ``lse = -inf``.
@@ -40,7 +55,8 @@ from .tile_tables import padded_head_dim
 from .rounding import to_output
 
 
-def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]:
+def decode_tile(head_dim: int, dtype: str, hopper: bool, head_dim_v: int | None = None,
+                absorbed: bool = False) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) of the split kernel, the compile gate's decode rows
     (contiguous and paged, plain and with window + softcap + ALiBi, sm_90 and sm_80: all clean):
 
@@ -52,9 +68,25 @@ def decode_tile(head_dim: int, dtype: str, hopper: bool) -> tuple[int, int, int]
     - float32 (exact FMA dots): 16 x 32 on 8 warps up to head dim 64; 16 x 16 on 8 warps at 128
       (16 x 32 left 8-24 B of stack with a paged cache); 16 x 16 on 4 warps at 256 (16 x 32 on 8
       spilled 72 B paged on sm_90, 16 x 16 on 8 left 24 B on sm_80).
+    - A value head dim ``head_dim_v`` (Dv != D): the tile of the wider of D and Dv, but float32
+      at width 256 takes 16 x 32 on 8 warps ((192, 128) spilled 8 B on sm_80 with a contiguous
+      cache at 16 x 16 on 4 warps, and with the variants at 16 x 16 on 8).
+    - ``absorbed`` (MLA: Dv latent columns, at most 512, + D - Dv rope columns, one cache
+      tile less than a plain call's K and V): above head dim 256 the ``BLOCK_M x Dv`` float32
+      accumulator dominates. Hopper's wgmma needs BLOCK_M 64: a 64 x 512 accumulator is 128
+      registers a thread on 8 warps, and (576, 512) spilled 192-208 B at 64 x 16 (328 B with
+      one stage, 576 B on 16 warps' 128-register cap). So 16 rows on mma.sync on every arch
+      (one program for 16 heads on one kv head, DeepSeek's per-GPU share under 8-way tensor
+      parallelism): 16 x 32 on 8 warps for 16-bit (108 registers on sm_90; 4 warps spilled
+      56 B on sm_80), 16 x 16 on 8 warps for float32. Up to head dim 256: the tile of D as above.
     """
-    block_d = padded_head_dim(head_dim)
+    width = max(head_dim, head_dim_v or head_dim)
+    if absorbed and head_dim > 256:
+        return (16, 16, 8) if dtype == "float32" else (16, 32, 8)
+    block_d = padded_head_dim(width)
     if dtype == "float32":
+        if block_d == 256 and head_dim_v not in (None, head_dim):
+            return 16, 32, 8
         return (16, 32, 8) if block_d <= 64 else (16, 16, 8) if block_d == 128 else (16, 16, 4)
     if block_d == 256:
         return (64, 16, 8) if hopper else (16, 32, 8)
@@ -70,16 +102,20 @@ def decode_split_kernel(
     stride_vb, stride_vn, stride_vh, stride_vd,
     stride_bt_b, stride_alibi_b,
     heads_q, heads_kv, seqlen_q, chunk, causal_shift, window_shift, qk_scale, softcap_in,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM_V: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, PAGED: tl.constexpr,
     RIGHT_BOUND: tl.constexpr, LEFT_BOUND: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr, ABSORBED: tl.constexpr = False,
 ):
     """Partial attention of one split. Q: (B, Hq, Lq, D); caches as in the module docstring
-    (``stride_kb`` is the page stride when PAGED); BlockTable (B, max_pages) int32 (PAGED);
-    SeqLens (B,) int32 = L_b; OutP (S, B, Hq, Lq, D) and LseP (S, B, Hq, Lq) float32,
-    contiguous. ``causal_shift`` = right bound (0 for causal), ``window_shift`` = -left;
-    ``qk_scale`` and ``softcap_in`` as in the forward kernel."""
+    (``stride_kb`` is the page stride when PAGED; VCache's rows are Dv wide); BlockTable
+    (B, max_pages) int32 (PAGED); SeqLens (B,) int32 = L_b; OutP (S, B, Hq, Lq, Dv) and LseP
+    (S, B, Hq, Lq) float32, contiguous. ``HEAD_DIM`` = D padded to ``BLOCK_D``, ``HEAD_DIM_V``
+    = Dv padded to ``BLOCK_DV``. ``causal_shift`` = right bound (0 for causal),
+    ``window_shift`` = -left; ``qk_scale`` and ``softcap_in`` as in the forward kernel.
+    ``ABSORBED`` (MLA's absorbed decode, module docstring): VCache is unused, the values are
+    the first Dv columns of KCache, and ``BLOCK_D`` pads the D - Dv rope columns instead of D."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -92,11 +128,22 @@ def decode_split_kernel(
     head = h_kv * GROUP + rows % GROUP
     row_ok = tok < seqlen_q
     pos = seqlen_k - seqlen_q + tok  # the token's position in its sequence (bottom-right)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b.to(tl.int64) * stride_qb + head[:, None].to(tl.int64) * stride_qh
-                + tok[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    dv_ok = offs_dv < HEAD_DIM_V
+    q_rows = Q + b.to(tl.int64) * stride_qb + head[:, None].to(tl.int64) * stride_qh + tok[:, None] * stride_qm
+    if ABSORBED:
+        # q = [latent (Dv) | rope (D - Dv)]: two tiles, the score two dots.
+        ROPE_DIM: tl.constexpr = HEAD_DIM - HEAD_DIM_V
+        offs_d = HEAD_DIM_V + tl.arange(0, BLOCK_D)
+        d_ok = offs_d < HEAD_DIM
+        q = tl.load(q_rows + offs_dv[None, :] * stride_qd, mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+        q_rope = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        if UPCAST:
+            q_rope = q_rope.to(tl.float32)
+    else:
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < HEAD_DIM
+        q = tl.load(q_rows + offs_d[None, :] * stride_qd, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     # One slope per packed row (a vector: blocks.load_alibi_slope's scalar is per program).
@@ -106,7 +153,7 @@ def decode_split_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     k_base = KCache + h_kv.to(tl.int64) * stride_kh
     v_base = VCache + h_kv.to(tl.int64) * stride_vh
     if not PAGED:
@@ -125,13 +172,28 @@ def decode_split_kernel(
         else:  # one sequence's rows: a 64-bit base, 32-bit offsets (fewer registers per key)
             k_row = keys * stride_kn
             v_row = keys * stride_vn
-        kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * stride_kd,
-                     mask=key_ok[None, :] & d_ok[:, None], other=0.0)
-        v = tl.load(v_base + v_row[:, None] + offs_d[None, :] * stride_vd,
-                    mask=key_ok[:, None] & d_ok[None, :], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
+        if ABSORBED:
+            # One (BLOCK_N, Dv) latent tile: the score's first dot (transposed) and the values.
+            v = tl.load(k_base + k_row[:, None] + offs_dv[None, :] * stride_kd,
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            kt_latent = tl.trans(v)
+            if UPCAST:
+                kt_latent = kt_latent.to(tl.float32)
+            qk = tl.dot(q, kt_latent, input_precision=DOT_PRECISION)
+            if ROPE_DIM > 0:
+                kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * stride_kd,
+                             mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+                if UPCAST:
+                    kt = kt.to(tl.float32)
+                qk = tl.dot(q_rope, kt, qk, input_precision=DOT_PRECISION)
+        else:
+            kt = tl.load(k_base + k_row[None, :] + offs_d[:, None] * stride_kd,
+                         mask=key_ok[None, :] & d_ok[:, None], other=0.0)
+            v = tl.load(v_base + v_row[:, None] + offs_dv[None, :] * stride_vd,
+                        mask=key_ok[:, None] & dv_ok[None, :], other=0.0)
+            if UPCAST:
+                kt = kt.to(tl.float32)
+            qk = tl.dot(q, kt, input_precision=DOT_PRECISION)
         # Positions: query token i at p_i = L_b - Lq + i (bottom-right); rows past Lq see nothing.
         s = blocks.forward_scores(qk, pos[:, None], keys[None, :], key_ok[None, :] & row_ok[:, None],
                                   (causal_shift, window_shift), (0, slope[:, None], softcap_in),
@@ -141,10 +203,10 @@ def decode_split_kernel(
         m_i = m_new
 
     out, lse = blocks.finish_rows(acc, m_i, l_i)
-    # OutP[split, b, head, tok, :], LseP[split, b, head, tok]: contiguous.
+    # OutP[split, b, head, tok, :] (Dv wide), LseP[split, b, head, tok]: contiguous.
     row_index = ((split * (tl.num_programs(1) // heads_kv) + b) * heads_q + head).to(tl.int64) * seqlen_q + tok
     tl.store(LseP + row_index, lse, mask=row_ok)
-    tl.store(OutP + row_index[:, None] * HEAD_DIM + offs_d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(OutP + row_index[:, None] * HEAD_DIM_V + offs_dv[None, :], out, mask=row_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit

@@ -216,20 +216,49 @@ def check_cu_seqlens_values(name, cu, total, max_seqlen) -> None:
 # ---------------------------------------------------------------------------------------------
 # Decoding against a KV cache (flash_attention_with_kvcache)
 
+#: MLA's absorbed decode (``v_cache=None, v_head_dim=Dv``): the latent (value) columns Dv and
+#: the rope columns D - Dv each fit one power-of-two tile of the decode kernel (DeepSeek: 512 + 64).
+MAX_LATENT_DIM = 512
+MAX_ROPE_DIM = MAX_HEAD_DIM
+
+
 def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, causal, softmax_scale, window_size,
-                       softcap, alibi_slopes, sinks, num_splits) -> int:
-    """Every check of a KV-cache call that reads no tensor value. Returns Lnew, the new tokens
-    appended per sequence."""
-    check_attention_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache},
-                            "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
+                       softcap, alibi_slopes, sinks, num_splits, v_head_dim=None) -> tuple[int, int]:
+    """Every check of a KV-cache call that reads no tensor value. Returns (Lnew, Dv): the new
+    tokens appended per sequence and the value head dim (v_cache's last dim, or ``v_head_dim``
+    with ``v_cache=None``: MLA's absorbed decode, values = ``k_cache[..., :Dv]``)."""
+    absorbed = v_cache is None
+    named = {"q": q, "k_cache": k_cache} if absorbed else {"q": q, "k_cache": k_cache, "v_cache": v_cache}
+    check_attention_tensors(named, "(q: (B, Hq, Lq, D); a cache: (B, Lmax, Hkv, D) or (pages, page_size, Hkv, D))")
     batch, heads_q, seqlen_q, head_dim = q.shape
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have one shape (a value head dim Dv != D is supported by "
-                         f"flash_attention and flash_attention_varlen, not yet by the KV-cache kernel), got "
-                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
     heads_kv = k_cache.shape[2]
-    if not 1 <= head_dim <= MAX_HEAD_DIM or k_cache.shape[3] != head_dim:
-        raise ValueError(f"head dims must agree and lie in [1, {MAX_HEAD_DIM}], got q {head_dim}, cache {k_cache.shape[3]}")
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"k_cache's head dim must be q's {head_dim}, got {k_cache.shape[3]}")
+    if absorbed:
+        if v_head_dim is None:
+            raise ValueError("v_cache=None needs v_head_dim (MLA's absorbed decode: the values are the first "
+                             "v_head_dim columns of k_cache); otherwise pass v_cache")
+        if not is_int(v_head_dim) or not 1 <= v_head_dim <= min(head_dim, MAX_LATENT_DIM):
+            raise ValueError(f"v_head_dim (the latent columns of k_cache that are also the values) must be an int "
+                             f"in [1, min(D={head_dim}, {MAX_LATENT_DIM})], got {v_head_dim!r}")
+        if head_dim - v_head_dim > MAX_ROPE_DIM:
+            raise ValueError(f"with v_cache=None the rope columns D - v_head_dim must be at most {MAX_ROPE_DIM}, "
+                             f"got D={head_dim}, v_head_dim={v_head_dim}")
+        head_dim_v = int(v_head_dim)
+    else:
+        if v_head_dim is not None:
+            raise ValueError("v_head_dim is only for v_cache=None (MLA's absorbed decode, values = the first "
+                             "v_head_dim columns of k_cache); with a v_cache the value head dim is v_cache.shape[3]")
+        if k_cache.shape[:3] != v_cache.shape[:3]:
+            raise ValueError(f"k_cache and v_cache must agree but for the head dim ((B, Lmax, Hkv) or (pages, "
+                             f"page_size, Hkv)), got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+        head_dim_v = v_cache.shape[3]
+        if not 1 <= head_dim <= MAX_HEAD_DIM:
+            raise ValueError(f"head_dim must lie in [1, {MAX_HEAD_DIM}] (above it only as MLA's absorbed decode, "
+                             f"v_cache=None with v_head_dim), got q with head_dim {head_dim}")
+        if not 1 <= head_dim_v <= MAX_HEAD_DIM:
+            raise ValueError(f"v_cache's head dim Dv must lie in [1, {MAX_HEAD_DIM}] (it may differ from q's: MLA), "
+                             f"got {head_dim_v}")
     if heads_kv == 0 or heads_q % heads_kv:
         raise ValueError(f"q's heads ({heads_q}) must be a multiple of the cache's heads ({heads_kv})")
     if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype not in (torch.int32, torch.int64):
@@ -238,17 +267,21 @@ def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, ca
     if tuple(cache_seqlens.shape) != (batch,) or cache_seqlens.device != q.device:
         raise ValueError(f"cache_seqlens must have shape ({batch},) on {q.device}, got {tuple(cache_seqlens.shape)} "
                          f"on {cache_seqlens.device}")
-    if (k is None) != (v is None):
+    if absorbed and v is not None:
+        raise ValueError("with v_cache=None (absorbed decode) give only k: its first v_head_dim columns are the "
+                         "new values; v must be None")
+    if not absorbed and (k is None) != (v is None):
         raise ValueError("give both k and v (the new tokens) or neither")
     new_len = 0
     if k is not None:
-        for name, t in (("k", k), ("v", v)):
+        news = (("k", k, head_dim),) if absorbed else (("k", k, head_dim), ("v", v, head_dim_v))
+        for name, t, width in news:
             if not isinstance(t, torch.Tensor) or t.dtype != q.dtype or t.device != q.device:
                 raise TypeError(f"{name} must be a torch.Tensor with q's dtype and device")
-            if tuple(t.shape[:2]) != (batch, heads_kv) or t.dim() != 4 or t.shape[3] != head_dim:
-                raise ValueError(f"{name} must have shape ({batch}, {heads_kv}, Lnew, {head_dim}), got {tuple(t.shape)}")
-        if k.shape != v.shape:
-            raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+            if tuple(t.shape[:2]) != (batch, heads_kv) or t.dim() != 4 or t.shape[3] != width:
+                raise ValueError(f"{name} must have shape ({batch}, {heads_kv}, Lnew, {width}), got {tuple(t.shape)}")
+        if not absorbed and k.shape[2] != v.shape[2]:
+            raise ValueError(f"k and v must have one Lnew, got {tuple(k.shape)} and {tuple(v.shape)}")
         new_len = k.shape[2]
     if block_table is None:
         if k_cache.shape[0] != batch:
@@ -271,7 +304,7 @@ def check_kvcache_call(q, k_cache, v_cache, k, v, cache_seqlens, block_table, ca
                                       or not (math.isfinite(softmax_scale) and softmax_scale > 0)):
         raise ValueError(f"softmax_scale must be a positive finite float or None, got {softmax_scale!r}")
     check_variants(q, window_size, softcap, alibi_slopes, sinks, 0.0, None)
-    return new_len
+    return new_len, head_dim_v
 
 
 def check_kvcache_values(k_cache, cache_seqlens, block_table, new_len) -> None:

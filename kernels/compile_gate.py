@@ -254,7 +254,7 @@ def problems(row: "CompileRow | Mapping[str, Any]") -> list[str]:
       is a correctness path, not an excused one;
     - "smem N > LIMIT B": more dynamic shared memory than one program may have on the arch;
     - "no wgmma": a 16-bit kernel with matrix products on sm_90 that misses Hopper's
-      warpgroup MMA (it would run on the slower mma.sync path);
+      warpgroup MMA (it would run on the slower mma.sync path), unless ``mma_sync_by_design``;
     - "no tcgen05": the same on sm_100 for Blackwell's tensor-memory MMA (a row whose PTX
       uses wgmma or mma.sync instead: Triton fell back from tcgen05);
     - "no TMA": a row of the Hopper path (a variant with ``TMA``) on sm_90 or sm_100 whose PTX
@@ -318,7 +318,11 @@ def mma_instruction(ptx: str) -> str:
 def mma_sync_by_design(row: Mapping[str, Any]) -> bool:
     """The score-variant launches whose only spill-free tile is too narrow for wgmma
     (``tile_tables.MMA_SYNC_VARIANT_LAUNCHES``): a row of a variant with a score switch on, of one of
-    those launches, at exactly its variant table's tile."""
+    those launches, at exactly its variant table's tile; and the absorbed MLA decode rows above
+    head dim 256 at ``attention_decode.decode_tile``'s tile (16 rows: the wgmma tile spills, see there)."""
+    if row.get("kernel") == "decode_split" and row.get("variant", "").endswith("_absorbed") and row["head_dim"] > 256:
+        tile = decode_tile(row["head_dim"], row["dtype"], True, row.get("head_dim_v"), True)
+        return (row["BLOCK_M"], row["BLOCK_N"], row["num_warps"]) == tile
     variant = VARIANT_BY_NAME.get(row.get("variant", "plain"))
     if variant is None or not {name for name, on in variant.constexprs if on} & set(SCORE_VARIANT_SWITCHES):
         return False
@@ -669,35 +673,50 @@ class DecodeSpec:
     block_n: int = 64
     num_warps: int = 4
     variants: bool = False  # the split kernel with window, softcap and ALiBi on
+    head_dim_v: int | None = None  # the value head dim where it differs from head_dim (MLA)
+    absorbed: bool = False  # MLA's absorbed decode: the values are the cache's first head_dim_v columns
 
     @property
     def variant(self) -> str:
-        return ("paged" if self.paged else "contiguous") + ("_window_softcap_alibi" if self.variants else "")
+        return (("paged" if self.paged else "contiguous") + ("_window_softcap_alibi" if self.variants else "")
+                + ("_absorbed" if self.absorbed else ""))
 
 
-def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90") -> list[DecodeSpec]:
+# MLA decode rows (issue 23): (D, Dv, absorbed): DeepSeek's absorbed latent cache (576 = 512 + 64
+# rope) and a plain Dv != D pair (MLA prefill's 192 / 128 caches).
+MLA_DECODE_PAIRS = ((576, 512, True), (192, 128, False))
+
+
+def decode_specs(head_dims=BUCKET_HEAD_DIMS, dtypes=GATE_DTYPES, arch: str = "sm_90",
+                 value_pairs=()) -> list[DecodeSpec]:
     """The dispatcher's decode launches on ``arch`` (``attention_decode.decode_tile``: the split kernel
     contiguous and paged, plain and with window + softcap + ALiBi on, and the combine, once per
-    head dim and dtype)."""
+    head dim and dtype); ``value_pairs``: also those of each (D, Dv, absorbed) (``MLA_DECODE_PAIRS``)."""
     specs = []
-    for d, dt in product(head_dims, dtypes):
-        block_m, block_n, warps = decode_tile(d, dt, hopper=ARCHS[arch] >= 90)  # launch.py: capability >= 9
+    rows = [(d, None, False) for d in head_dims] + [(d, dv, absorbed) for d, dv, absorbed in value_pairs]
+    for (d, dv, absorbed), dt in product(rows, dtypes):
+        block_m, block_n, warps = decode_tile(d, dt, ARCHS[arch] >= 90, dv, absorbed)  # launch.py: capability >= 9
         specs += [DecodeSpec("decode_split", d, dt, paged, block_m=block_m, block_n=block_n, num_warps=warps,
-                             variants=variants) for paged in (False, True) for variants in (False, True)]
-        specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0))
+                             variants=variants, head_dim_v=dv, absorbed=absorbed)
+                  for paged in (False, True) for variants in (False, True)]
+        specs.append(DecodeSpec("decode_combine", d, dt, False, block_m=0, block_n=0, head_dim_v=dv))
     return specs
 
 
 def _decode_signature(fn, spec: DecodeSpec):
     elem = _TRITON_TYPE[spec.dtype]
-    constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": padded_head_dim(spec.head_dim), "UPCAST": False}
+    dv = spec.head_dim_v or spec.head_dim
     if spec.kernel == "decode_split":
+        # launch.launch_decode's: absorbed, BLOCK_D pads the rope columns D - Dv only.
+        block_d = padded_head_dim(spec.head_dim - dv if spec.absorbed else spec.head_dim)
+        constexprs = {"HEAD_DIM": spec.head_dim, "BLOCK_D": block_d, "HEAD_DIM_V": dv,
+                      "BLOCK_DV": padded_head_dim(dv), "UPCAST": False, "ABSORBED": spec.absorbed}
         constexprs.update(BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, GROUP=4, PAGE_SIZE=16 if spec.paged else 1,
                           PAGED=spec.paged, RIGHT_BOUND=True, LEFT_BOUND=spec.variants, SOFTCAP=spec.variants,
                           ALIBI=spec.variants,
                           DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
-    else:
-        constexprs.update(BLOCK_S=16, SINKS=False)
+    else:  # the combine works in out's head dim Dv
+        constexprs = {"HEAD_DIM": dv, "BLOCK_D": padded_head_dim(dv), "UPCAST": False, "BLOCK_S": 16, "SINKS": False}
     signature, attrs = {}, {}
     for index, param in enumerate(fn.params):
         name = param.name
@@ -706,8 +725,9 @@ def _decode_signature(fn, spec: DecodeSpec):
         elif name.startswith("stride_") and name.endswith("d"):
             signature[name] = "constexpr"
             constexprs[name] = 1
-        elif name.startswith("stride_"):
+        elif name.startswith("stride_"):  # row / head / page strides: multiples of 16 (as the main gate's)
             signature[name] = "i32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
         elif name in DECODE_POINTER_TYPES:
             signature[name] = DECODE_POINTER_TYPES[name]
         elif name[0].isupper():  # Q, KCache, VCache, Out
@@ -736,7 +756,8 @@ def compile_decode(spec: DecodeSpec, arch: str = "sm_90") -> CompileRow:
         BLOCK_M=spec.block_m, BLOCK_N=spec.block_n, num_warps=spec.num_warps, num_stages=2,
         registers=usage["REG"], shared_memory=int(compiled.metadata.shared),
         spills=usage.get("LOCAL", 0) + usage.get("STACK", 0), uses_wgmma="wgmma" in compiled.asm["ptx"],
-        compile_seconds=round(seconds, 2), variant=spec.variant, mma=mma_instruction(compiled.asm["ptx"]))
+        compile_seconds=round(seconds, 2), variant=spec.variant, mma=mma_instruction(compiled.asm["ptx"]),
+        head_dim_v=spec.head_dim_v)
 
 
 if __name__ == "__main__":

@@ -424,31 +424,41 @@ def kvcache_capacity(k_cache: torch.Tensor, block_table: torch.Tensor | None) ->
     return k_cache.shape[1] if block_table is None else block_table.shape[1] * k_cache.shape[1]
 
 
-def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params: LaunchParams, num_splits: int):
+def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params: LaunchParams, num_splits: int,
+                  v_head_dim: int = 0):
     """Launch the split kernel then the combine. q (B, Hq, Lq, D); the caches already hold the
-    new tokens; seqlens (B,) int32: keys per sequence. ``num_splits`` 0: the heuristic's.
-    Returns out (q's layout and dtype) and lse (B, Hq, Lq) float32."""
+    new tokens (v_cache's rows Dv wide); seqlens (B,) int32: keys per sequence. ``v_cache``
+    None: MLA's absorbed decode, the values are the first ``v_head_dim`` columns of k_cache
+    (attention_decode.py's ``ABSORBED``). ``num_splits`` 0: the heuristic's.
+    Returns out (B, Hq, Lq, Dv) (q's layout and dtype when Dv == D) and lse (B, Hq, Lq) float32."""
     batch, heads_q, seqlen_q, head_dim = q.shape
+    absorbed = v_cache is None
+    head_dim_v = v_head_dim if absorbed else v_cache.shape[3]
     heads_kv = k_cache.shape[2]
     group = heads_q // heads_kv
-    out = new_buffer(q)
+    out = new_buffer(q) if head_dim_v == head_dim else new_buffer(q, shape=(batch, heads_q, seqlen_q, head_dim_v))
     lse = new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
     capacity = kvcache_capacity(k_cache, block_table)
-    block_d = padded_head_dim(head_dim)
+    # Absorbed: BLOCK_D pads the rope columns D - Dv only (attention_decode.py); V is k_cache's.
+    block_d = padded_head_dim(head_dim - head_dim_v if absorbed else head_dim)
+    block_dv = padded_head_dim(head_dim_v)
+    if absorbed:
+        v_cache = k_cache
     rows = seqlen_q * group
     if INTERPRETED:
         tile = interpreter_config("decode")
         block_m, block_n, warps = tile.block_m, tile.block_n, 1
     else:  # the compile gate's rows (compile_gate.decode_specs)
         hopper = torch.cuda.get_device_capability(q.device)[0] >= 9
-        block_m, block_n, warps = decode_tile(head_dim, str(q.dtype).removeprefix("torch."), hopper)
+        block_m, block_n, warps = decode_tile(head_dim, str(q.dtype).removeprefix("torch."), hopper,
+                                              head_dim_v, absorbed)
     m_blocks = triton.cdiv(rows, block_m)
     splits = num_splits or num_splits_heuristic(batch, heads_kv, m_blocks, capacity, block_n, _sm_count(q.device))
     splits = max(1, min(splits, triton.cdiv(max(capacity, 1), block_n)))
     chunk = triton.cdiv(triton.cdiv(max(capacity, 1), splits), block_n) * block_n
-    out_p = torch.empty((splits, batch, heads_q, seqlen_q, head_dim), dtype=torch.float32, device=q.device)
+    out_p = torch.empty((splits, batch, heads_q, seqlen_q, head_dim_v), dtype=torch.float32, device=q.device)
     lse_p = torch.empty((splits, batch, heads_q, seqlen_q), dtype=torch.float32, device=q.device)
 
     paged = block_table is not None
@@ -458,14 +468,15 @@ def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, param
         block_table.stride(0) if paged else 0, _alibi_batch_stride(alibi),
         heads_q, heads_kv, seqlen_q, chunk, params.causal_shift, params.window_shift,
         params.qk_scale, params.softcap_in,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, GROUP=group,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, HEAD_DIM_V=head_dim_v, BLOCK_DV=block_dv,
+        BLOCK_M=block_m, BLOCK_N=block_n, GROUP=group,
         PAGE_SIZE=k_cache.shape[1] if paged else 1, PAGED=paged,
         RIGHT_BOUND=params.right_bound, LEFT_BOUND=params.left_bound, SOFTCAP=params.softcap, ALIBI=alibi is not None,
         UPCAST=INTERPRETED, DOT_PRECISION=FLOAT32_DOT_PRECISION if q.dtype == torch.float32 else "tf32",
-        num_warps=warps)
+        ABSORBED=absorbed, num_warps=warps)
     decode_combine_kernel[(batch * heads_q * seqlen_q,)](
         out_p, lse_p, sinks, out, lse,
         *out.stride(), heads_q, seqlen_q, splits, batch * heads_q * seqlen_q,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits), SINKS=sinks is not None,
+        HEAD_DIM=head_dim_v, BLOCK_D=block_dv, BLOCK_S=triton.next_power_of_2(splits), SINKS=sinks is not None,
         UPCAST=INTERPRETED, num_warps=1 if INTERPRETED else 4)
     return out, lse

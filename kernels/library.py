@@ -37,11 +37,13 @@ float32, sinks: (Hq,) float32, each optional)::
     attention_varlen_backward(q, k, v, out, lse, dout, <the same from cu_seqlens_q on>)
         -> (dq, dk, dv, dsinks) as attention_backward's
 
-    # the caches already hold the new tokens: sequence b has cache_seqlens[b] + new_len keys
+    # the caches already hold the new tokens: sequence b has cache_seqlens[b] + new_len keys;
+    # v_head_dim = Dv (v_cache's last dim); v_cache None: MLA's absorbed decode, the values are
+    # k_cache[..., :v_head_dim]
     attention_with_kvcache(q, k_cache, v_cache, cache_seqlens, new_len: int, block_table, alibi,
                            sinks, causal: bool, scale: float, window_left: int, window_right: int,
-                           softcap: float, num_splits: int, check_values: bool)
-        -> (out: (B, Hq, Lq, D) in q's dtype and layout, lse: (B, Hq, Lq) float32)
+                           softcap: float, num_splits: int, check_values: bool, v_head_dim: int)
+        -> (out: (B, Hq, Lq, Dv) in q's dtype (q's layout when Dv == D), lse: (B, Hq, Lq) float32)
 
     # FP8: q, k, v float8_e4m3fn, descale (B, Hkv, 3) float32 (q, k, v factors), no ALiBi,
     # softcap or dropout; out_dtype a dtype name ("bfloat16", ...)
@@ -258,22 +260,23 @@ attention_varlen_forward.register_autograd(_varlen_backward, setup_context=_setu
 # Decoding against a KV cache (forward only)
 
 @torch.library.custom_op(f"{NAMESPACE}::attention_with_kvcache", mutates_args=())
-def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def attention_with_kvcache(q: torch.Tensor, k_cache: torch.Tensor, v_cache: Optional[torch.Tensor],
                            cache_seqlens: torch.Tensor, new_len: int, block_table: Optional[torch.Tensor],
                            alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor], causal: bool, scale: float,
                            window_left: int, window_right: int, softcap: float, num_splits: int,
-                           check_values: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                           check_values: bool, v_head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the split-KV decode and its combine: returns (out, lse). Schema: module docstring."""
     if check_values:
         check_kvcache_values(k_cache, cache_seqlens, block_table, new_len)
     params = resolve_decode_launch(causal, scale, (window_left, window_right), softcap)
     seqlens = (cache_seqlens.to(torch.int32) + new_len).contiguous()
-    return launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params, num_splits)
+    return launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, params, num_splits, v_head_dim)
 
 
 @attention_with_kvcache.register_fake
-def _attention_with_kvcache_fake(q, *tensors_and_scalars):
-    out = torch.empty_like(q)
+def _attention_with_kvcache_fake(q, k_cache, v_cache, *scalars_and_optionals):
+    head_dim_v = scalars_and_optionals[-1]  # v_head_dim: Dv, resolved by the API (v_cache's or the given)
+    out = torch.empty_like(q) if head_dim_v == q.shape[3] else q.new_empty((*q.shape[:3], head_dim_v))
     lse = q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=torch.float32)
     return out, lse
 

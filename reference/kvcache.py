@@ -4,12 +4,12 @@ Layouts (the kernels' and FlashAttention's ``flash_attn_with_kvcache``):
 
     q:              (B, Hq, Lq, D)          Lq: the new tokens (1 when decoding, a few when
                                             speculating)
-    contiguous:     k_cache, v_cache (B, Lmax, Hkv, D)
-    paged:          k_cache, v_cache (num_pages, page_size, Hkv, D) and
+    contiguous:     k_cache (B, Lmax, Hkv, D), v_cache (B, Lmax, Hkv, Dv)  (Dv may differ: MLA)
+    paged:          k_cache, v_cache (num_pages, page_size, Hkv, D or Dv) and
                     block_table (B, max_pages) ints: logical position t of sequence b lives
                     in page ``block_table[b, t // page_size]`` at row ``t % page_size``
     cache_seqlens:  (B,) ints, the tokens already in the cache
-    k, v (optional):(B, Hkv, Lnew, D) new keys/values, appended at positions
+    k, v (optional):(B, Hkv, Lnew, D / Dv) new keys/values, appended at positions
                     ``cache_seqlens[b] .. cache_seqlens[b] + Lnew - 1`` before attending
 
 After the append, sequence b has ``L_b = cache_seqlens[b] + Lnew`` keys (``Lnew = 0``
@@ -41,8 +41,9 @@ def check_kvcache_inputs(q, k_cache, v_cache, k, v, cache_seqlens, block_table):
     if q.ndim != 4:
         raise ValueError(f"q must be (B, Hq, Lq, D), got shape {q.shape}")
     batch, heads_q, _, head_dim = q.shape
-    if k_cache.ndim != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"k_cache and v_cache must have one 4-d shape, got {k_cache.shape} and {v_cache.shape}")
+    if k_cache.ndim != 4 or v_cache.ndim != 4 or k_cache.shape[:3] != v_cache.shape[:3]:
+        raise ValueError(f"k_cache and v_cache must be 4-d and agree but for the head dim, got {k_cache.shape} "
+                         f"and {v_cache.shape}")
     heads_kv = k_cache.shape[2]
     if k_cache.shape[3] != head_dim:
         raise ValueError(f"k_cache's head dim must be q's {head_dim}, got {k_cache.shape[3]}")
@@ -55,9 +56,10 @@ def check_kvcache_inputs(q, k_cache, v_cache, k, v, cache_seqlens, block_table):
         raise ValueError("give both k and v (the new tokens) or neither")
     new_len = 0
     if k is not None:
-        if k.ndim != 4 or k.shape != v.shape or k.shape[:2] != (batch, heads_kv) or k.shape[3] != head_dim:
-            raise ValueError(f"k and v must have shape ({batch}, {heads_kv}, Lnew, {head_dim}), got "
-                             f"{k.shape} and {v.shape}")
+        if (k.ndim != 4 or v.ndim != 4 or k.shape[:3] != v.shape[:3] or k.shape[:2] != (batch, heads_kv)
+                or k.shape[3] != head_dim or v.shape[3] != v_cache.shape[3]):
+            raise ValueError(f"k and v must have shapes ({batch}, {heads_kv}, Lnew, {head_dim}) and ({batch}, "
+                             f"{heads_kv}, Lnew, {v_cache.shape[3]}), got {k.shape} and {v.shape}")
         new_len = k.shape[2]
     if block_table is None:
         if k_cache.shape[0] != batch:
@@ -102,7 +104,7 @@ def gather_kvcache(cache, lengths, block_table):
 def append_to_kvcache(k_cache, v_cache, k, v, cache_seqlens, block_table=None):
     """The caches after the append, as new arrays (the inputs are not modified): new token t
     of sequence b goes to logical position ``cache_seqlens[b] + t`` (its page given by
-    ``block_table``). k, v: (B, Hkv, Lnew, D)."""
+    ``block_table``). k, v: (B, Hkv, Lnew, D) and (B, Hkv, Lnew, Dv)."""
     k_cache, v_cache = np.array(k_cache, copy=True), np.array(v_cache, copy=True)
     seqlens = np.asarray(cache_seqlens, dtype=np.int64)
     for cache, new in ((k_cache, np.asarray(k)), (v_cache, np.asarray(v))):
@@ -122,7 +124,7 @@ def attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_seqlens
                            alibi_slopes=None, sinks=None, return_lse=False):
     """Attention of q against the cache after appending k, v; float64, nothing modified.
 
-    Returns out (B, Hq, Lq, D), and with ``return_lse`` also lse (B, Hq, Lq). The appended
+    Returns out (B, Hq, Lq, Dv), and with ``return_lse`` also lse (B, Hq, Lq). The appended
     caches themselves: `append_to_kvcache`. See the module docstring for the layouts.
     """
     q = as_float64("q", q)

@@ -21,7 +21,7 @@ from .rule import CASE_DTYPES, FP8
 
 #: What an implementation can declare and a case can need (one vocabulary for every family).
 FEATURES = ("causal_top_left", "causal_bottom_right", "kv_lens", "gqa", "window", "softcap", "alibi", "sinks",
-            "dropout", "lse", "varlen", "kvcache", "paged", "value_head_dim")
+            "dropout", "lse", "varlen", "kvcache", "paged", "value_head_dim", "absorbed_decode")
 
 CAUSAL_MODES = ((False, "top_left"), (True, "top_left"), (True, "bottom_right"))
 # The launches a case's ``tiles`` force, in order (a split dK / dV pass takes the dK/dV tile).

@@ -235,7 +235,12 @@ class KvcacheCase(ReplayableCase):
     cache of ``capacity`` tokens, contiguous (``page_size`` 0) or paged with a shuffled table;
     four sequences with cache_seqlens 0, 1, odd and full (capacity - new_len), or the given
     ``cache_lens``. The variants as in the dense gate: ``window`` (left, right), ``softcap``,
-    ``alibi`` (slopes (Hq,)) and ``sinks`` (Hq,), drawn after everything else."""
+    ``alibi`` (slopes (Hq,)) and ``sinks`` (Hq,), drawn after everything else.
+    ``head_dim_v``: the value cache's head dim Dv where it differs from ``head_dim`` (MLA;
+    named ``-dv<Dv>``); with ``absorbed`` (MLA's absorbed decode, named ``-dv<Dv>-absorbed``)
+    there is no value cache: the values are the first Dv columns of the key cache
+    (``v_cache=None, v_head_dim=Dv``), only k is appended, and the oracle runs with
+    ``v_cache = k_cache[..., :Dv]``."""
 
     heads_q: int
     heads_kv: int
@@ -253,12 +258,20 @@ class KvcacheCase(ReplayableCase):
     alibi: bool = False
     sinks: bool = False
     tile: tuple = ()  # the decode kernel's (BLOCK_M, BLOCK_N), forced under the interpreter
+    head_dim_v: int | None = None
+    absorbed: bool = False
 
     _NAME = re.compile(r"kvcache-hq(\d+)-hkv(\d+)-lq(\d+)-new(\d+)-cap(\d+)-page(\d+)-splits(\d+)-d(\d+)"
                        r"-(float16|bfloat16|float32)(?:-lens(\d+)_(\d+)_(\d+)_(\d+))?(?:-win(\d+|inf)_(\d+|inf))?"
-                       r"(?:-softcap([0-9.]+))?(-alibi)?(-sinks)?(?:-tile(\d+)x(\d+))?")
+                       r"(?:-softcap([0-9.]+))?(-alibi)?(-sinks)?(?:-tile(\d+)x(\d+))?(?:-dv(\d+))?(-absorbed)?")
 
     def __post_init__(self):
+        if self.absorbed:  # the latent width is always named: it says which columns are the values
+            if self.head_dim_v is None or not 1 <= int(self.head_dim_v) <= self.head_dim:
+                raise ValueError(f"an absorbed case needs head_dim_v in [1, head_dim], got {self.head_dim_v!r}")
+            object.__setattr__(self, "head_dim_v", int(self.head_dim_v))
+        elif self.head_dim_v is not None:  # Dv equal to D is the default, spelled None
+            object.__setattr__(self, "head_dim_v", None if int(self.head_dim_v) == self.head_dim else int(self.head_dim_v))
         object.__setattr__(self, "cache_lens", tuple(int(n) for n in self.cache_lens))
         object.__setattr__(self, "window", tuple(int(w) for w in self.window))
         object.__setattr__(self, "tile", tuple(int(b) for b in self.tile))
@@ -277,7 +290,9 @@ class KvcacheCase(ReplayableCase):
         if self.softcap:
             name += f"-softcap{self.softcap:g}"
         name += ("-alibi" if self.alibi else "") + ("-sinks" if self.sinks else "")
-        return name + (f"-tile{self.tile[0]}x{self.tile[1]}" if self.tile else "")
+        name += f"-tile{self.tile[0]}x{self.tile[1]}" if self.tile else ""
+        name += f"-dv{self.head_dim_v}" if self.head_dim_v is not None else ""
+        return name + ("-absorbed" if self.absorbed else "")
 
     @classmethod
     def from_name(cls, name: str, seed: int = 0) -> "KvcacheCase":
@@ -285,20 +300,22 @@ class KvcacheCase(ReplayableCase):
         if m is None:
             raise ValueError(f"kvcache case name must look like 'kvcache-hq4-hkv1-lq1-new1-cap64-page16-splits3-d64-"
                              f"bfloat16' (page 0: contiguous, splits 0: heuristic; then optionally -lens0_1_5_9, "
-                             f"-win8_inf, -softcap30, -alibi, -sinks), got {name!r}")
+                             f"-win8_inf, -softcap30, -alibi, -sinks, -tile16x32, -dv32, -dv512-absorbed), got {name!r}")
         g = m.groups()
         lens = tuple(int(x) for x in g[9:13]) if g[9] is not None else ()
         window = tuple(-1 if w == "inf" else int(w) for w in g[13:15]) if g[13] is not None else (-1, -1)
         tile = (int(g[18]), int(g[19])) if g[18] is not None else ()
         return cls(*(int(x) for x in g[:8]), g[8], seed, lens, window, float(g[15]) if g[15] else 0.0,
-                   g[16] is not None, g[17] is not None, tile)
+                   g[16] is not None, g[17] is not None, tile, int(g[20]) if g[20] else None, g[21] is not None)
 
 
 def kvcache_features(case: KvcacheCase) -> set[str]:
     """The features (``cases.FEATURES``) an implementation must declare to run a KV-cache case
     (decoding: the new queries are the last of each sequence, causal bottom-right)."""
     needs = {"kvcache", "causal_bottom_right"} | ({"paged"} if case.page_size else set())
-    for feature, used in (("gqa", case.heads_q != case.heads_kv), ("window", case.window != (-1, -1)),
+    for feature, used in (("value_head_dim", case.head_dim_v is not None and not case.absorbed),
+                          ("absorbed_decode", case.absorbed),
+                          ("gqa", case.heads_q != case.heads_kv), ("window", case.window != (-1, -1)),
                           ("softcap", case.softcap > 0), ("alibi", case.alibi), ("sinks", case.sinks)):
         if used:
             needs.add(feature)
@@ -310,7 +327,8 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
     docstring): flashref's ``flash_attention_with_kvcache``, or ``kvcache`` (an
     implementation's, same signature: ``kvcache(q, k_cache, v_cache, k=None, v=None, *,
     cache_seqlens, block_table=None, ...)``, the variants' keywords only when the case uses
-    them; it appends k, v into the caches in place and returns out (B, Hq, Lq, D))."""
+    them; it appends k, v into the caches in place and returns out (B, Hq, Lq, Dv)). An
+    absorbed case calls it with ``v_cache=None``, ``v=None`` and ``v_head_dim=Dv``."""
     import torch
 
     from flashref.kernels import INTERPRETED, flash_attention_with_kvcache, poisoned_outputs
@@ -322,6 +340,7 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
     gen = torch.Generator().manual_seed(case.seed)
     dtype = getattr(torch, case.dtype)
     batch, hq, hkv, d, page, lnew = 4, case.heads_q, case.heads_kv, case.head_dim, case.page_size, case.new_len
+    dv, absorbed = case.head_dim_v or d, case.absorbed
     draw = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
     full = case.capacity - lnew
     odd = min(full, 2 * int(torch.randint(0, max(1, full // 2), (1,), generator=gen)) + 1)
@@ -332,10 +351,11 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
         per_seq = case.capacity // page
         num_pages = batch * per_seq + 2
         table = torch.randperm(num_pages, generator=gen)[:batch * per_seq].view(batch, per_seq).to(torch.int32)
-        shape = (num_pages, page, hkv, d)
+        shape = (num_pages, page, hkv)
     else:
-        table, shape = None, (batch, case.capacity, hkv, d)
-    k_cache, v_cache = draw(*shape), draw(*shape)
+        table, shape = None, (batch, case.capacity, hkv)
+    k_cache = draw(*shape, d)
+    v_cache = k_cache[..., :dv] if absorbed else draw(*shape, dv)  # absorbed: a view, for the oracle only
     where = lambda b, t: (int(table[b, t // page]), t % page) if page else (b, t)  # noqa: E731
     live = torch.zeros(shape[:2], dtype=torch.bool)
     for b in range(batch):
@@ -343,7 +363,10 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
             live[where(b, t)] = True
     k_cache[~live], v_cache[~live] = float("nan"), float("nan")  # poison: must be neither read nor written
     q = draw(batch, hq, case.seqlen_q, d)
-    knew, vnew = (draw(batch, hkv, lnew, d), draw(batch, hkv, lnew, d)) if lnew else (None, None)
+    knew, vnew = (None, None)
+    if lnew:
+        knew = draw(batch, hkv, lnew, d)
+        vnew = knew[..., :dv] if absorbed else draw(batch, hkv, lnew, dv)
     k0, v0 = k_cache.clone(), v_cache.clone()
     lens_t = torch.tensor(seqlens, dtype=torch.int32)
     # The variants' inputs come last, so a plain case's numbers do not move.
@@ -352,25 +375,27 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
     variants = dict(window_size=case.window, softcap=case.softcap)
 
     dev = lambda t: None if t is None else t.to(device)  # noqa: E731
-    kc, vc = dev(k_cache), dev(v_cache)
+    kc = dev(k_cache)
+    vc = None if absorbed else dev(v_cache)
+    v_in, v_kw = (None, dict(v_head_dim=dv)) if absorbed else (dev(vnew), {})
     forced = {"decode": KernelConfig(*case.tile, 1, 1)} if case.tile and INTERPRETED else {}
     if kvcache is None:
         with poisoned_outputs(), forced_configs(forced):
-            out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t),
+            out = flash_attention_with_kvcache(dev(q), kc, vc, k=dev(knew), v=v_in, cache_seqlens=dev(lens_t),
                                                block_table=dev(table), num_splits=case.num_splits,
-                                               alibi_slopes=dev(slopes), sinks=dev(sinks), **variants)
+                                               alibi_slopes=dev(slopes), sinks=dev(sinks), **variants, **v_kw)
     else:
         used = {key: value for key, value in dict(variants, alibi_slopes=dev(slopes), sinks=dev(sinks)).items()
                 if value is not None and value != (-1, -1) and value != 0.0}
         if table is not None:
             used["block_table"] = dev(table)
-        out = _call(name, kvcache, dev(q), kc, vc, k=dev(knew), v=dev(vnew), cache_seqlens=dev(lens_t), **used)
+        out = _call(name, kvcache, dev(q), kc, vc, k=dev(knew), v=v_in, cache_seqlens=dev(lens_t), **used, **v_kw)
 
     f64 = lambda t: None if t is None else as_float64(t)  # noqa: E731
     tab = None if table is None else table.numpy()
     want = (append_to_kvcache(f64(k0), f64(v0), f64(knew), f64(vnew), seqlens, tab) if lnew
             else (f64(k0), f64(v0)))
-    for label, got, expected in (("k_cache", kc, want[0]), ("v_cache", vc, want[1])):
+    for label, got, expected in (("k_cache", kc, want[0]),) + (() if absorbed else (("v_cache", vc, want[1]),)):
         if not np.array_equal(f64(got), expected, equal_nan=True):
             bad = int((~((f64(got) == expected) | (np.isnan(f64(got)) & np.isnan(expected)))).sum())
             raise ImplementationError(f"{name}: {label}: {bad} elements differ from the append's expectation "
@@ -379,7 +404,7 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
     ref_out = attention_with_kvcache(f64(q), np.nan_to_num(f64(k0)), np.nan_to_num(f64(v0)), k=f64(knew),
                                      v=f64(vnew), cache_seqlens=np.array(seqlens), block_table=tab,
                                      **oracle_variants)
-    base = torch.zeros_like(q)
+    base = q.new_zeros(ref_out.shape)
     mags = np.zeros(ref_out.shape)
     for b in range(batch):
         n = seqlens[b] + lnew
@@ -392,12 +417,12 @@ def check_kvcache(case: KvcacheCase, device: str = "cpu", kvcache=None, name: st
         ref_b, lse_b = attention_with_kvcache(f64(q[b:b + 1]), f64(kb.transpose(1, 2)), f64(vb.transpose(1, 2)),
                                               cache_seqlens=np.array([n]), return_lse=True, **oracle_variants)
         b_side, b_mags = _dense_side(case.dtype, hq, hkv, d, True, "bottom_right", q[b:b + 1], kb, vb,
-                                     torch.zeros_like(q[b:b + 1]), ref_b, lse_b, window=case.window,
+                                     q.new_zeros(1, hq, case.seqlen_q, dv), ref_b, lse_b, window=case.window,
                                      softcap=case.softcap, alibi_slopes=slopes, sinks=sinks)
         base[b] = b_side["out"][0]
         mags[b] = b_mags["out"][0]
     if kvcache is not None:
-        _check_output(name, out, q.to(device), ref_out)
+        _check_output(name, out, base.to(device), ref_out)
     errors = _judge_packed(case.dtype, dict(out=out), dict(out=ref_out), dict(out=base), dict(out=mags))
     return CaseResult(case, errors, time.perf_counter() - start)
 
@@ -429,6 +454,27 @@ _KVCACHE = {  # (hq, hkv, lq, new, capacity, page, splits, head dim, dtype)
 }
 
 
+# Value head dim != key head dim (issue 23, MLA): (row, extra), appended to each preset. A
+# covering design over (plain Dv != D, absorbed) x (contiguous, paged) x dtype x (MHA, GQA,
+# MQA) x (one split, several, heuristic): quick has one of each kind, the absorbed one
+# DeepSeek's (576, 512) with 16 heads on one kv head, paged, its lengths (after the append)
+# 1, 114, 160, 192 on and off the decode blocks' and the pages' edges; ci adds the small
+# absorbed shapes (rope 16, no rope at all), the other dtypes, Dv < D and Dv > D, and the
+# variants on both kinds.
+_MLA_LENS = (0, 113, 159, 191)  # + new 1: 1, 114, 160, 192 keys
+_KVCACHE_MLA = {
+    "quick": [((16, 1, 1, 1, 192, 32, 2, 576, "bfloat16"), dict(head_dim_v=512, absorbed=True, cache_lens=_MLA_LENS)),
+              ((4, 2, 2, 1, 41, 0, 3, 32, "float16"), dict(head_dim_v=64))],
+    "ci": [((16, 1, 1, 1, 192, 32, 2, 576, "bfloat16"), dict(head_dim_v=512, absorbed=True, cache_lens=_MLA_LENS)),
+           ((4, 2, 2, 1, 41, 0, 3, 32, "float16"), dict(head_dim_v=64)),
+           ((8, 1, 2, 2, 100, 0, 0, 576, "float16"), dict(head_dim_v=512, absorbed=True)),
+           ((4, 2, 2, 1, 64, 16, 3, 80, "float32"), dict(head_dim_v=64, absorbed=True)),
+           ((4, 1, 1, 0, 48, 16, 1, 64, "bfloat16"), dict(head_dim_v=64, absorbed=True, window=(9, -1), sinks=True)),
+           ((4, 4, 1, 1, 64, 16, 0, 192, "bfloat16"), dict(head_dim_v=128)),
+           ((2, 1, 3, 2, 37, 0, 1, 64, "float32"), dict(head_dim_v=128, softcap=10.0, alibi=True))],
+}
+
+
 def _keep(case, dtypes, head_dims) -> bool:
     return (dtypes is None or case.dtype in dtypes) and (head_dims is None or case.head_dim in head_dims)
 
@@ -452,7 +498,8 @@ def kvcache_sweep(preset: str, *, dtypes=None, head_dims=None, causal=None, seed
     key = "quick" if preset == "quick" else "ci"
     first = seed + len(varlen_sweep(preset, dtypes=dtypes, head_dims=head_dims, causal=causal))
     cases = []
-    for row, extra in [(row, {}) for row in _KVCACHE[key]] + _KVCACHE_VARIANTS[key] + kvcache_boundary_rows(key):
+    for row, extra in ([(row, {}) for row in _KVCACHE[key]] + _KVCACHE_VARIANTS[key] + kvcache_boundary_rows(key)
+                       + _KVCACHE_MLA[key]):
         c = KvcacheCase(*row, seed=first + len(cases), **extra)
         if _keep(c, dtypes, head_dims) and causal is not False:
             cases.append(c)

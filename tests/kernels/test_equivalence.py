@@ -307,8 +307,9 @@ def test_sweep_filters_and_presets():
     assert len([c for c in every if c.dtype == gate.FP8]) == gate.QUICK_FP8
     assert 8 <= len(quick) <= 20 and (239, 1) in {(c.seqlen_q, c.seqlen_k) for c in quick}
     # Each variant family twice (16-bit, then float32), the boundary cases of one tile triple;
-    # with the packed families `flashref verify --quick` stays near a minute (62 configurations
-    # with the MLA and FP8 cases: 54 s on this project's 2-core CPU, 2026-12-05).
+    # with the packed families `flashref verify --quick` stays near a minute (64 configurations
+    # with the MLA (dense, varlen, decode) and FP8 cases: 54-77 s on this project's 2-core CPU,
+    # 2026-12-05).
     assert len([c for c in every if is_variant(c)]) == 2 * len(gate.VARIANT_FAMILIES)
     assert len([c for c in every if is_boundary(c)]) == 10
     assert len(every) < len(sweep("quick")) <= 70

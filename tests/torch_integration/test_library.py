@@ -148,22 +148,29 @@ def test_opcheck_varlen_forward_and_backward(seed):
     assert set(results.values()) == {"SUCCESS"}, results
 
 
-def test_opcheck_kvcache():
+@pytest.mark.parametrize("layout", ["plain", "value_head_dim", "absorbed"])
+def test_opcheck_kvcache(layout):
     """The decode op on a paged cache (pages 16 rows, shuffled block table), GQA, two splits,
-    a left window, softcap, ALiBi and sinks; float16 (the op is forward only)."""
+    a left window, softcap, ALiBi and sinks; float16 (the op is forward only). value_head_dim:
+    v_cache 32 wide against D 16; absorbed (MLA): no v_cache, the values are the first 32 of
+    k_cache's 48 columns; the fake's out is Dv wide in both."""
     gen = torch.Generator().manual_seed(0)
-    cache = lambda: torch.randn(5, 16, 1, 16, generator=gen).to(device=DEVICE, dtype=torch.float16)  # noqa: E731
-    k_cache, v_cache = cache(), cache()
+    head_dim, head_dim_v = dict(plain=(16, 16), value_head_dim=(16, 32), absorbed=(48, 32))[layout]
+    cache = lambda d: torch.randn(5, 16, 1, d, generator=gen).to(device=DEVICE, dtype=torch.float16)  # noqa: E731
+    k_cache = cache(head_dim)
+    v_cache = None if layout == "absorbed" else cache(head_dim_v)
     block_table = torch.tensor([[3, 0], [1, 4]], dtype=torch.int32, device=DEVICE)
     cache_seqlens = torch.tensor([17, 5], dtype=torch.int32, device=DEVICE)
-    q = torch.randn(2, 2, 2, 16, generator=gen).to(device=DEVICE, dtype=torch.float16)
+    q = torch.randn(2, 2, 2, head_dim, generator=gen).to(device=DEVICE, dtype=torch.float16)
     alibi = torch.rand(2, generator=gen).to(DEVICE)
     sinks = torch.randn(2, generator=gen).to(DEVICE)
-    args = (q, k_cache, v_cache, cache_seqlens, 2, block_table, alibi, sinks, True, 0.25, 7, -1, 5.0, 2, True)
+    args = (q, k_cache, v_cache, cache_seqlens, 2, block_table, alibi, sinks, True, 0.25, 7, -1, 5.0, 2, True,
+            head_dim_v)
     results = torch.library.opcheck(torch.ops.flashref.attention_with_kvcache.default, args)
     assert set(results.values()) == {"SUCCESS"}, results
     out, lse = torch.ops.flashref.attention_with_kvcache(*args)
-    assert out.shape == q.shape and out.dtype == q.dtype and lse.shape == (2, 2, 2) and lse.dtype == torch.float32
+    assert out.shape == (2, 2, 2, head_dim_v) and out.dtype == q.dtype
+    assert lse.shape == (2, 2, 2) and lse.dtype == torch.float32
 
 
 def test_compile_fullgraph_varlen_matches_eager(seed):
