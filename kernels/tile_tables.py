@@ -141,8 +141,13 @@ ARCH_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = 
     # mma.sync keeps the accumulators in registers: the shared (128, 64, 8, 3) spilled 120-128 B
     # at head dim 128 (as did every 128 x 64 tile, the 4-warp 128-row tiles and 64 x 64 x 4 x 3);
     # 128 x 32 with 8 warps holds them in 202 registers and 64 KiB of its 99.
+    # The full sm_120 report (triton 3.9) found ptxas capping the smaller tiles at 128 registers
+    # without .maxnreg: 64 x 32 x 4 x 2 at 40-64 spilled 8 B (154 registers with it), 64 x 64 x
+    # 8 x 2 at 80-112 spilled 32 B (206 with it), and the FP8 forward's 128 x 64 x 8 x 3 at 64
+    # spilled 8 B (the 16-bit one did not).
     "sm_120": {
-        ("forward", 128, False): (_C(128, 32, 8, 3), _C(64, 64, 8, 2), _C(64, 32, 4, 2)),
+        ("forward", 64, False): (_R(128, 64, 8, 3), _R(64, 64, 4, 3), _R(64, 32, 4, 2)),
+        ("forward", 128, False): (_C(128, 32, 8, 3), _R(64, 64, 8, 2), _R(64, 32, 4, 2)),
         # dQ at 256: the shared 64 x 32 x 8 x 2 needs 102400 B of shared memory, 1 KiB over the
         # 99 KiB; one stage spilled 712 B; 64 x 16 with .maxnreg 255: 86016 B, 254 registers.
         ("backward_dq", 256, False): (_R(64, 16, 8, 2),),
@@ -154,8 +159,9 @@ ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
     # score variant takes the arch's plain row (32 x 64 x 8 x 1, maxnreg 255: 148 registers, ALiBi).
     "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),)},
     # VARIANT_TABLE's dK tile at 256 (16 x 32 x 8 x 2) was capped at 128 registers and spilled
-    # 16 B (window + softcap + ALiBi); .maxnreg 255: 152-216 registers.
-    "sm_120": {("backward_dk", 256, False): (_R(16, 32, 8, 2),)},
+    # 16 B (window + softcap + ALiBi); with .maxnreg 255 it still spilled 152 B with varlen and
+    # every variant (full report); one stage: 165 registers, 48 KiB.
+    "sm_120": {("backward_dk", 256, False): (_R(16, 32, 8, 1),)},
 }
 # The same for launches with DROPOUT on (before ``ARCH_VARIANT_TABLES``, as ``DROPOUT_TABLE``
 # comes before ``VARIANT_TABLE``). sm_100, dQ at 256: DROPOUT_TABLE's 64 x 16 tile was capped
@@ -164,7 +170,10 @@ ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
     # DROPOUT_TABLE's dK/dV tile at 128 (16 x 64 x 8 x 2) spilled 216-304 B; one stage less with
     # .maxnreg 255: 168-180 registers (varlen / TMA with every variant).
     "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),)},
-    "sm_120": {("backward_dq", 256, False): (_R(64, 16, 8, 2),)},  # DROPOUT_TABLE's tile spilled 16 B
+    # sm_120: DROPOUT_TABLE's dQ tile at 256 spilled 16 B, and so did 64 x 16 x 8 x 2 with
+    # .maxnreg 255 causal (full report): 32 x 16 x 8 x 2, 134 registers. The forward at 64 with
+    # dropout (128 x 64 x 8 x 3, maxnreg 255) spilled 40 B causal: 128 x 32 x 8 x 3, 221 registers.
+    "sm_120": {("backward_dq", 256, False): (_R(32, 16, 8, 2),), ("forward", 64, False): (_R(128, 32, 8, 3),)},
 }
 # The tables' arch of a compute capability's major version: Blackwell datacenter (10.x: B200,
 # GB200, GB300) and consumer Blackwell (12.x: RTX 50xx) have rows of their own; Hopper 9.x.
