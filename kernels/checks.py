@@ -157,6 +157,18 @@ def check_variants(q, window_size, softcap, alibi_slopes, sinks, dropout_p, drop
             raise ValueError(f"dropout_seed must lie in [0, 2**63), got {dropout_seed}")
 
 
+def variant_arguments(alibi_slopes, sinks, window_size):
+    """Checked variants as the custom ops take them: ``(alibi_slopes, sinks, left, right)``, the
+    slopes detached and contiguous (no gradient), the sinks contiguous (differentiable: the
+    gradient flows back to the caller's tensor), the window's sides as ints."""
+    if alibi_slopes is not None:
+        alibi_slopes = alibi_slopes.detach().contiguous()
+    if sinks is not None:
+        sinks = sinks.contiguous()
+    left, right = (int(w) for w in window_size)
+    return alibi_slopes, sinks, left, right
+
+
 def check_values(kv_lens: Optional[torch.Tensor], alibi: Optional[torch.Tensor], sinks: Optional[torch.Tensor],
                   seqlen_k: int) -> None:
     """The input checks that read tensor values. ``flash_attention`` does them in eager mode;

@@ -13,7 +13,7 @@ import math
 import torch
 
 from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_forward / _backward
-from .checks import CAUSAL_ALIGNMENTS, FP8_DTYPES, check_fp8, check_qkv, check_variants
+from .checks import CAUSAL_ALIGNMENTS, FP8_DTYPES, check_fp8, check_qkv, check_variants, variant_arguments
 from .launch import INTERPRETED, dropout_seed_for, last_dropout_seed, poisoned_outputs
 
 __all__ = ["flash_attention", "CAUSAL_ALIGNMENTS", "INTERPRETED", "last_dropout_seed", "poisoned_outputs"]
@@ -81,13 +81,9 @@ def flash_attention(q, k, v, *, causal=False, causal_alignment="top_left", softm
     seed = dropout_seed_for(dropout_p, dropout_seed)
     if kv_lens is not None:
         kv_lens = kv_lens.to(dtype=torch.int32).contiguous()
-    if alibi_slopes is not None:
-        alibi_slopes = alibi_slopes.detach().contiguous()
-    if sinks is not None:
-        sinks = sinks.contiguous()  # differentiable: the gradient flows back to the caller's tensor
+    alibi_slopes, sinks, left, right = variant_arguments(alibi_slopes, sinks, window_size)
     # torch.ops.flashref.attention_forward (kernels/library.py): a custom op with a fake
     # implementation and an autograd formula, so torch.compile records it without a graph break.
-    left, right = (int(w) for w in window_size)
     out, lse = torch.ops.flashref.attention_forward(
         q, k, v, kv_lens, alibi_slopes, sinks, causal, causal_alignment, scale, left, right,
         float(softcap), float(dropout_p), seed)

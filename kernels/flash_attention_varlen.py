@@ -25,7 +25,7 @@ import math
 import torch
 
 from . import library  # noqa: F401 -- registers torch.ops.flashref.attention_varlen_forward / _backward
-from .checks import check_cu_seqlens_tensor, check_qkv, check_variants
+from .checks import check_cu_seqlens_tensor, check_qkv, check_variants, variant_arguments
 from .launch import dropout_seed_for
 
 __all__ = ["flash_attention_varlen"]
@@ -70,11 +70,7 @@ def flash_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                     dropout_p, dropout_seed)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[2])
     seed = dropout_seed_for(dropout_p, dropout_seed)
-    if alibi_slopes is not None:
-        alibi_slopes = alibi_slopes.detach().contiguous()
-    if sinks is not None:
-        sinks = sinks.contiguous()  # differentiable: the gradient flows back to the caller's tensor
-    left, right = (int(w) for w in window_size)
+    alibi_slopes, sinks, left, right = variant_arguments(alibi_slopes, sinks, window_size)
     # torch.ops.flashref.attention_varlen_forward (kernels/library.py): a custom op with a fake
     # implementation and an autograd formula, as the dense path's.
     out, lse = torch.ops.flashref.attention_varlen_forward(
