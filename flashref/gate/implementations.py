@@ -144,7 +144,7 @@ def run_implementation(impl: Implementation, case: Case, inputs: CaseInputs, ora
     out, lse = (result if isinstance(result, tuple) else (result, None))[:2]
     if not isinstance(out, torch.Tensor):
         raise ImplementationError(f"{impl.name} returned {type(out).__name__}, not a torch.Tensor")
-    want = tuple(_to_layout(inputs.q, impl.layout).shape)
+    want = (*_to_layout(inputs.q, impl.layout).shape[:-1], inputs.v.shape[-1])  # out takes v's head dim Dv
     if tuple(out.shape) != want:
         raise ImplementationError(f"{impl.name} returned out of shape {tuple(out.shape)}, expected {want}")
     if out.dtype != q.dtype or out.device != q.device:
@@ -498,7 +498,10 @@ def builtin_implementations() -> dict[str, Implementation]:
     ``torch.compile``, the mask as a BlockMask), and ``flash-attn`` (the flash_attn package's
     FlashAttention 2 API, kv_lens through its varlen entry, on CUDA). Sinks and dropout are flashref's alone: no
     torch entry point takes a sink logit, and only flashref's keep mask can be replayed."""
-    sdpa = {f"sdpa-{short}": Implementation(f"sdpa-{short}", _sdpa(backend), features=MASKS | {"alibi"},
+    # Ev != E: the math backend takes it; torch's CPU flash backend refuses it ("No available kernel"),
+    # and the CUDA backends are not declared (not checked without a GPU).
+    sdpa = {f"sdpa-{short}": Implementation(f"sdpa-{short}", _sdpa(backend),
+                                            features=MASKS | {"alibi"} | ({"value_head_dim"} if short == "math" else set()),
                                             available=_sdpa_available(backend))
             for short, backend in (("math", "MATH"), ("flash", "FLASH_ATTENTION"),
                                    ("efficient", "EFFICIENT_ATTENTION"), ("cudnn", "CUDNN_ATTENTION"))}
@@ -508,10 +511,11 @@ def builtin_implementations() -> dict[str, Implementation]:
                                    kvcache=_flashref_kvcache),
         **sdpa,
         # torch 2.13's eager FlexAttention has no backward on the CPU.
-        "flex": Implementation("flex", _flex_masked, features=MASKS | {"softcap", "alibi", "lse"},
+        "flex": Implementation("flex", _flex_masked, features=MASKS | {"softcap", "alibi", "lse", "value_head_dim"},
                                backward_devices=("cuda",)),
         # torch 2.13 compiles flex on the CPU for inference only, without lse.
-        "flex-compiled": Implementation("flex-compiled", _flex_compiled, features=MASKS | {"softcap", "alibi", "lse"},
+        "flex-compiled": Implementation("flex-compiled", _flex_compiled,
+                                        features=MASKS | {"softcap", "alibi", "lse", "value_head_dim"},
                                         available=_flex_compiled_available, backward_devices=("cuda",)),
         # FlashAttention 2 on CUDA; its CPU stand-in (tests/gate) runs this adapter with devices=("cpu",).
         "flash-attn": Implementation("flash-attn", _flash_attn, layout="blhd",

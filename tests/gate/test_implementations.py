@@ -101,6 +101,21 @@ def test_bad_behaviour_is_an_error_not_a_crash(bad, message):
     assert message in report.results[0].exception
 
 
+DV_CASES = [  # (D, Dv) pairs both ways, masked and not
+    "b1-hq2-hkv1-lq17-lk33-d64-float32-causal_top_left-dense-dv32",
+    "b2-hq2-hkv2-lq9-lk20-d32-bfloat16-noncausal-dense-dv64",
+]
+
+
+@pytest.mark.parametrize("name", ["sdpa-math", "flex"])
+def test_torch_implementations_take_a_value_head_dim_of_its_own(name, seed):
+    # out is (..., Dv): the runner's shape check expects v's head dim, not q's
+    report = judge(builtin_implementations()[name], DV_CASES, seed=seed)
+    assert report.passed and report.count("pass") == len(DV_CASES), [r.failure_summary() for r in report.results]
+    # torch's fused CPU backend refuses Ev != E, so sdpa-flash does not declare it
+    assert judge(builtin_implementations()["sdpa-flash"], DV_CASES, seed=seed).count("unsupported") == len(DV_CASES)
+
+
 def test_a_missing_feature_is_unsupported_not_failed():
     from user_impls import PLAIN
 
