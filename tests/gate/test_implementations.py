@@ -107,7 +107,7 @@ DV_CASES = [  # (D, Dv) pairs both ways, masked and not
 ]
 
 
-@pytest.mark.parametrize("name", ["sdpa-math", "flex"])
+@pytest.mark.parametrize("name", ["sdpa-math", "flex", "flex-compiled"])
 def test_torch_implementations_take_a_value_head_dim_of_its_own(name, seed):
     # out is (..., Dv): the runner's shape check expects v's head dim, not q's
     report = judge(builtin_implementations()[name], DV_CASES, seed=seed)
