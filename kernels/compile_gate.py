@@ -39,7 +39,7 @@ from triton.compiler import ASTSource
 
 from . import attention_blocks
 from .attention_decode import decode_tile
-from .launch import FLOAT32_DOT_PRECISION
+from .launch import DELTA_BLOCK_M, DELTA_WARPS, FLOAT32_DOT_PRECISION
 from .config_dispatch import dispatcher_configs
 from .tile_tables import (
     BUCKETS,
@@ -92,7 +92,7 @@ FP8_MMA = {"sm_90": "wgmma", "sm_100": "tcgen05", "sm_120": "mma.sync"}
 # row without the TTGIR's number is taken to have: Triton's default, 2^30.
 FP8_PRECISE_ACCUMULATION = attention_blocks.FP8_PRECISE_ACCUMULATION.value
 FP8_IMPRECISE_ACC_UNSET = 2**30
-DELTA_CONFIG = KernelConfig(block_m=64, block_n=0, num_warps=4, num_stages=1)
+DELTA_CONFIG = KernelConfig(block_m=DELTA_BLOCK_M, block_n=0, num_warps=DELTA_WARPS, num_stages=1)  # launch_backward's
 
 
 @dataclass(frozen=True)

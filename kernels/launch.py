@@ -37,6 +37,12 @@ from .tile_loads import HAS_TENSOR_DESCRIPTORS
 # small tiles: a correctness path, not a performance one (docs/kernels.md).
 FLOAT32_DOT_PRECISION = "ieee"
 
+# The delta kernel's launch (one row block of dO . O per program; the compile gate compiles
+# exactly this): 8 warps. With 4, ptxas on sm_100 put 8 B of a float16 row on the stack at
+# head dims 40 and 64 (48 registers; 8 warps: 32, clean).
+DELTA_BLOCK_M = 64
+DELTA_WARPS = 8
+
 # Triton 3.9 warns when this is unset and 3.10 flips its default. The kernels are written for
 # fused multiply-adds (the softmax's ``qk * qk_scale - m`` is one FMA), so say so explicitly;
 # a value the user set wins.
@@ -351,7 +357,7 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
     if q.numel() == 0 or k.numel() == 0 or grid_k == 0:  # nothing to sum over: every gradient is 0
         return dq.zero_(), dk.zero_(), dv.zero_(), dsinks
     delta = new_buffer(q, shape=lse_shape, dtype=torch.float32)
-    delta_block_m = 16 if INTERPRETED else 64
+    delta_block_m = 16 if INTERPRETED else DELTA_BLOCK_M
     delta_grid = (triton.cdiv(grid_q, delta_block_m), batch * heads_q)
     partial = None
     if sinks is not None:
@@ -360,7 +366,8 @@ def launch_backward(q, k, v, out, lse, dout, params: LaunchParams, kv_lens, alib
         out, dout, delta, lse, sinks, partial, None if varlen is None else varlen.cu_q,
         *_strides(out, varlen), *_strides(dout, varlen), heads_q, seqlen_q,
         HEAD_DIM=head_dim_v, BLOCK_D=padded_head_dim(head_dim_v),  # O and dO live in Dv
-        BLOCK_M=delta_block_m, SINKS=sinks is not None, VARLEN=varlen is not None)
+        BLOCK_M=delta_block_m, SINKS=sinks is not None, VARLEN=varlen is not None,
+        num_warps=DELTA_WARPS, num_stages=1)
     if sinks is not None:
         # dsinks[h] = -sum_{b, i} exp(sinks[h] - lse) * delta: a fixed-order sum (deterministic).
         dsinks = -partial.view(batch, heads_q, -1).sum(dim=(0, 2))

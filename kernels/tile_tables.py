@@ -157,7 +157,9 @@ ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
     # VARIANT_TABLE's dQ tile at 128 (64 x 32 x 8 x 2) was capped at 128 registers and spilled
     # 16 B (varlen with every variant); .maxnreg 255 holds it. The dK/dV kernel at 128 with a
     # score variant takes the arch's plain row (32 x 64 x 8 x 1, maxnreg 255: 148 registers, ALiBi).
-    "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),)},
+    # The full sm_100 report: dQ at 64 with varlen and every variant (64 x 32 x 4 x 2) spilled
+    # 16 B causal at 168 registers; with .maxnreg 255 the same 168, clean.
+    "sm_100": {("backward_dq", 128, False): (_R(64, 32, 8, 2),), ("backward_dq", 64, False): (_R(64, 32, 4, 2),)},
     # VARIANT_TABLE's dK tile at 256 (16 x 32 x 8 x 2) was capped at 128 registers and spilled
     # 16 B (window + softcap + ALiBi); with .maxnreg 255 it still spilled 152 B with varlen and
     # every variant (full report); one stage: 165 registers, 48 KiB.
@@ -169,7 +171,10 @@ ARCH_VARIANT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, .
 ARCH_DROPOUT_TABLES: dict[str, dict[tuple[str, int, bool], tuple[KernelConfig, ...]]] = {
     # DROPOUT_TABLE's dK/dV tile at 128 (16 x 64 x 8 x 2) spilled 216-304 B; one stage less with
     # .maxnreg 255: 168-180 registers (varlen / TMA with every variant).
-    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),)},
+    # The full sm_100 report: the forward at 64 with dropout and every other variant (DROPOUT_TABLE's
+    # 128 x 64 x 8 x 3, maxnreg 255) spilled 8-32 B; 128 x 32 x 8 x 3: 129-140 registers.
+    "sm_100": {("backward_dq", 256, False): (_R(64, 16, 8, 2),), ("backward_dkdv", 128, False): (_R(16, 64, 8, 1),),
+               ("forward", 64, False): (_R(128, 32, 8, 3),)},
     # sm_120: DROPOUT_TABLE's dQ tile at 256 spilled 16 B, and so did 64 x 16 x 8 x 2 with
     # .maxnreg 255 causal (full report): 32 x 16 x 8 x 2, 134 registers. The forward at 64 with
     # dropout (128 x 64 x 8 x 3, maxnreg 255) spilled 40 B causal: 128 x 32 x 8 x 3, 221 registers.
