@@ -399,24 +399,14 @@ def attention_backward_dq_kernel(
         heads_q, group_size, seqlen_q, seqlen_k, causal_shift, window_shift, alibi_shift, qk_scale,
         KvLens, CuSeqQ, CuSeqK, Alibi, stride_alibi_b, HAS_KV_LENS, SHIFT_KV_LEN, VARLEN, ALIBI)
 
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < seqlen_q
+    start_m, offs_m, offs_d, offs_dv, row_ok = blocks.query_block_offsets(pid_m, seqlen_q, BLOCK_M, BLOCK_D, BLOCK_DV)
     tile_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-    dq_base = DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-    if VARLEN:
-        q_base += q_start.to(tl.int64) * stride_qm
-        do_base += q_start.to(tl.int64) * stride_dom
-        dq_base += q_start.to(tl.int64) * stride_dqm
-        k_base += k_start.to(tl.int64) * stride_kn
-        v_base += k_start.to(tl.int64) * stride_vn
+    q_base = blocks.head_rows(Q, b, h, stride_qb, stride_qh, q_start, stride_qm, VARLEN)
+    do_base = blocks.head_rows(DOut, b, h, stride_dob, stride_doh, q_start, stride_dom, VARLEN)
+    dq_base = blocks.head_rows(DQ, b, h, stride_dqb, stride_dqh, q_start, stride_dqm, VARLEN)
+    k_base = blocks.head_rows(K, b, h_kv, stride_kb, stride_kh, k_start, stride_kn, VARLEN)
+    v_base = blocks.head_rows(V, b, h_kv, stride_vb, stride_vh, k_start, stride_vn, VARLEN)
     if TMA:  # Q and dO once, K and V per block, through tensor descriptors (zero outside)
         q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
         do_base = rows_descriptor(do_base, seqlen_q, stride_dom, HEAD_DIM_V, BLOCK_M, BLOCK_DV)

@@ -16,7 +16,8 @@ In the order a program uses them:
   ``batch_head`` for the other grids), ``sequence_extent`` (kv lengths and packed sequences:
   where batch entry b starts, how long it is), ``row_start`` (its first lse / delta row),
   ``align_shifts`` (``"bottom_right"`` with kv lengths adds ``kv_len[b] - Lq`` to the bounds)
-  and ``load_alibi_slope``.
+  and ``load_alibi_slope``; then ``query_block_offsets`` (the block's rows and columns) and
+  ``head_rows`` (a head's base pointer in each tensor).
 - Loop bounds: ``key_ranges`` (a query block's two key loops: unmasked, then masked), made of
   ``visible_key_end``, ``unmasked_key_end`` and ``window_key_ranges``; ``shifted_block_start``
   (one masked loop over two ranges).
@@ -205,6 +206,27 @@ def query_prologue(heads_q, group_size, seqlen_q, seqlen_k, causal_shift, window
 
 
 # ---------------------------------------------------------------------------- loop bounds
+@triton.jit
+def head_rows(T, b, h, stride_b, stride_h, start, stride_row, VARLEN: tl.constexpr):
+    """The base pointer of (batch entry b, head h)'s rows of ``T``: ``T + b * stride_b + h *
+    stride_h`` in 64-bit arithmetic, moved ``start`` rows on with ``VARLEN`` (a packed
+    sequence's first row; its batch stride is 0)."""
+    base = T + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+    if VARLEN:
+        base += start.to(tl.int64) * stride_row
+    return base
+
+
+@triton.jit
+def query_block_offsets(pid_m, seqlen_q, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """A query block's indices (the forward, dQ): ``(start_m, offs_m, offs_d, offs_dv, row_ok)``,
+    its first row, its rows (BLOCK_M,), q's and k's columns (BLOCK_D,), v's and out's
+    (BLOCK_DV,), and which rows exist (``offs_m < seqlen_q``)."""
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    return start_m, offs_m, tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_DV), offs_m < seqlen_q
+
+
 @triton.jit
 def visible_key_end(start_m, seqlen_k_visible, causal_shift, BLOCK_M: tl.constexpr, RIGHT_BOUND: tl.constexpr):
     """One past the last key any row of the query block ``[start_m, start_m + BLOCK_M)`` sees."""

@@ -150,22 +150,13 @@ def attention_forward_kernel(
         heads_q, group_size, seqlen_q, seqlen_k, causal_shift, window_shift, alibi_shift, qk_scale,
         KvLens, CuSeqQ, CuSeqK, Alibi, stride_alibi_b, HAS_KV_LENS, SHIFT_KV_LEN, VARLEN, ALIBI)
 
-    start_m = pid_m * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    row_ok = offs_m < seqlen_q
+    start_m, offs_m, offs_d, offs_dv, row_ok = blocks.query_block_offsets(pid_m, seqlen_q, BLOCK_M, BLOCK_D, BLOCK_DV)
     dv_ok = offs_dv < HEAD_DIM_V
 
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    k_base = K + b.to(tl.int64) * stride_kb + h_kv.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + h_kv.to(tl.int64) * stride_vh
-    o_base = Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-    if VARLEN:
-        q_base += q_start.to(tl.int64) * stride_qm
-        o_base += q_start.to(tl.int64) * stride_om
-        k_base += k_start.to(tl.int64) * stride_kn
-        v_base += k_start.to(tl.int64) * stride_vn
+    q_base = blocks.head_rows(Q, b, h, stride_qb, stride_qh, q_start, stride_qm, VARLEN)
+    k_base = blocks.head_rows(K, b, h_kv, stride_kb, stride_kh, k_start, stride_kn, VARLEN)
+    v_base = blocks.head_rows(V, b, h_kv, stride_vb, stride_vh, k_start, stride_vn, VARLEN)
+    o_base = blocks.head_rows(Out, b, h, stride_ob, stride_oh, q_start, stride_om, VARLEN)
     if TMA:
         q_base = rows_descriptor(q_base, seqlen_q, stride_qm, HEAD_DIM, BLOCK_M, BLOCK_D)
         # From here on k_base, v_base are descriptors; keys past kv_len load as zeros.
