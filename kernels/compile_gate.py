@@ -434,9 +434,8 @@ def _signature(fn, spec: Specialization):
         "BLOCK_M": spec.config.block_m,
     }
     if spec.kernel != "backward_delta":
-        constexprs.update(HEAD_DIM_V=head_dim_v, BLOCK_DV=padded_head_dim(head_dim_v))
-    if spec.kernel != "backward_delta":
         constexprs.update(
+            HEAD_DIM_V=head_dim_v, BLOCK_DV=padded_head_dim(head_dim_v),
             BLOCK_N=spec.config.block_n, RIGHT_BOUND=spec.causal,
             DOT_PRECISION=FLOAT32_DOT_PRECISION if spec.dtype == "float32" else "tf32")
     if spec.kernel in DKDV_LAUNCHES:

@@ -71,8 +71,9 @@ def flash_attention_with_kvcache(q, k_cache, v_cache, *, k=None, v=None, cache_s
     if check_values and not torch.compiler.is_compiling():
         check_kvcache_values(k_cache, cache_seqlens, block_table, new_len)
     if k is not None and new_len:
-        _append((k_cache,) if v_cache is None else (k_cache, v_cache), (k,) if v_cache is None else (k, v),
-                cache_seqlens, block_table)
+        absorbed = v_cache is None  # one latent cache: k alone is appended
+        _append((k_cache,) if absorbed else (k_cache, v_cache), (k,) if absorbed else (k, v), cache_seqlens,
+                block_table)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[3])
     left, right = (int(w) for w in window_size)
     alibi = None if alibi_slopes is None else alibi_slopes.detach().contiguous()

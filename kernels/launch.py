@@ -150,6 +150,14 @@ def new_buffer(like: torch.Tensor, *, shape=None, dtype=None) -> torch.Tensor:
     return buf
 
 
+def output_buffer(q: torch.Tensor, head_dim_v: int, *, dtype=None) -> torch.Tensor:
+    """out's buffer for q (..., D) and a value head dim Dv: ``new_buffer(q)``'s layout when Dv
+    is D, else contiguous (..., Dv) (MLA)."""
+    if head_dim_v == q.shape[-1]:
+        return new_buffer(q, dtype=dtype)
+    return new_buffer(q, shape=(*q.shape[:-1], head_dim_v), dtype=dtype)
+
+
 def _autotuned(kernel, name, extra_key=()):
     return triton.autotune(
         configs=all_triton_configs(name),
@@ -315,8 +323,7 @@ def launch_forward(q, k, v, params: LaunchParams, kv_lens, alibi, sinks, varlen:
     ``varlen``. FP8 (float8_e4m3fn q, k, v): ``descale`` (B, Hkv, 3) float32
     (``checks.check_fp8``)."""
     batch, heads_q, heads_kv, seqlen_q, seqlen_k, grid_q, _, lse_shape = _dims(q, k, varlen)
-    out = (new_buffer(q, dtype=out_dtype) if v.shape[-1] == q.shape[-1]
-           else new_buffer(q, shape=(*q.shape[:-1], v.shape[-1]), dtype=out_dtype))
+    out = output_buffer(q, v.shape[-1], dtype=out_dtype)
     lse = new_buffer(q, shape=lse_shape, dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
@@ -443,7 +450,7 @@ def launch_decode(q, k_cache, v_cache, seqlens, block_table, alibi, sinks, param
     head_dim_v = v_head_dim if absorbed else v_cache.shape[3]
     heads_kv = k_cache.shape[2]
     group = heads_q // heads_kv
-    out = new_buffer(q) if head_dim_v == head_dim else new_buffer(q, shape=(batch, heads_q, seqlen_q, head_dim_v))
+    out = output_buffer(q, head_dim_v)
     lse = new_buffer(q, shape=(batch, heads_q, seqlen_q), dtype=torch.float32)
     if out.numel() == 0:
         return out, lse
